@@ -1,0 +1,144 @@
+//! Validated sparse inputs (one peer's `idxs`/`vals` for one parameter) and per-peer L2 normalisation.
+
+use crate::{KernelError, ParamLayout};
+
+/// One peer's compressed gradient for one parameter, checked against its layout:
+/// `n_blocks * k` entries, every index in `[0, totalk)`, every value finite.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSparse<'a> {
+    totalk: usize,
+    idxs: &'a [i16],
+    vals: &'a [f32],
+}
+
+impl<'a> PeerSparse<'a> {
+    /// Validates `idxs` and `vals` (flattened `idxs_shape` tensors) against `layout`.
+    pub fn new(
+        layout: &ParamLayout,
+        idxs: &'a [i16],
+        vals: &'a [f32],
+    ) -> Result<Self, KernelError> {
+        let expected = layout.sparse_len();
+        for (field, actual) in [("idxs", idxs.len()), ("vals", vals.len())] {
+            if actual != expected {
+                return Err(KernelError::Length {
+                    field,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        let totalk = layout.totalk();
+        // Branch-free scan first; locate the culprit only on failure.
+        if idxs
+            .iter()
+            .fold(false, |bad, &i| bad | (i < 0) | (i as usize >= totalk))
+        {
+            let position = idxs
+                .iter()
+                .position(|&i| i < 0 || i as usize >= totalk)
+                .unwrap_or(0);
+            return Err(KernelError::IndexOutOfRange {
+                position,
+                value: idxs[position] as i64,
+                totalk,
+            });
+        }
+        check_finite("vals", vals)?;
+        Ok(Self { totalk, idxs, vals })
+    }
+
+    /// Coefficients per block of the layout this input was checked against.
+    pub fn totalk(&self) -> usize {
+        self.totalk
+    }
+    /// The indices (`[n_blocks, k]`, row-major).
+    pub fn idxs(&self) -> &'a [i16] {
+        self.idxs
+    }
+    /// The values (`[n_blocks, k]`, row-major).
+    pub fn vals(&self) -> &'a [f32] {
+        self.vals
+    }
+
+    /// The same indices with the values divided by `l2_norm(vals) + 1e-8` (Templar's gather normalisation),
+    /// written to `out`. Normalised values are finite by construction, so no second validation is needed.
+    pub fn normalised<'b>(&self, out: &'b mut Vec<f32>) -> PeerSparse<'b>
+    where
+        'a: 'b,
+    {
+        out.clear();
+        out.resize(self.vals.len(), 0.0);
+        normalise_into(self.vals, out);
+        PeerSparse {
+            totalk: self.totalk,
+            idxs: self.idxs,
+            vals: out,
+        }
+    }
+}
+
+/// Errors if any value is NaN or infinite.
+pub fn check_finite(field: &'static str, vals: &[f32]) -> Result<(), KernelError> {
+    if vals.iter().fold(false, |bad, v| bad | !v.is_finite()) {
+        let position = vals.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(KernelError::NonFinite {
+            field,
+            position,
+            value: vals[position],
+        });
+    }
+    Ok(())
+}
+
+/// L2 norm of a whole tensor, as f32.
+///
+/// Deterministic by construction: squares are summed in f64 over 8 fixed lanes (element `e` into lane `e % 8`),
+/// the lanes are added in a fixed tree, and the square root is rounded once to f32. The result is independent of
+/// thread count and ISA, and is the correctly rounded norm for all practical inputs.
+pub fn l2_norm(vals: &[f32]) -> f32 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = vals.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v as f64 * v as f64;
+        }
+    }
+    for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *l += v as f64 * v as f64;
+    }
+    let s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    s.sqrt() as f32
+}
+
+/// `out[i] = vals[i] / (l2_norm(vals) + 1e-8)` in f32, as Templar's gather does per peer and parameter (§2.5).
+pub fn normalise_into(vals: &[f32], out: &mut [f32]) {
+    let denom = l2_norm(vals) + 1e-8f32;
+    for (o, &v) in out.iter_mut().zip(vals) {
+        *o = v / denom;
+    }
+}
+
+/// A peer's contribution to one parameter: its (normalised) sparse gradient and its weight.
+///
+/// Each slot's value is `sum(weight * v) / sum(weight)` over the entries that chose it; with every weight 1.0 this is
+/// exactly Templar's scatter-mean (`fma(1, v, s)` rounds like `v + s`, and the weight sum is the exact count).
+/// A peer of weight 0 is left out entirely.
+#[derive(Debug, Clone, Copy)]
+pub struct Contribution<'a> {
+    /// The peer's validated sparse gradient.
+    pub sparse: PeerSparse<'a>,
+    /// Its weight (finite, >= 0).
+    pub weight: f32,
+}
+
+impl<'a> Contribution<'a> {
+    /// Weight 1.0: reproduces Templar.
+    pub fn new(sparse: PeerSparse<'a>) -> Self {
+        Self {
+            sparse,
+            weight: 1.0,
+        }
+    }
+}
