@@ -26,9 +26,7 @@ pub struct DctBasis {
 impl DctBasis {
     /// Basis of side `n` (n >= 1).
     pub fn new(n: usize) -> Self {
-        let f = (0..n * n)
-            .map(|e| dct_entry(n, e / n, e % n) as f32)
-            .collect();
+        let f = (0..n * n).map(|e| dct_entry(n, e / n, e % n) as f32).collect();
         Self { n, f }
     }
     /// Side length.

@@ -29,8 +29,7 @@ impl Isa {
     /// The best instruction set this machine supports.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             return Isa::Avx2Fma;
         }
         Isa::Baseline
@@ -84,8 +83,9 @@ impl Scratch {
 /// `y = fma(a, x, y)` element-wise.
 #[inline(always)]
 fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = a.mul_add(xv, *yv);
+    let x = &x[..y.len()];
+    for i in 0..y.len() {
+        y[i] = a.mul_add(x[i], y[i]);
     }
 }
 
@@ -261,13 +261,7 @@ struct Rows {
 }
 
 #[inline(always)]
-fn inverse_body<S: Source, K: Sink>(
-    plan: &Plan,
-    src: &S,
-    rows: Rows,
-    sink: &mut K,
-    s: &mut Scratch,
-) {
+fn inverse_body<S: Source, K: Sink>(plan: &Plan, src: &S, rows: Rows, sink: &mut K, s: &mut Scratch) {
     let (h, w) = (plan.h, plan.w);
     for by in rows.by0..rows.by1 {
         for bx in 0..rows.bxn {
@@ -282,24 +276,11 @@ fn inverse_body<S: Source, K: Sink>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn inverse_avx2<S: Source, K: Sink>(
-    plan: &Plan,
-    src: &S,
-    rows: Rows,
-    sink: &mut K,
-    s: &mut Scratch,
-) {
+unsafe fn inverse_avx2<S: Source, K: Sink>(plan: &Plan, src: &S, rows: Rows, sink: &mut K, s: &mut Scratch) {
     inverse_body(plan, src, rows, sink, s)
 }
 
-fn inverse<S: Source, K: Sink>(
-    isa: Isa,
-    plan: &Plan,
-    src: &S,
-    rows: Rows,
-    sink: &mut K,
-    s: &mut Scratch,
-) {
+fn inverse<S: Source, K: Sink>(isa: Isa, plan: &Plan, src: &S, rows: Rows, sink: &mut K, s: &mut Scratch) {
     match isa {
         // SAFETY: `Isa::Avx2Fma` is only constructed after run-time detection of both features
         // (or explicitly by a caller who asserts them; see `Cpu::with_isa`).
@@ -371,14 +352,7 @@ enum EncodeOut<'o> {
 }
 
 #[inline(always)]
-fn encode_body(
-    plan: &Plan,
-    x: &[f32],
-    cols: usize,
-    bxn: usize,
-    out: &mut EncodeOut,
-    s: &mut Scratch,
-) {
+fn encode_body(plan: &Plan, x: &[f32], cols: usize, bxn: usize, out: &mut EncodeOut, s: &mut Scratch) {
     let (h, w) = (plan.h, plan.w);
     let totalk = h * w;
     for bx in 0..bxn {
@@ -392,9 +366,11 @@ fn encode_body(
                 let k = *k;
                 // Key: |x| bits (monotonic for non-negative floats), ties to the lower index.
                 s.keys.clear();
-                s.keys.extend(s.u.iter().enumerate().map(|(i, v)| {
-                    ((v.to_bits() & 0x7fff_ffff) as u64) << 16 | (0xffff - i as u64)
-                }));
+                s.keys.extend(
+                    s.u.iter()
+                        .enumerate()
+                        .map(|(i, v)| ((v.to_bits() & 0x7fff_ffff) as u64) << 16 | (0xffff - i as u64)),
+                );
                 if k < totalk {
                     s.keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
                 }
@@ -414,26 +390,11 @@ fn encode_body(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn encode_avx2(
-    plan: &Plan,
-    x: &[f32],
-    cols: usize,
-    bxn: usize,
-    out: &mut EncodeOut,
-    s: &mut Scratch,
-) {
+unsafe fn encode_avx2(plan: &Plan, x: &[f32], cols: usize, bxn: usize, out: &mut EncodeOut, s: &mut Scratch) {
     encode_body(plan, x, cols, bxn, out, s)
 }
 
-fn encode_rows(
-    isa: Isa,
-    plan: &Plan,
-    x: &[f32],
-    cols: usize,
-    bxn: usize,
-    out: &mut EncodeOut,
-    s: &mut Scratch,
-) {
+fn encode_rows(isa: Isa, plan: &Plan, x: &[f32], cols: usize, bxn: usize, out: &mut EncodeOut, s: &mut Scratch) {
     match isa {
         // SAFETY: see `inverse`.
         #[cfg(target_arch = "x86_64")]
@@ -483,10 +444,7 @@ impl Cpu {
     }
 
     /// Checks the peers against `layout` and drops those of weight 0.
-    fn usable<'a>(
-        layout: &ParamLayout,
-        peers: &[Contribution<'a>],
-    ) -> Result<Vec<Contribution<'a>>, KernelError> {
+    fn usable<'a>(layout: &ParamLayout, peers: &[Contribution<'a>]) -> Result<Vec<Contribution<'a>>, KernelError> {
         let mut out = Vec::with_capacity(peers.len());
         for (i, p) in peers.iter().enumerate() {
             if !p.weight.is_finite() || p.weight < 0.0 {
@@ -514,7 +472,7 @@ impl Cpu {
     fn rows_per_pack_task(layout: &ParamLayout) -> usize {
         let bits_per_block_row = layout.block_h() * layout.cols();
         (1..=8)
-            .find(|g| g * bits_per_block_row % 8 == 0)
+            .find(|g| (g * bits_per_block_row).is_multiple_of(8))
             .unwrap_or(8)
     }
 
@@ -530,11 +488,7 @@ impl Cpu {
         check_len("packed", layout.packed_len(), packed.len())?;
         let peers = Self::usable(layout, peers)?;
         let plan = self.plan(layout);
-        let (g, bxn, cols) = (
-            Self::rows_per_pack_task(layout),
-            layout.blocks_x(),
-            layout.cols(),
-        );
+        let (g, bxn, cols) = (Self::rows_per_pack_task(layout), layout.blocks_x(), layout.cols());
         let src = PeerSource {
             peers: &peers,
             k: layout.k(),
@@ -584,30 +538,22 @@ impl Cpu {
         let peers = Self::usable(layout, peers)?;
         let plan = self.plan(layout);
         let (bxn, k) = (layout.blocks_x(), layout.k());
-        dense
-            .par_chunks_mut(bxn * totalk)
-            .enumerate()
-            .for_each_init(
-                || Scratch::new(&plan),
-                |s, (by, row)| {
-                    row.fill(0.0);
-                    for bx in 0..bxn {
-                        scatter(&peers, by * bxn + bx, k, s);
-                        let block = &mut row[bx * totalk..(bx + 1) * totalk];
-                        drain_means(s, |slot, mean| block[slot] = mean);
-                    }
-                },
-            );
+        dense.par_chunks_mut(bxn * totalk).enumerate().for_each_init(
+            || Scratch::new(&plan),
+            |s, (by, row)| {
+                row.fill(0.0);
+                for bx in 0..bxn {
+                    scatter(&peers, by * bxn + bx, k, s);
+                    let block = &mut row[bx * totalk..(bx + 1) * totalk];
+                    drain_means(s, |slot, mean| block[slot] = mean);
+                }
+            },
+        );
         Ok(())
     }
 
     /// Inverse block DCT of dense coefficients (`xshape`) into parameter values (`shape`, row-major).
-    pub fn decode(
-        &self,
-        layout: &ParamLayout,
-        dense: &[f32],
-        out: &mut [f32],
-    ) -> Result<(), KernelError> {
+    pub fn decode(&self, layout: &ParamLayout, dense: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
         check_len("dense", layout.n_blocks() * layout.totalk(), dense.len())?;
         check_len("decoded", layout.numel(), out.len())?;
         self.inverse_floats(layout, &DenseSource(dense), out);
@@ -637,12 +583,7 @@ impl Cpu {
     }
 
     /// Forward block DCT (miner side): parameter values (`shape`) into dense coefficients (`xshape`).
-    pub fn encode(
-        &self,
-        layout: &ParamLayout,
-        x: &[f32],
-        coeffs: &mut [f32],
-    ) -> Result<(), KernelError> {
+    pub fn encode(&self, layout: &ParamLayout, x: &[f32], coeffs: &mut [f32]) -> Result<(), KernelError> {
         check_len("x", layout.numel(), x.len())?;
         check_len("encoded", layout.n_blocks() * layout.totalk(), coeffs.len())?;
         let plan = self.plan(layout);
@@ -652,9 +593,7 @@ impl Cpu {
             .zip(x.par_chunks(h * cols))
             .for_each_init(
                 || Scratch::new(&plan),
-                |s, (out, x)| {
-                    encode_rows(self.isa, &plan, x, cols, bxn, &mut EncodeOut::Dense(out), s)
-                },
+                |s, (out, x)| encode_rows(self.isa, &plan, x, cols, bxn, &mut EncodeOut::Dense(out), s),
             );
         Ok(())
     }
@@ -669,31 +608,39 @@ impl Cpu {
         vals: &mut [f32],
     ) -> Result<(), KernelError> {
         check_len("x", layout.numel(), x.len())?;
-        check_len("idxs", layout.sparse_len(), idxs.len())?;
-        check_len("vals", layout.sparse_len(), vals.len())?;
+        self.compress_rows(layout, x, idxs, vals)
+    }
+
+    /// [`Cpu::compress`] of a band of whole block rows (`x` holds `m * block_h` parameter rows, `m <= blocks_y`),
+    /// so that a producer can stream a large parameter without holding it whole.
+    pub fn compress_rows(
+        &self,
+        layout: &ParamLayout,
+        x: &[f32],
+        idxs: &mut [i16],
+        vals: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (h, cols, bxn, k) = (layout.block_h(), layout.cols(), layout.blocks_x(), layout.k());
+        let band = h * cols;
+        if !x.len().is_multiple_of(band) || x.len() > layout.numel() {
+            return Err(KernelError::Length {
+                field: "x",
+                expected: layout.numel(),
+                actual: x.len(),
+            });
+        }
+        let entries = x.len() / band * bxn * k;
+        check_len("idxs", entries, idxs.len())?;
+        check_len("vals", entries, vals.len())?;
         crate::sparse::check_finite("x", x)?;
         let plan = self.plan(layout);
-        let (h, cols, bxn, k) = (
-            layout.block_h(),
-            layout.cols(),
-            layout.blocks_x(),
-            layout.k(),
-        );
         idxs.par_chunks_mut(bxn * k)
             .zip(vals.par_chunks_mut(bxn * k))
-            .zip(x.par_chunks(h * cols))
+            .zip(x.par_chunks(band))
             .for_each_init(
                 || Scratch::new(&plan),
                 |s, ((idxs, vals), x)| {
-                    encode_rows(
-                        self.isa,
-                        &plan,
-                        x,
-                        cols,
-                        bxn,
-                        &mut EncodeOut::TopK { idxs, vals, k },
-                        s,
-                    )
+                    encode_rows(self.isa, &plan, x, cols, bxn, &mut EncodeOut::TopK { idxs, vals, k }, s)
                 },
             );
         Ok(())

@@ -13,7 +13,7 @@ pub fn split(n: usize, target: usize) -> usize {
     if n <= target {
         return n;
     }
-    (1..=target).rev().find(|d| n % d == 0).unwrap_or(1)
+    (1..=target).rev().find(|&d| n.is_multiple_of(d)).unwrap_or(1)
 }
 
 /// Largest number of coefficients per block: indices travel as int16.
@@ -48,8 +48,7 @@ impl ParamLayout {
         if rows == 0 || cols == 0 {
             return Err(bad("a dimension is 0"));
         }
-        rows.checked_mul(cols)
-            .ok_or_else(|| bad("element count overflows"))?;
+        rows.checked_mul(cols).ok_or_else(|| bad("element count overflows"))?;
         let (h, w) = (split(rows, target_chunk), split(cols, target_chunk));
         let totalk = h * w;
         if totalk > MAX_TOTALK {
@@ -190,9 +189,6 @@ mod tests {
             ParamLayout::new(&[256, 256], 256, 32).is_err(),
             "totalk 65536 exceeds int16"
         );
-        assert_eq!(
-            ParamLayout::new(&[4], 0, 32),
-            Err(KernelError::ZeroTargetChunk)
-        );
+        assert_eq!(ParamLayout::new(&[4], 0, 32), Err(KernelError::ZeroTargetChunk));
     }
 }

@@ -8,21 +8,40 @@ use crate::KernelError;
 pub(crate) fn sign_bits(row: &[f32]) -> u64 {
     debug_assert!(row.len() <= 64);
     let mut m = 0u64;
-    for (j, &v) in row.iter().enumerate() {
-        m |= ((v > 0.0) as u64) << j;
+    let mut chunks = row.chunks_exact(8);
+    for (c, chunk) in (&mut chunks).enumerate() {
+        m |= (byte_of(chunk) as u64) << (8 * c);
+    }
+    let done = row.len() - chunks.remainder().len();
+    for (j, &v) in chunks.remainder().iter().enumerate() {
+        m |= ((v > 0.0) as u64) << (done + j);
     }
     m
+}
+
+/// Sign bits of exactly 8 values (a fixed-size loop LLVM turns into a compare and a mask move).
+#[inline(always)]
+fn byte_of(chunk: &[f32]) -> u8 {
+    let mut b = 0u8;
+    for (j, &v) in chunk[..8].iter().enumerate() {
+        b |= ((v > 0.0) as u8) << j;
+    }
+    b
 }
 
 /// ORs the low `nbits` bits of `bits` into `out`, starting at bit offset `bit_off` (LSB-first order).
 #[inline(always)]
 pub(crate) fn or_bits(out: &mut [u8], bit_off: usize, bits: u64, nbits: usize) {
     let (byte, shift) = (bit_off / 8, bit_off % 8);
+    if shift == 0 && nbits == 64 {
+        // The common case (64-wide blocks): eight whole bytes owned by this row segment.
+        let dst = &mut out[byte..byte + 8];
+        let old = u64::from_le_bytes(dst.try_into().expect("8 bytes"));
+        dst.copy_from_slice(&(old | bits).to_le_bytes());
+        return;
+    }
     let wide = (bits as u128) << shift;
-    for (b, o) in out[byte..byte + (shift + nbits).div_ceil(8)]
-        .iter_mut()
-        .enumerate()
-    {
+    for (b, o) in out[byte..byte + (shift + nbits).div_ceil(8)].iter_mut().enumerate() {
         *o |= (wide >> (8 * b)) as u8;
     }
 }
@@ -38,7 +57,11 @@ pub fn pack_signs(values: &[f32], out: &mut [u8]) -> Result<(), KernelError> {
         });
     }
     for (o, chunk) in out.iter_mut().zip(values.chunks(8)) {
-        *o = sign_bits(chunk) as u8;
+        *o = if chunk.len() == 8 {
+            byte_of(chunk)
+        } else {
+            sign_bits(chunk) as u8
+        };
     }
     Ok(())
 }

@@ -64,16 +64,8 @@ impl Plan {
         };
         let enc_scale = (0..h * w)
             .map(|e| {
-                let sh = if height.is_fast() {
-                    ortho_scale(h, e / w)
-                } else {
-                    1.0
-                };
-                let sw = if width.is_fast() {
-                    ortho_scale(w, e % w)
-                } else {
-                    1.0
-                };
+                let sh = if height.is_fast() { ortho_scale(h, e / w) } else { 1.0 };
+                let sw = if width.is_fast() { ortho_scale(w, e % w) } else { 1.0 };
                 (sh * sw) as f32
             })
             .collect();
@@ -96,8 +88,6 @@ pub(crate) struct PlanCache(Mutex<HashMap<(usize, usize), Arc<Plan>>>);
 impl PlanCache {
     pub(crate) fn get(&self, h: usize, w: usize) -> Arc<Plan> {
         let mut map = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
-        map.entry((h, w))
-            .or_insert_with(|| Arc::new(Plan::new(h, w)))
-            .clone()
+        map.entry((h, w)).or_insert_with(|| Arc::new(Plan::new(h, w))).clone()
     }
 }

@@ -13,11 +13,7 @@ pub struct PeerSparse<'a> {
 
 impl<'a> PeerSparse<'a> {
     /// Validates `idxs` and `vals` (flattened `idxs_shape` tensors) against `layout`.
-    pub fn new(
-        layout: &ParamLayout,
-        idxs: &'a [i16],
-        vals: &'a [f32],
-    ) -> Result<Self, KernelError> {
+    pub fn new(layout: &ParamLayout, idxs: &'a [i16], vals: &'a [f32]) -> Result<Self, KernelError> {
         let expected = layout.sparse_len();
         for (field, actual) in [("idxs", idxs.len()), ("vals", vals.len())] {
             if actual != expected {
@@ -34,10 +30,7 @@ impl<'a> PeerSparse<'a> {
             .iter()
             .fold(false, |bad, &i| bad | (i < 0) | (i as usize >= totalk))
         {
-            let position = idxs
-                .iter()
-                .position(|&i| i < 0 || i as usize >= totalk)
-                .unwrap_or(0);
+            let position = idxs.iter().position(|&i| i < 0 || i as usize >= totalk).unwrap_or(0);
             return Err(KernelError::IndexOutOfRange {
                 position,
                 value: idxs[position] as i64,
@@ -68,8 +61,8 @@ impl<'a> PeerSparse<'a> {
         'a: 'b,
     {
         out.clear();
-        out.resize(self.vals.len(), 0.0);
-        normalise_into(self.vals, out);
+        let denom = l2_norm(self.vals) + 1e-8f32;
+        out.extend(self.vals.iter().map(|&v| v / denom));
         PeerSparse {
             totalk: self.totalk,
             idxs: self.idxs,
@@ -107,12 +100,13 @@ pub fn l2_norm(vals: &[f32]) -> f32 {
     for (l, &v) in lanes.iter_mut().zip(chunks.remainder()) {
         *l += v as f64 * v as f64;
     }
-    let s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    let s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
     s.sqrt() as f32
 }
 
 /// `out[i] = vals[i] / (l2_norm(vals) + 1e-8)` in f32, as Templar's gather does per peer and parameter (§2.5).
+///
+/// `out` must have the length of `vals` (extra elements are left untouched).
 pub fn normalise_into(vals: &[f32], out: &mut [f32]) {
     let denom = l2_norm(vals) + 1e-8f32;
     for (o, &v) in out.iter_mut().zip(vals) {
@@ -136,9 +130,6 @@ pub struct Contribution<'a> {
 impl<'a> Contribution<'a> {
     /// Weight 1.0: reproduces Templar.
     pub fn new(sparse: PeerSparse<'a>) -> Self {
-        Self {
-            sparse,
-            weight: 1.0,
-        }
+        Self { sparse, weight: 1.0 }
     }
 }

@@ -1,1 +1,97 @@
-fn main() {}
+//! `aggregator`: the Templar-compatible aggregation server's command-line entry point.
+
+mod bench;
+mod resources;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use aggregator_kernels::{Backend, Cpu};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Templar 0.2.73-compatible aggregation server for decentralised LLM training.
+#[derive(Parser)]
+#[command(name = "aggregator", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Golden test vectors.
+    Vectors {
+        #[command(subcommand)]
+        command: VectorsCommand,
+    },
+    /// Benchmarks that print a table.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VectorsCommand {
+    /// Runs every case of a vector directory (templar-vectors/1 format) and prints `N passed, M failed`.
+    Check {
+        /// Directory holding manifest.json and its tensor file.
+        dir: PathBuf,
+        /// Numeric backend to check.
+        #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+        backend: BackendKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Times the aggregation of N synthetic peers (normalise, scatter-mean, inverse DCT, sign, pack).
+    Process(bench::ProcessArgs),
+}
+
+/// Numeric backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Plain Rust on all cores (AVX2+FMA when available).
+    Cpu,
+}
+
+impl BackendKind {
+    fn instantiate(self) -> Box<dyn Backend> {
+        match self {
+            BackendKind::Cpu => Box::new(Cpu::new()),
+        }
+    }
+}
+
+fn vectors_check(dir: PathBuf, backend: BackendKind) -> anyhow::Result<ExitCode> {
+    let backend = backend.instantiate();
+    let outcomes = aggregator_vectors::check_dir(&dir, backend.as_ref())?;
+    let mut failed = 0;
+    for o in outcomes.iter().filter(|o| !o.passed()) {
+        failed += 1;
+        println!("FAIL {} ({}): {}", o.name, o.kind, o.failures.join("; "));
+    }
+    println!("{} passed, {failed} failed", outcomes.len() - failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Vectors {
+            command: VectorsCommand::Check { dir, backend },
+        } => vectors_check(dir, backend),
+        Command::Bench {
+            command: BenchCommand::Process(args),
+        } => bench::process(args).map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
+}

@@ -124,15 +124,9 @@ impl LlamaConfig {
         }
         let kv = self.num_key_value_heads.unwrap_or(heads) * (h / heads);
         if self.num_hidden_layers > MAX_PARAMS / 9 {
-            return Err(ModelError::Limit(format!(
-                "{} layers",
-                self.num_hidden_layers
-            )));
+            return Err(ModelError::Limit(format!("{} layers", self.num_hidden_layers)));
         }
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            vec![self.vocab_size, h],
-        )];
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
             for (name, shape) in [
@@ -206,18 +200,15 @@ impl ModelSpec {
     /// `small` (hidden 512, 4 layers, 8 heads, intermediate 2048, vocab 32000) or `templar-1b` (hidden 2048,
     /// 16 layers, 8 heads, 8 kv heads, intermediate 8192, vocab 32000: 1,204,881,408 parameters).
     pub fn preset(name: &str) -> Option<Self> {
-        let cfg =
-            |vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size| {
-                LlamaConfig {
-                    vocab_size,
-                    hidden_size,
-                    num_hidden_layers,
-                    num_attention_heads,
-                    num_key_value_heads: Some(num_attention_heads),
-                    intermediate_size,
-                    tie_word_embeddings: false,
-                }
-            };
+        let cfg = |vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size| LlamaConfig {
+            vocab_size,
+            hidden_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads: Some(num_attention_heads),
+            intermediate_size,
+            tie_word_embeddings: false,
+        };
         let config = match name {
             "tiny" => cfg(256, 64, 2, 4, 128),
             "small" => cfg(32000, 512, 4, 8, 2048),
@@ -272,10 +263,7 @@ impl ModelSpec {
                     check(&p.name, "totalk", p.totalk, layout.totalk())?;
                     check(&p.name, "idxs_shape", p.idxs_shape, layout.idxs_shape())?;
                     check(&p.name, "packed_len", p.packed_len, layout.packed_len())?;
-                    out.push(ParamSpec {
-                        name: p.name,
-                        layout,
-                    });
+                    out.push(ParamSpec { name: p.name, layout });
                 }
                 Self {
                     name: name.to_string(),
@@ -311,12 +299,7 @@ impl ModelSpec {
     }
 
     /// Lays out the parameters of a LLaMA configuration.
-    pub fn from_config(
-        name: &str,
-        config: &LlamaConfig,
-        target_chunk: usize,
-        topk: usize,
-    ) -> Result<Self, ModelError> {
+    pub fn from_config(name: &str, config: &LlamaConfig, target_chunk: usize, topk: usize) -> Result<Self, ModelError> {
         let params = config
             .parameters()?
             .into_iter()
@@ -361,12 +344,7 @@ impl ModelSpec {
     }
 }
 
-fn layout(
-    name: &str,
-    shape: &[usize],
-    target_chunk: usize,
-    topk: usize,
-) -> Result<ParamLayout, ModelError> {
+fn layout(name: &str, shape: &[usize], target_chunk: usize, topk: usize) -> Result<ParamLayout, ModelError> {
     ParamLayout::new(shape, target_chunk, topk).map_err(|e: KernelError| ModelError::Param {
         name: name.to_string(),
         field: "shape",
@@ -394,8 +372,7 @@ mod tests {
 
     #[test]
     fn fixture_json_equals_the_tiny_preset() {
-        let text =
-            std::fs::read_to_string(FIXTURE).expect("shared fixtures are beside the checkout");
+        let text = std::fs::read_to_string(FIXTURE).expect("shared fixtures are beside the checkout");
         let from_file = ModelSpec::from_json("model.json", &text).unwrap();
         let preset = ModelSpec::preset("tiny").unwrap();
         assert_eq!(from_file.params, preset.params);
@@ -403,18 +380,13 @@ mod tests {
         // The same file reduced to its config derives the same list.
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let cfg_only = serde_json::json!({ "config": v["config"] }).to_string();
-        assert_eq!(
-            ModelSpec::from_json("cfg", &cfg_only).unwrap().params,
-            preset.params
-        );
+        assert_eq!(ModelSpec::from_json("cfg", &cfg_only).unwrap().params, preset.params);
     }
 
     #[test]
     fn rejects_inconsistent_files() {
         let bad_xshape = r#"{"parameters":[{"name":"a","shape":[64,64],"xshape":[1,1,32,64]}]}"#;
-        let e = ModelSpec::from_json("x", bad_xshape)
-            .unwrap_err()
-            .to_string();
+        let e = ModelSpec::from_json("x", bad_xshape).unwrap_err().to_string();
         assert!(e.contains("\"a\"") && e.contains("xshape"), "{e}");
         let dup = r#"{"parameters":[{"name":"a","shape":[8]},{"name":"a","shape":[8]}]}"#;
         assert!(
@@ -423,10 +395,7 @@ mod tests {
                 .to_string()
                 .contains("twice")
         );
-        assert!(matches!(
-            ModelSpec::from_json("x", "{}"),
-            Err(ModelError::Empty)
-        ));
+        assert!(matches!(ModelSpec::from_json("x", "{}"), Err(ModelError::Empty)));
         let three_d = r#"{"parameters":[{"name":"c","shape":[2,2,2]}]}"#;
         assert!(
             ModelSpec::from_json("x", three_d)

@@ -46,20 +46,14 @@ pub fn rule_for(map: &BTreeMap<String, Rule>, field: &str, default: Rule) -> Rul
 fn wildcard(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == s,
-        Some((pre, post)) => {
-            s.len() >= pre.len() + post.len() && s.starts_with(pre) && s.ends_with(post)
-        }
+        Some((pre, post)) => s.len() >= pre.len() + post.len() && s.starts_with(pre) && s.ends_with(post),
     }
 }
 
 /// Element-wise `|actual - expected| <= tol` (NaN equals NaN). Describes the worst offender.
 pub fn abs_close(actual: &[f32], expected: &[f32], tol: f64) -> Result<(), String> {
     if actual.len() != expected.len() {
-        return Err(format!(
-            "{} elements, expected {}",
-            actual.len(),
-            expected.len()
-        ));
+        return Err(format!("{} elements, expected {}", actual.len(), expected.len()));
     }
     let (mut bad, mut worst, mut at) = (0usize, 0f64, 0usize);
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
@@ -87,20 +81,11 @@ pub fn abs_close(actual: &[f32], expected: &[f32], tol: f64) -> Result<(), Strin
 }
 
 /// Bit-identical slices.
-pub fn exact<T: PartialEq + Copy + std::fmt::Debug>(
-    actual: &[T],
-    expected: &[T],
-) -> Result<(), String> {
+pub fn exact<T: PartialEq + Copy + std::fmt::Debug>(actual: &[T], expected: &[T]) -> Result<(), String> {
     if actual.len() != expected.len() {
-        return Err(format!(
-            "{} elements, expected {}",
-            actual.len(),
-            expected.len()
-        ));
+        return Err(format!("{} elements, expected {}", actual.len(), expected.len()));
     }
-    let diffs: Vec<usize> = (0..actual.len())
-        .filter(|&i| actual[i] != expected[i])
-        .collect();
+    let diffs: Vec<usize> = (0..actual.len()).filter(|&i| actual[i] != expected[i]).collect();
     match diffs.first() {
         None => Ok(()),
         Some(&i) => Err(format!(
@@ -120,18 +105,9 @@ pub fn exact_bits(actual: &[f32], expected: &[f32]) -> Result<(), String> {
 }
 
 /// Per row (last dimension of length `k`), the index sets must be equal; rows in `skip` are not compared.
-pub fn per_row_set(
-    actual: &[i16],
-    expected: &[i16],
-    k: usize,
-    skip: &HashSet<usize>,
-) -> Result<(), String> {
+pub fn per_row_set(actual: &[i16], expected: &[i16], k: usize, skip: &HashSet<usize>) -> Result<(), String> {
     if actual.len() != expected.len() || k == 0 {
-        return Err(format!(
-            "{} indices, expected {}",
-            actual.len(),
-            expected.len()
-        ));
+        return Err(format!("{} indices, expected {}", actual.len(), expected.len()));
     }
     let mut bad = Vec::new();
     for (r, (a, e)) in actual.chunks(k).zip(expected.chunks(k)).enumerate() {
@@ -165,10 +141,7 @@ pub fn paired_with_idxs(
     for r in (0..rows).filter(|r| !skip.contains(r)) {
         let span = r * k..(r + 1) * k;
         let (ai, av) = (&actual.0[span.clone()], &actual.1[span.clone()]);
-        for (&i, &ev) in expected.0[span.clone()]
-            .iter()
-            .zip(&expected.1[span.clone()])
-        {
+        for (&i, &ev) in expected.0[span.clone()].iter().zip(&expected.1[span.clone()]) {
             match ai.iter().position(|&x| x == i) {
                 Some(p) if (av[p] as f64 - ev as f64).abs() <= tol => {}
                 Some(p) => bad.push(format!("row {r} idx {i}: got {} expected {ev}", av[p])),
@@ -186,17 +159,9 @@ pub fn paired_with_idxs(
 }
 
 /// Packed bytes equal except for bits at the flat element positions in `near_zero`.
-pub fn exact_except_near_zero(
-    actual: &[u8],
-    expected: &[u8],
-    near_zero: &[i64],
-) -> Result<(), String> {
+pub fn exact_except_near_zero(actual: &[u8], expected: &[u8], near_zero: &[i64]) -> Result<(), String> {
     if actual.len() != expected.len() {
-        return Err(format!(
-            "{} bytes, expected {}",
-            actual.len(),
-            expected.len()
-        ));
+        return Err(format!("{} bytes, expected {}", actual.len(), expected.len()));
     }
     let mut mask = vec![0u8; actual.len()];
     for &p in near_zero {

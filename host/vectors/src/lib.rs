@@ -160,8 +160,7 @@ impl VectorDir {
             reason,
         };
         let text = String::from_utf8(text).map_err(|e| bad(format!("not UTF-8: {e}")))?;
-        let manifest: Manifest =
-            serde_json::from_str(&python_json_to_json(&text)).map_err(|e| bad(e.to_string()))?;
+        let manifest: Manifest = serde_json::from_str(&python_json_to_json(&text)).map_err(|e| bad(e.to_string()))?;
         if manifest.format != FORMAT {
             return Err(bad(format!(
                 "format is {:?}, this runner reads {FORMAT:?}",
@@ -169,10 +168,7 @@ impl VectorDir {
             )));
         }
         if Path::new(&manifest.tensors).components().count() != 1 {
-            return Err(bad(format!(
-                "tensors {:?} must be a plain file name",
-                manifest.tensors
-            )));
+            return Err(bad(format!("tensors {:?} must be a plain file name", manifest.tensors)));
         }
         let tensor_path = dir.join(&manifest.tensors);
         let tensor_bytes = read_limited(&tensor_path, MAX_TENSOR_BYTES)?;
@@ -201,11 +197,7 @@ impl VectorDir {
             t: &tensors,
             tensor_path: &self.tensor_path,
         };
-        self.manifest
-            .cases
-            .iter()
-            .map(|case| ctx.run(case, backend))
-            .collect()
+        self.manifest.cases.iter().map(|case| ctx.run(case, backend)).collect()
     }
 }
 
@@ -313,35 +305,35 @@ impl Ctx<'_> {
             ));
         }
         if view.shape() != spec.shape.as_slice() {
-            return Err(format!(
-                "{key}: shape {:?}, declared {:?}",
-                view.shape(),
-                spec.shape
-            ));
+            return Err(format!("{key}: shape {:?}, declared {:?}", view.shape(), spec.shape));
         }
-        Ok(view
-            .data()
-            .chunks_exact(size_of::<T>())
-            .map(T::from_le)
-            .collect())
+        Ok(view.data().chunks_exact(size_of::<T>()).map(T::from_le).collect())
     }
 
     fn has(&self, case: &Case, f: &str) -> bool {
         case.fields.contains_key(f)
     }
 
+    /// Compares `actual` with field `f` under its `abs` rule (`default` when the case has none); absent fields
+    /// (`omitted_fields`) are skipped.
+    fn compare_abs(&self, case: &Case, f: &str, actual: &[f32], default: f64, failures: &mut Vec<String>) -> Step<()> {
+        if self.has(case, f) {
+            let tol = rule_for(&case.tolerance, f, Rule::abs(default)).abs.unwrap_or(0.0);
+            if let Err(e) = compare::abs_close(actual, &self.tensor::<f32>(case, f)?, tol) {
+                failures.push(format!("{f}: {e}"));
+            }
+        }
+        Ok(())
+    }
+
     fn key<T: serde::de::DeserializeOwned>(&self, case: &Case, k: &str) -> Step<T> {
-        let v = case
-            .rest
-            .get(k)
-            .ok_or_else(|| format!("key {k:?} is missing"))?;
+        let v = case.rest.get(k).ok_or_else(|| format!("key {k:?} is missing"))?;
         serde_json::from_value(v.clone()).map_err(|e| format!("key {k:?}: {e}"))
     }
 
     fn layout(&self, case: &Case, failures: &mut Vec<String>) -> Step<ParamLayout> {
         let shape: Vec<usize> = self.key(case, "shape")?;
-        let layout = ParamLayout::new(&shape, self.m.target_chunk, self.m.topk)
-            .map_err(|e| e.to_string())?;
+        let layout = ParamLayout::new(&shape, self.m.target_chunk, self.m.topk).map_err(|e| e.to_string())?;
         let expect = |k: &str, ours: Value, failures: &mut Vec<String>| {
             if let Some(theirs) = case.rest.get(k).filter(|t| **t != ours) {
                 failures.push(format!("{k}: computed {ours}, expected {theirs}"));
@@ -380,9 +372,7 @@ impl Ctx<'_> {
         let n: usize = self.key(case, "n")?;
         let b = DctBasis::new(n);
         for (field, ours) in [("f", b.forward().to_vec()), ("b", b.inverse())] {
-            let tol = rule_for(&case.tolerance, field, Rule::abs(1e-6))
-                .abs
-                .unwrap_or(0.0);
+            let tol = rule_for(&case.tolerance, field, Rule::abs(1e-6)).abs.unwrap_or(0.0);
             let want = self.tensor::<f32>(case, field)?;
             if let Err(e) = compare::abs_close(&ours, &want, tol) {
                 failures.push(format!("{field}: {e}"));
@@ -396,64 +386,31 @@ impl Ctx<'_> {
         let x = self.tensor::<f32>(case, "x")?;
         let cpu = Cpu::new();
         let mut encoded = vec![0f32; layout.n_blocks() * layout.totalk()];
-        cpu.encode(&layout, &x, &mut encoded)
-            .map_err(|e| e.to_string())?;
-        let tol = |f| {
-            rule_for(&case.tolerance, f, Rule::abs(1e-5))
-                .abs
-                .unwrap_or(0.0)
-        };
-        if let Err(e) = compare::abs_close(
-            &encoded,
-            &self.tensor::<f32>(case, "encoded")?,
-            tol("encoded"),
-        ) {
+        cpu.encode(&layout, &x, &mut encoded).map_err(|e| e.to_string())?;
+        let tol = |f| rule_for(&case.tolerance, f, Rule::abs(1e-5)).abs.unwrap_or(0.0);
+        if let Err(e) = compare::abs_close(&encoded, &self.tensor::<f32>(case, "encoded")?, tol("encoded")) {
             failures.push(format!("encoded: {e}"));
         }
-        let (mut idxs, mut vals) = (
-            vec![0i16; layout.sparse_len()],
-            vec![0f32; layout.sparse_len()],
-        );
+        let (mut idxs, mut vals) = (vec![0i16; layout.sparse_len()], vec![0f32; layout.sparse_len()]);
         cpu.compress(&layout, &x, &mut idxs, &mut vals)
             .map_err(|e| e.to_string())?;
         let skip: HashSet<usize> = match case.rest.get("ambiguous_rows") {
-            Some(v) => {
-                serde_json::from_value(v.clone()).map_err(|e| format!("ambiguous_rows: {e}"))?
-            }
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("ambiguous_rows: {e}"))?,
             None => HashSet::new(),
         };
-        let (want_i, want_v) = (
-            self.tensor::<i16>(case, "idxs")?,
-            self.tensor::<f32>(case, "vals")?,
-        );
+        let (want_i, want_v) = (self.tensor::<i16>(case, "idxs")?, self.tensor::<f32>(case, "vals")?);
         if let Err(e) = compare::per_row_set(&idxs, &want_i, layout.k(), &skip) {
             failures.push(format!("idxs: {e}"));
         }
-        if let Err(e) = compare::paired_with_idxs(
-            (&idxs, &vals),
-            (&want_i, &want_v),
-            layout.k(),
-            tol("vals"),
-            &skip,
-        ) {
+        if let Err(e) = compare::paired_with_idxs((&idxs, &vals), (&want_i, &want_v), layout.k(), tol("vals"), &skip) {
             failures.push(format!("vals: {e}"));
         }
         Ok(())
     }
 
-    fn aggregate(
-        &self,
-        case: &Case,
-        backend: &dyn Backend,
-        failures: &mut Vec<String>,
-    ) -> Step<()> {
+    fn aggregate(&self, case: &Case, backend: &dyn Backend, failures: &mut Vec<String>) -> Step<()> {
         let layout = self.layout(case, failures)?;
         let n_peers: usize = self.key(case, "n_peers")?;
-        let tol = |f: &str, d: f64| {
-            rule_for(&case.tolerance, f, Rule::abs(d))
-                .abs
-                .unwrap_or(0.0)
-        };
         let mut raw = Vec::with_capacity(n_peers);
         for p in 0..n_peers {
             raw.push((
@@ -464,32 +421,23 @@ impl Ctx<'_> {
         let mut normalised = vec![Vec::new(); n_peers];
         let mut peers = Vec::with_capacity(n_peers);
         for (p, ((idxs, vals), out)) in raw.iter().zip(normalised.iter_mut()).enumerate() {
-            let sparse =
-                PeerSparse::new(&layout, idxs, vals).map_err(|e| format!("peer{p}: {e}"))?;
+            let sparse = PeerSparse::new(&layout, idxs, vals).map_err(|e| format!("peer{p}: {e}"))?;
             peers.push(Contribution::new(sparse.normalised(out)));
         }
         for (p, peer) in peers.iter().enumerate() {
-            let field = format!("peer{p}/normalized_vals");
-            if self.has(case, &field) {
-                let want = self.tensor::<f32>(case, &field)?;
-                if let Err(e) = compare::abs_close(peer.sparse.vals(), &want, tol(&field, 1e-6)) {
-                    failures.push(format!("{field}: {e}"));
-                }
-            }
+            self.compare_abs(
+                case,
+                &format!("peer{p}/normalized_vals"),
+                peer.sparse.vals(),
+                1e-6,
+                failures,
+            )?;
         }
         let mut dense = vec![0f32; layout.n_blocks() * layout.totalk()];
         backend
             .scatter_mean(&layout, &peers, &mut dense)
             .map_err(|e| e.to_string())?;
-        if self.has(case, "dense") {
-            if let Err(e) = compare::abs_close(
-                &dense,
-                &self.tensor::<f32>(case, "dense")?,
-                tol("dense", 1e-6),
-            ) {
-                failures.push(format!("dense: {e}"));
-            }
-        }
+        self.compare_abs(case, "dense", &dense, 1e-6, failures)?;
         let mut fused = vec![0f32; layout.numel()];
         backend
             .aggregate_decoded(&layout, &peers, &mut fused)
@@ -503,15 +451,7 @@ impl Ctx<'_> {
                 "decoded: the fused path and decode(scatter_mean) disagree: {e}"
             ));
         }
-        if self.has(case, "decoded") {
-            if let Err(e) = compare::abs_close(
-                &fused,
-                &self.tensor::<f32>(case, "decoded")?,
-                tol("decoded", 1e-5),
-            ) {
-                failures.push(format!("decoded: {e}"));
-            }
-        }
+        self.compare_abs(case, "decoded", &fused, 1e-5, failures)?;
         let mut packed = vec![0u8; layout.packed_len()];
         backend
             .aggregate(&layout, &peers, &mut packed)
@@ -522,11 +462,7 @@ impl Ctx<'_> {
             Vec::new()
         };
         let want = self.tensor::<u8>(case, "packed")?;
-        let rule = rule_for(
-            &case.tolerance,
-            "packed",
-            Rule::named("exact_except_near_zero"),
-        );
+        let rule = rule_for(&case.tolerance, "packed", Rule::named("exact_except_near_zero"));
         let check = match rule.compare.as_deref() {
             Some("exact") => compare::exact(&packed, &want),
             _ => compare::exact_except_near_zero(&packed, &want, &near_zero),

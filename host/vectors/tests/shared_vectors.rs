@@ -9,8 +9,7 @@ fn shared_vectors() -> PathBuf {
 }
 
 fn run(cpu: Cpu) {
-    let outcomes =
-        aggregator_vectors::check_dir(&shared_vectors(), &cpu).expect("shared vectors load");
+    let outcomes = aggregator_vectors::check_dir(&shared_vectors(), &cpu).expect("shared vectors load");
     assert!(outcomes.len() >= 40, "only {} cases", outcomes.len());
     let failed: Vec<String> = outcomes
         .iter()
@@ -70,9 +69,5 @@ fn a_tampered_vector_fails() {
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(failed.len(), 1, "exactly the tampered case fails");
     assert_eq!(failed[0].name, "agg_64x64");
-    assert!(
-        failed[0].failures[0].contains("element 60"),
-        "{:?}",
-        failed[0].failures
-    );
+    assert!(failed[0].failures[0].contains("element 60"), "{:?}", failed[0].failures);
 }
