@@ -1,6 +1,7 @@
 //! `aggregator`: the Templar-compatible aggregation server's command-line entry point.
 
 mod bench;
+mod offline;
 mod resources;
 
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Templar 0.2.73-compatible aggregation server for decentralised LLM training.
 #[derive(Parser)]
-#[command(name = "aggregator", version, about, propagate_version = true)]
+#[command(name = "aggregator", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +25,13 @@ enum Command {
         #[command(subcommand)]
         command: VectorsCommand,
     },
+    /// Torch `.pt` files.
+    Codec {
+        #[command(subcommand)]
+        command: CodecCommand,
+    },
+    /// Aggregates gradient files offline, exactly as the server does for one window.
+    Aggregate(offline::AggregateArgs),
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -44,6 +52,18 @@ enum VectorsCommand {
 }
 
 #[derive(Subcommand)]
+enum CodecCommand {
+    /// Prints a file's keys, dtypes, shapes and metadata; exits 1 with a one-line reason if the file is invalid.
+    Inspect {
+        /// A `.pt` file (or a Templar JSON object).
+        file: PathBuf,
+        /// Also validate the file as a gradient of this model (preset or JSON file).
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Times the aggregation of N synthetic peers (normalise, scatter-mean, inverse DCT, sign, pack).
     Process(bench::ProcessArgs),
@@ -57,7 +77,7 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    fn instantiate(self) -> Box<dyn Backend> {
+    pub(crate) fn instantiate(self) -> Box<dyn Backend> {
         match self {
             BackendKind::Cpu => Box::new(Cpu::new()),
         }
@@ -89,9 +109,22 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::Process(args),
         } => bench::process(args).map(|()| ExitCode::SUCCESS),
+        Command::Codec {
+            command: CodecCommand::Inspect { file, model },
+        } => Ok(offline::inspect(&file, model.as_deref())),
+        Command::Aggregate(args) => offline::aggregate(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -87,3 +87,176 @@ fn bench_process_prints_a_table() {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
 }
+
+/// `aggregator aggregate` on the fixture gradients reproduces the fixture aggregate: every parameter's packed bytes
+/// (bits at the reference's near-zero positions may differ), the metadata keys in order and their types, and it loads
+/// in Python under torch's `weights_only` rules.
+#[test]
+fn aggregate_reproduces_the_reference_aggregate() {
+    use aggregator_codec::{Aggregate, Limits, PtFile};
+    let fixtures = shared().join("fixtures/templar-0.2.73");
+    let out_dir = std::env::temp_dir().join(format!("cli-aggregate-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_file = out_dir.join("aggregator-100203-v0.2.73.pt");
+    let mut cmd = aggregator();
+    cmd.args(["aggregate", "--model"]).arg(fixtures.join("model.json"));
+    cmd.args(["--window", "100203", "--peers", "3,7,11,19", "--out"])
+        .arg(&out_file);
+    for uid in [3, 7, 11] {
+        cmd.arg(fixtures.join(format!("gradient-100203-{uid}-v0.2.73.pt")));
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}{stderr}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("uid 19: skipped: missing"), "{stderr}");
+
+    let ours_bytes = std::fs::read(&out_file).unwrap();
+    let reference_bytes = std::fs::read(fixtures.join("aggregator-100203-v0.2.73.pt")).unwrap();
+    let limits = Limits::default();
+    let ours = Aggregate::read(&ours_bytes, None, &limits).unwrap();
+    let reference = Aggregate::read(&reference_bytes, None, &limits).unwrap();
+    assert_eq!(
+        (ours.window, &ours.version, &ours.skipped_uids),
+        (100203, &"0.2.73".to_string(), &vec![19])
+    );
+    assert_eq!(
+        (ours.success_rate, ours.global_step),
+        (reference.success_rate, reference.global_step)
+    );
+
+    // Packed bytes, parameter by parameter, against the expected tensors and their near-zero positions.
+    let expected_bytes = std::fs::read(fixtures.join("aggregator-100203-v0.2.73.expected.safetensors")).unwrap();
+    let expected = safetensors::SafeTensors::deserialize(&expected_bytes).unwrap();
+    let names: Vec<&str> = ours.params.iter().map(|(n, _)| n.as_str()).collect();
+    let ref_names: Vec<&str> = reference.params.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ref_names, "same parameters in the same order");
+    for (name, packed) in &ours.params {
+        let want = expected.tensor(name).unwrap();
+        let mut mask = vec![0u8; packed.len()];
+        if let Ok(nz) = expected.tensor(&format!("near_zero/{name}")) {
+            for p in nz
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
+            {
+                mask[p / 8] |= 1 << (p % 8);
+            }
+        }
+        let differing: usize = packed
+            .iter()
+            .zip(want.data())
+            .zip(&mask)
+            .map(|((a, b), m)| ((a ^ b) & !m).count_ones() as usize)
+            .sum();
+        assert_eq!(
+            differing, 0,
+            "{name}: {differing} bits differ outside the near-zero positions"
+        );
+    }
+
+    // Metadata keys in the same order, with the same types (numpy int64 scalars read as ints).
+    let outline = |bytes: &[u8]| -> Vec<(String, &'static str)> {
+        let f = PtFile::parse(bytes, &limits).unwrap();
+        let sd = f.get(f.root(), "state_dict", "root").unwrap().unwrap();
+        let items = f.dict(sd, "state_dict").unwrap().to_vec();
+        items
+            .into_iter()
+            .map(|(k, v)| {
+                let kind = match f.node(v) {
+                    aggregator_codec::pickle::Node::List(items) => items.first().map_or("list", |&i| match f.node(i) {
+                        aggregator_codec::pickle::Node::Int(_) => "list[int]",
+                        _ => "list[other]",
+                    }),
+                    other => other.kind(),
+                };
+                (f.str(k, "key").unwrap().to_string(), kind)
+            })
+            .collect()
+    };
+    assert_eq!(outline(&ours_bytes), outline(&reference_bytes));
+
+    let py = Command::new("python3")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/check_pt.py"))
+        .args(["aggregate", out_file.to_str().unwrap(), "--params", "21"])
+        .output()
+        .expect("python3 (standard library only) runs the structure check");
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stdout));
+    std::fs::remove_dir_all(&out_dir).ok();
+}
+
+#[test]
+fn aggregate_skips_bad_files_with_reasons() {
+    let fixtures = shared().join("fixtures/templar-0.2.73");
+    let dir = std::env::temp_dir().join(format!("cli-aggregate-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A malformed peer file under a proper name: it is skipped with its reason; the others are aggregated.
+    std::fs::copy(
+        fixtures.join("bad/vals-nan.pt"),
+        dir.join("gradient-100203-5-v0.2.73.pt"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures.join("bad/forbidden-global.pt"),
+        dir.join("gradient-100203-6-v0.2.73.pt"),
+    )
+    .unwrap();
+    let out_file = dir.join("out.pt");
+    let out = aggregator()
+        .args(["aggregate", "--model"])
+        .arg(fixtures.join("model.json"))
+        .args(["--window", "100203", "--out"])
+        .arg(&out_file)
+        .arg(fixtures.join("gradient-100203-3-v0.2.73.pt"))
+        .arg(dir.join("gradient-100203-5-v0.2.73.pt"))
+        .arg(dir.join("gradient-100203-6-v0.2.73.pt"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("uid 5: skipped:") && stderr.contains("vals[11] = NaN"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("uid 6: skipped:") && stderr.contains("posix.system"),
+        "{stderr}"
+    );
+    let a = aggregator_codec::Aggregate::read(&std::fs::read(&out_file).unwrap(), None, &Default::default()).unwrap();
+    assert_eq!(a.skipped_uids, [5, 6]);
+    assert!((a.success_rate - 1.0 / 3.0).abs() < 1e-12);
+    // Only bad files: exit 1 and no output file.
+    let none = dir.join("none.pt");
+    let out = aggregator()
+        .args(["aggregate", "--model"])
+        .arg(fixtures.join("model.json"))
+        .args(["--window", "100203", "--out"])
+        .arg(&none)
+        .arg(dir.join("gradient-100203-5-v0.2.73.pt"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!none.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn codec_inspect_reports_bad_files_in_one_line() {
+    let fixtures = shared().join("fixtures/templar-0.2.73");
+    let ok = aggregator()
+        .args(["codec", "inspect"])
+        .arg(fixtures.join("gradient-100203-3-v0.2.73.pt"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("tensor int16 [4, 1, 32]"));
+    let bad = aggregator()
+        .args(["codec", "inspect", "--model"])
+        .arg(fixtures.join("model.json"))
+        .arg(fixtures.join("bad/idxs-out-of-range.pt"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("idxs[7] = 4096"), "{stderr}");
+}

@@ -29,14 +29,14 @@ pub const PRESETS: [&str; 3] = ["tiny", "small", "templar-1b"];
 #[derive(Debug, Error)]
 pub enum ModelError {
     /// Neither a preset nor a readable file.
-    #[error("model {name:?} is not a preset ({presets}) and cannot be read as a file: {source}")]
+    #[error("model {name:?} is not a preset ({presets}) and cannot be read as a file: {error}")]
     Unknown {
         /// What was asked for.
         name: String,
         /// Comma-separated preset names.
         presets: String,
         /// The file error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is larger than [`MAX_FILE_BYTES`].
     #[error("model file {path} is {size} bytes; the limit is {MAX_FILE_BYTES}")]
@@ -48,7 +48,7 @@ pub enum ModelError {
     },
     /// Not valid JSON of the expected structure.
     #[error("model JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// The JSON has neither `parameters` nor `config`.
     #[error("model JSON has neither a `parameters` list nor a LLaMA `config`")]
     Empty,
@@ -224,10 +224,10 @@ impl ModelSpec {
             return Ok(m);
         }
         let path = Path::new(name_or_path);
-        let unknown = |source| ModelError::Unknown {
+        let unknown = |error| ModelError::Unknown {
             name: name_or_path.to_string(),
             presets: PRESETS.join(", "),
-            source,
+            error,
         };
         let size = std::fs::metadata(path).map_err(unknown)?.len();
         if size > MAX_FILE_BYTES {
@@ -245,7 +245,7 @@ impl ModelSpec {
 
     /// Parses the JSON model format (see the crate docs).
     pub fn from_json(name: &str, text: &str) -> Result<Self, ModelError> {
-        let file: ModelFile = serde_json::from_str(text)?;
+        let file: ModelFile = serde_json::from_str(text).map_err(ModelError::Json)?;
         let target_chunk = file.target_chunk.unwrap_or(DEFAULT_TARGET_CHUNK);
         let topk = file.topk.unwrap_or(DEFAULT_TOPK);
         let spec = match (file.parameters, &file.config) {

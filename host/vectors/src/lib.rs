@@ -30,12 +30,12 @@ pub const MAX_TENSOR_BYTES: u64 = 4 << 30;
 #[derive(Debug, Error)]
 pub enum VectorsError {
     /// A file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file is larger than its limit.
     #[error("{path}: {size} bytes exceeds the limit of {limit}")]
@@ -135,9 +135,9 @@ pub struct VectorDir {
 }
 
 fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, VectorsError> {
-    let io = |source| VectorsError::Io {
+    let io = |error| VectorsError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let size = std::fs::metadata(path).map_err(io)?.len();
     if size > limit {

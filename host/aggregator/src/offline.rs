@@ -1,0 +1,189 @@
+//! `codec inspect` and `aggregate`: the codec and the window step on local files.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use aggregator_codec::{Gradient, Limits, PeerList, PtFile, StartWindow};
+use aggregator_model::ModelSpec;
+use aggregator_window::{PeerInput, aggregate_window, python_utc_now};
+use anyhow::{Context, bail};
+
+use crate::BackendKind;
+
+/// Prints the outline of a `.pt` file (or a Templar JSON object); exit 1 with a one-line reason if it is invalid.
+pub fn inspect(path: &Path, model: Option<&str>) -> ExitCode {
+    match inspect_text(path, model) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: invalid: {e:#}", path.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn inspect_text(path: &Path, model: Option<&str>) -> anyhow::Result<String> {
+    let limits = Limits::default();
+    let size = std::fs::metadata(path)?.len();
+    if size > limits.max_archive_bytes {
+        bail!("{size} bytes is over the limit of {}", limits.max_archive_bytes);
+    }
+    let bytes = std::fs::read(path)?;
+    if bytes.first() == Some(&b'{') {
+        if let Ok(p) = PeerList::from_json(&bytes) {
+            return Ok(format!("peer list (JSON)\n{p:#?}\n"));
+        }
+        let s = StartWindow::from_json(&bytes)?;
+        return Ok(format!("start window (JSON)\n{s:#?}\n"));
+    }
+    let file = PtFile::parse(&bytes, &limits)?;
+    let mut text = format!(
+        "torch zip archive, root folder {:?}\n{}",
+        file.root_folder(),
+        file.describe()
+    );
+    if let Some(model) = model {
+        let model = ModelSpec::load(model)?;
+        let g = Gradient::read(&bytes, &model, &Limits::for_gradient(model.sparse_bytes() as u64))?;
+        let present = g.params.iter().filter(|p| p.is_some()).count();
+        text += &format!(
+            "valid gradient of model {}: {present} of {} parameters present\n",
+            model.name,
+            model.params.len()
+        );
+    }
+    Ok(text)
+}
+
+/// Arguments of `aggregate`.
+#[derive(clap::Args)]
+pub struct AggregateArgs {
+    /// Model preset (tiny, small, templar-1b) or model JSON file.
+    #[arg(long)]
+    model: String,
+    /// The window being aggregated.
+    #[arg(long)]
+    window: i64,
+    /// Templar version string of the files.
+    #[arg(long, default_value = "0.2.73")]
+    version: String,
+    /// Where to write `aggregator-{w}-v{V}.pt` (written to a temporary name, then renamed).
+    #[arg(long)]
+    out: PathBuf,
+    /// The selected peers in aggregation order, comma-separated; a peer without a file counts as missing.
+    /// Default: the files' uids in the order given.
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<u16>>,
+    /// Numeric backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
+    /// Gradient files named `gradient-{w}-{uid}-v{V}.pt`.
+    #[arg(required = true)]
+    gradients: Vec<PathBuf>,
+}
+
+/// `(window, uid, version)` from `gradient-{w}-{uid}-v{V}.pt`.
+fn parse_name(path: &Path) -> Option<(i64, u16, String)> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name.strip_prefix("gradient-")?.strip_suffix(".pt")?;
+    let (w, rest) = rest.split_once('-')?;
+    let (uid, v) = rest.split_once("-v")?;
+    Some((w.parse().ok()?, uid.parse().ok()?, v.to_string()))
+}
+
+fn read_gradient(
+    path: &Path,
+    window: i64,
+    version: &str,
+    model: &ModelSpec,
+    limits: &Limits,
+) -> Result<Gradient, String> {
+    let (w, _, v) = parse_name(path).ok_or("file name is not gradient-{w}-{uid}-v{V}.pt")?;
+    if w != window || v != version {
+        return Err(format!(
+            "file is for window {w} version {v}, not window {window} version {version}"
+        ));
+    }
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if size > limits.max_archive_bytes {
+        return Err(format!(
+            "too large: {size} bytes, the limit for this model is {}",
+            limits.max_archive_bytes
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    Gradient::read(&bytes, model, limits).map_err(|e| e.to_string())
+}
+
+/// Runs `aggregate`.
+pub fn aggregate(args: AggregateArgs) -> anyhow::Result<ExitCode> {
+    let model = ModelSpec::load(&args.model)?;
+    let limits = Limits::for_gradient(model.sparse_bytes() as u64);
+    let mut files: Vec<(u16, &PathBuf)> = Vec::new();
+    for path in &args.gradients {
+        let (_, uid, _) = parse_name(path).with_context(|| {
+            format!(
+                "{}: cannot take a uid from the name (expected gradient-{{w}}-{{uid}}-v{{V}}.pt)",
+                path.display()
+            )
+        })?;
+        if files.iter().any(|(u, _)| *u == uid) {
+            bail!("two files for uid {uid}");
+        }
+        files.push((uid, path));
+    }
+    let order = args
+        .peers
+        .clone()
+        .unwrap_or_else(|| files.iter().map(|(u, _)| *u).collect());
+    if let Some((uid, path)) = files.iter().find(|(u, _)| !order.contains(u)) {
+        bail!("{}: uid {uid} is not in --peers", path.display());
+    }
+    let mut peers = Vec::with_capacity(order.len());
+    for uid in order {
+        let input = match files.iter().find(|(u, _)| *u == uid) {
+            None => PeerInput::Skipped("missing: no gradient file".into()),
+            Some((_, path)) => match read_gradient(path, args.window, &args.version, &model, &limits) {
+                Ok(g) => PeerInput::Valid(g),
+                Err(reason) => PeerInput::Skipped(format!("{}: {reason}", path.display())),
+            },
+        };
+        match &input {
+            PeerInput::Valid(_) => eprintln!("uid {uid}: ok"),
+            PeerInput::Skipped(reason) => eprintln!("uid {uid}: skipped: {reason}"),
+        }
+        peers.push((uid, input));
+    }
+    let backend = args.backend.instantiate();
+    let result = match aggregate_window(
+        &model,
+        backend.as_ref(),
+        args.window,
+        &args.version,
+        &peers,
+        python_utc_now(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}; no file written");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let bytes = result.file.to_bytes()?;
+    let tmp = args.out.with_extension("pt.partial");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming to {}", args.out.display()))?;
+    println!(
+        "wrote {} ({} bytes): window {}, {} parameters, valid uids {:?}, skipped uids {:?}, success rate {}",
+        args.out.display(),
+        bytes.len(),
+        args.window,
+        result.file.params.len(),
+        result.valid_uids,
+        result.file.skipped_uids,
+        result.file.success_rate
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Fuzzes the .pt reader. Usage: host/codec/fuzz/run.sh [read_pt|pickle] [seconds]
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). Seeds come from ../shared/fixtures.
+set -euo pipefail
+cd "$(dirname "$0")"
+target=${1:-read_pt}
+seconds=${2:-600}
+fixtures=../../../../shared/fixtures/templar-0.2.73
+mkdir -p "corpus/$target"
+if [ "$target" = read_pt ]; then
+  cp -n "$fixtures"/*.pt "$fixtures"/bad/*.pt "corpus/$target/" 2>/dev/null || true
+else
+  python3 - "$fixtures" "corpus/$target" <<'PY'
+import sys, zipfile, pathlib
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for f in list(src.glob("*.pt")) + list(src.glob("bad/*.pt")):
+    try:
+        z = zipfile.ZipFile(f)
+        name = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        (dst / (f.stem + ".pkl")).write_bytes(z.read(name))
+    except Exception:
+        pass
+PY
+fi
+exec cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1

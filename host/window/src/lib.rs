@@ -1,0 +1,147 @@
+//! One window's aggregation step (spec §2.5, §2.6, §3.1): per-peer outcomes in, the `aggregator-{w}-v{V}.pt`
+//! payload out. The daemon, the simulator and `aggregator aggregate` all call [`aggregate_window`].
+
+use aggregator_codec::{Aggregate, Gradient};
+use aggregator_kernels::{Backend, Contribution, KernelError, PeerSparse};
+use aggregator_model::ModelSpec;
+use rayon::prelude::*;
+use thiserror::Error;
+
+/// A selected peer's gradient for the window, or why it cannot be used.
+#[derive(Debug)]
+pub enum PeerInput {
+    /// Decoded and validated against the model.
+    Valid(Gradient),
+    /// Skipped: missing, outside the time bounds, malformed, … (the reason is reported).
+    Skipped(String),
+}
+
+/// Why a window produced no aggregate.
+#[derive(Debug, Error)]
+pub enum WindowError {
+    /// No selected peer had a valid gradient (Templar's gather returns `None`; nothing is written).
+    #[error("window {window}: none of the {peers} selected peers has a valid gradient")]
+    NoValidPeers {
+        /// The window.
+        window: i64,
+        /// Number of selected peers.
+        peers: usize,
+    },
+    /// A gradient does not match the model it is aggregated for.
+    #[error("uid {uid}: {reason}")]
+    Mismatch {
+        /// The peer.
+        uid: u16,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The numeric core refused its input.
+    #[error("parameter {param:?}: {error}")]
+    Kernel {
+        /// Parameter name.
+        param: String,
+        /// The kernel error.
+        error: KernelError,
+    },
+}
+
+/// The result of one window.
+#[derive(Debug)]
+pub struct WindowAggregate {
+    /// The file payload.
+    pub file: Aggregate,
+    /// Uids aggregated, in peer order.
+    pub valid_uids: Vec<u16>,
+    /// Uids skipped with their reasons, in peer order.
+    pub skipped: Vec<(u16, String)>,
+}
+
+/// `datetime.now(timezone.utc).isoformat()`: `YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00`.
+pub fn python_utc_now() -> String {
+    let now = chrono::Utc::now();
+    let micros = now.timestamp_subsec_micros();
+    let frac = if micros == 0 {
+        String::new()
+    } else {
+        format!(".{micros:06}")
+    };
+    format!("{}{frac}+00:00", now.format("%Y-%m-%dT%H:%M:%S"))
+}
+
+/// Aggregates window `window` from the selected peers' inputs, in peer order (the aggregation order).
+///
+/// As Templar 0.2.73: `success_rate = valid / len(peers)`; `skipped_uids` lists the invalid peers in order; per
+/// parameter, the valid peers that sent it are normalised (whole-tensor L2 norm + 1e-8) and merged (scatter-mean,
+/// inverse DCT, sign, 1-bit pack); a parameter no valid peer sent is left out of the file.
+pub fn aggregate_window(
+    model: &ModelSpec,
+    backend: &dyn Backend,
+    window: i64,
+    version: &str,
+    peers: &[(u16, PeerInput)],
+    timestamp: String,
+) -> Result<WindowAggregate, WindowError> {
+    let (mut valid, mut skipped) = (Vec::new(), Vec::new());
+    for (uid, input) in peers {
+        match input {
+            PeerInput::Valid(g) if g.params.len() == model.params.len() => valid.push((*uid, g)),
+            PeerInput::Valid(g) => {
+                return Err(WindowError::Mismatch {
+                    uid: *uid,
+                    reason: format!(
+                        "gradient has {} parameters, model {}",
+                        g.params.len(),
+                        model.params.len()
+                    ),
+                });
+            }
+            PeerInput::Skipped(reason) => skipped.push((*uid, reason.clone())),
+        }
+    }
+    if valid.is_empty() {
+        return Err(WindowError::NoValidPeers {
+            window,
+            peers: peers.len(),
+        });
+    }
+    let mut scratch: Vec<Vec<f32>> = vec![Vec::new(); valid.len()];
+    let mut params = Vec::new();
+    for (pi, spec) in model.params.iter().enumerate() {
+        let kernel = |error| WindowError::Kernel {
+            param: spec.name.clone(),
+            error,
+        };
+        // Normalise each contributing peer (in parallel), keeping peer order.
+        let contributions: Vec<Contribution> = scratch
+            .par_iter_mut()
+            .zip(valid.par_iter())
+            .filter_map(|(buf, (_, g))| g.params[pi].as_ref().map(|p| (buf, p)))
+            .map(|(buf, p)| {
+                PeerSparse::new(&spec.layout, &p.idxs, &p.vals).map(|s| Contribution::new(s.normalised(buf)))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(kernel)?;
+        if contributions.is_empty() {
+            continue;
+        }
+        let mut packed = vec![0u8; spec.layout.packed_len()];
+        backend
+            .aggregate(&spec.layout, &contributions, &mut packed)
+            .map_err(kernel)?;
+        params.push((spec.name.clone(), packed));
+    }
+    let file = Aggregate {
+        params,
+        timestamp,
+        window,
+        version: version.to_string(),
+        skipped_uids: skipped.iter().map(|(u, _)| *u as i64).collect(),
+        success_rate: valid.len() as f64 / peers.len() as f64,
+        global_step: 0,
+    };
+    Ok(WindowAggregate {
+        file,
+        valid_uids: valid.iter().map(|(u, _)| *u).collect(),
+        skipped,
+    })
+}
