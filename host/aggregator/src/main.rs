@@ -2,6 +2,7 @@
 
 mod bench;
 mod offline;
+mod plugin;
 mod resources;
 
 use std::path::PathBuf;
@@ -32,6 +33,11 @@ enum Command {
     },
     /// Aggregates gradient files offline, exactly as the server does for one window.
     Aggregate(offline::AggregateArgs),
+    /// Policy components (WebAssembly plugins).
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -64,9 +70,18 @@ enum CodecCommand {
 }
 
 #[derive(Subcommand)]
+enum PluginCommand {
+    /// Loads a policy component as the daemon would (compile, import audit, self-check, golden inputs under the
+    /// production limits), names the world and version it implements, prints a verdict; exit 0 ok, 1 refused.
+    Check(plugin::CheckArgs),
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Times the aggregation of N synthetic peers (normalise, scatter-mean, inverse DCT, sign, pack).
     Process(bench::ProcessArgs),
+    /// Times policy calls (fresh sandboxed instance per call) and component loading.
+    Policy(plugin::BenchArgs),
 }
 
 /// Numeric backend.
@@ -113,6 +128,12 @@ fn main() -> ExitCode {
             command: CodecCommand::Inspect { file, model },
         } => Ok(offline::inspect(&file, model.as_deref())),
         Command::Aggregate(args) => offline::aggregate(args),
+        Command::Plugin {
+            command: PluginCommand::Check(args),
+        } => plugin::check(args),
+        Command::Bench {
+            command: BenchCommand::Policy(args),
+        } => plugin::bench(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -260,3 +260,35 @@ fn codec_inspect_reports_bad_files_in_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("idxs[7] = 4096"), "{stderr}");
 }
+
+#[test]
+fn plugin_check_gives_a_verdict_and_an_exit_status() {
+    let out_dir = std::env::temp_dir().join(format!("cli-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let good = out_dir.join("example.wasm");
+    std::fs::write(&good, aggregator_policy::EXAMPLE_ROTATION).unwrap();
+    let out = aggregator().args(["plugin", "check"]).arg(&good).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("implements: world peer-selector of templar:policy@1.0.0"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().last(), Some("verdict: ok"));
+    let wrong_world = aggregator()
+        .args(["plugin", "check", "--world", "bundle"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(wrong_world.status.code(), Some(1));
+    let garbage = out_dir.join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x0d\0\x01\0 truncated").unwrap();
+    let out = aggregator().args(["plugin", "check"]).arg(&garbage).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("verdict: refused: "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::remove_dir_all(&out_dir).ok();
+}

@@ -1,0 +1,351 @@
+//! The policies in use: one slot per policy kind, with fallback and staged hot swap.
+//!
+//! Each slot has its current policy, the last good one (the policy it replaced), and the embedded default. A failed
+//! call (trap, limit, error, invalid output) is retried on the last good policy, then on the default, and counted.
+//! A configured file is watched; a changed file is loaded as a candidate (compile, audit, self-check, golden inputs)
+//! and, if it passes, swapped in atomically at the next window boundary ([`Policies::begin_window`]). A candidate
+//! that fails is rejected with its reason and the current policy stays.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use sha2::{Digest, Sha256};
+
+use crate::bindings::exports::templar::policy::catchup_verification::{Verdict, VerifyInput};
+use crate::bindings::exports::templar::policy::peer_selection::{Selection, SelectionInput};
+use crate::bindings::exports::templar::policy::time_bounds::{Bounds, BoundsInput};
+use crate::engine::{Called, Loaded, PolicyEngine, PolicyKind, hex};
+use crate::host::PolicyLog;
+use crate::{EMBEDDED_DEFAULT, PolicyError};
+
+/// Which component serves each policy, and the operator settings passed to every call as `config`.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// Peer-selection component (default: the embedded `templar-default`).
+    pub peer_selection: Option<PathBuf>,
+    /// Time-bounds component.
+    pub time_bounds: Option<PathBuf>,
+    /// Catch-up verification component.
+    pub catchup_verification: Option<PathBuf>,
+    /// `(key, value)` settings given to every policy.
+    pub settings: Vec<(String, String)>,
+}
+
+impl PolicyConfig {
+    fn source(&self, kind: PolicyKind) -> Option<&PathBuf> {
+        match kind {
+            PolicyKind::PeerSelection => self.peer_selection.as_ref(),
+            PolicyKind::TimeBounds => self.time_bounds.as_ref(),
+            PolicyKind::CatchupVerification => self.catchup_verification.as_ref(),
+        }
+    }
+}
+
+/// A policy call's result.
+#[derive(Debug, Clone)]
+pub struct Outcome<R> {
+    /// The decision.
+    pub value: R,
+    /// `name version` of the policy that made it.
+    pub policy: String,
+    /// When the current policy failed and a fallback answered: why it failed.
+    pub fallback: Option<PolicyError>,
+    /// What the policy logged.
+    pub logs: Vec<PolicyLog>,
+    /// Fuel used.
+    pub fuel_used: u64,
+}
+
+/// What happened to a watched component.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SwapEvent {
+    /// A new version passed every check and waits for the next window.
+    Staged {
+        /// The slot.
+        kind: PolicyKind,
+        /// `name version`.
+        policy: String,
+    },
+    /// A new version failed a check; the current policy stays.
+    Rejected {
+        /// The slot.
+        kind: PolicyKind,
+        /// Why.
+        reason: String,
+    },
+    /// A staged version became current.
+    Swapped {
+        /// The slot.
+        kind: PolicyKind,
+        /// The new `name version`.
+        policy: String,
+    },
+}
+
+/// Counters of one slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotStats {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls on which the current policy failed.
+    pub failures: u64,
+    /// Failed calls answered by a fallback.
+    pub fallbacks: u64,
+    /// Hot swaps done.
+    pub swaps: u64,
+    /// Candidates rejected.
+    pub rejections: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    fallbacks: AtomicU64,
+    swaps: AtomicU64,
+    rejections: AtomicU64,
+}
+
+struct Slot {
+    kind: PolicyKind,
+    current: ArcSwap<Loaded>,
+    last_good: ArcSwapOption<Loaded>,
+    default: Arc<Loaded>,
+    pending: Mutex<Option<Arc<Loaded>>>,
+    source: Option<PathBuf>,
+    seen_hash: Mutex<Option<String>>,
+    counters: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Slot {
+    fn call<R>(&self, f: impl Fn(&Loaded) -> Result<Called<R>, PolicyError>) -> Result<Outcome<R>, PolicyError> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let done = |c: Called<R>, l: &Loaded, fallback| Outcome {
+            value: c.value,
+            policy: l.label(),
+            fallback,
+            logs: c.logs,
+            fuel_used: c.fuel_used,
+        };
+        let current = self.current.load_full();
+        let error = match f(&current) {
+            Ok(c) => return Ok(done(c, &current, None)),
+            Err(e) => e,
+        };
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        let mut tried = vec![Arc::as_ptr(&current)];
+        for candidate in [self.last_good.load_full(), Some(self.default.clone())]
+            .into_iter()
+            .flatten()
+        {
+            if tried.contains(&Arc::as_ptr(&candidate)) || !candidate.provides(self.kind) {
+                continue;
+            }
+            tried.push(Arc::as_ptr(&candidate));
+            if let Ok(c) = f(&candidate) {
+                self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                return Ok(done(c, &candidate, Some(error)));
+            }
+        }
+        Err(error)
+    }
+}
+
+/// The three policies in use.
+pub struct Policies {
+    engine: PolicyEngine,
+    slots: Vec<Slot>,
+    settings: Vec<(String, String)>,
+}
+
+impl Policies {
+    /// Loads the embedded default and every configured component. A configured component that fails to load is an
+    /// error: the operator asked for it.
+    pub fn new(engine: PolicyEngine, config: PolicyConfig) -> Result<Self, PolicyError> {
+        let default = engine.load(EMBEDDED_DEFAULT, "embedded:templar-default")?;
+        let mut slots = Vec::new();
+        for kind in PolicyKind::ALL {
+            let source = config.source(kind).cloned();
+            let (current, seen) = match &source {
+                None => (default.clone(), None),
+                Some(path) => {
+                    let wasm = read(path)?;
+                    let loaded = engine.load(&wasm, &path.display().to_string())?;
+                    if !loaded.provides(kind) {
+                        return Err(PolicyError::NotProvided {
+                            policy: loaded.label(),
+                            interface: kind.interface(),
+                        });
+                    }
+                    (loaded, Some(hex(&Sha256::digest(&wasm))))
+                }
+            };
+            slots.push(Slot {
+                kind,
+                current: ArcSwap::new(current),
+                last_good: ArcSwapOption::empty(),
+                default: default.clone(),
+                pending: Mutex::new(None),
+                source,
+                seen_hash: Mutex::new(seen),
+                counters: Counters::default(),
+            });
+        }
+        Ok(Self {
+            engine,
+            slots,
+            settings: config.settings,
+        })
+    }
+
+    fn slot(&self, kind: PolicyKind) -> &Slot {
+        &self.slots[PolicyKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("every kind has a slot")]
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+
+    /// The policy currently serving `kind`.
+    pub fn current(&self, kind: PolicyKind) -> Arc<Loaded> {
+        self.slot(kind).current.load_full()
+    }
+
+    /// Selects the peers for a window (the operator settings replace `input.config`).
+    pub fn select_peers(&self, mut input: SelectionInput) -> Result<Outcome<Selection>, PolicyError> {
+        input.config = self.settings.clone();
+        self.slot(PolicyKind::PeerSelection)
+            .call(|l| self.engine.select(l, &input))
+    }
+
+    /// Computes a window's upload time bounds.
+    pub fn time_bounds(&self, mut input: BoundsInput) -> Result<Outcome<Bounds>, PolicyError> {
+        input.config = self.settings.clone();
+        self.slot(PolicyKind::TimeBounds)
+            .call(|l| self.engine.bounds(l, &input))
+    }
+
+    /// Judges a catch-up comparison.
+    pub fn verify(&self, mut input: VerifyInput) -> Result<Outcome<Verdict>, PolicyError> {
+        input.config = self.settings.clone();
+        self.slot(PolicyKind::CatchupVerification)
+            .call(|l| self.engine.verify(l, &input))
+    }
+
+    /// Looks at every configured file; a changed one is checked and staged, or rejected.
+    pub fn check_for_updates(&self) -> Vec<SwapEvent> {
+        let mut events = Vec::new();
+        for slot in &self.slots {
+            let Some(path) = &slot.source else { continue };
+            let Ok(wasm) = std::fs::read(path) else { continue };
+            let hash = hex(&Sha256::digest(&wasm));
+            if lock(&slot.seen_hash).as_deref() == Some(hash.as_str()) {
+                continue;
+            }
+            *lock(&slot.seen_hash) = Some(hash);
+            let result = self.engine.load(&wasm, &path.display().to_string()).and_then(|l| {
+                if l.provides(slot.kind) {
+                    Ok(l)
+                } else {
+                    Err(PolicyError::NotProvided {
+                        policy: l.label(),
+                        interface: slot.kind.interface(),
+                    })
+                }
+            });
+            match result {
+                Ok(loaded) => {
+                    events.push(SwapEvent::Staged {
+                        kind: slot.kind,
+                        policy: loaded.label(),
+                    });
+                    *lock(&slot.pending) = Some(loaded);
+                }
+                Err(e) => {
+                    slot.counters.rejections.fetch_add(1, Ordering::Relaxed);
+                    events.push(SwapEvent::Rejected {
+                        kind: slot.kind,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        events
+    }
+
+    /// Called at a window boundary: staged candidates become current (the replaced policy becomes the last good one).
+    pub fn begin_window(&self) -> Vec<SwapEvent> {
+        let mut events = Vec::new();
+        for slot in &self.slots {
+            if let Some(next) = lock(&slot.pending).take() {
+                let policy = next.label();
+                let old = slot.current.swap(next);
+                slot.last_good.store(Some(old));
+                slot.counters.swaps.fetch_add(1, Ordering::Relaxed);
+                events.push(SwapEvent::Swapped {
+                    kind: slot.kind,
+                    policy,
+                });
+            }
+        }
+        events
+    }
+
+    /// Counters per policy kind.
+    pub fn stats(&self) -> Vec<(PolicyKind, SlotStats)> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let c = &s.counters;
+                let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                (
+                    s.kind,
+                    SlotStats {
+                        calls: get(&c.calls),
+                        failures: get(&c.failures),
+                        fallbacks: get(&c.fallbacks),
+                        swaps: get(&c.swaps),
+                        rejections: get(&c.rejections),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Polls the configured files every `interval` on a background thread (ends when `self` is dropped). `on_event`
+    /// receives staged and rejected candidates; swapping still waits for [`Policies::begin_window`].
+    pub fn spawn_watcher(
+        self: &Arc<Self>,
+        interval: Duration,
+        on_event: impl Fn(SwapEvent) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        std::thread::spawn(move || {
+            while let Some(p) = weak.upgrade() {
+                for e in p.check_for_updates() {
+                    on_event(e);
+                }
+                drop(p);
+                std::thread::sleep(interval);
+            }
+        })
+    }
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, PolicyError> {
+    std::fs::read(path).map_err(|e| PolicyError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,298 @@
+//! The embedded `templar-default` component, run in wasmtime, against table-driven cases from the spec:
+//! `update_peers` (§4.4), the time bounds (§2.3) and the catch-up metrics (§7.4).
+
+mod common;
+
+use aggregator_policy::bindings::exports::templar::policy::catchup_verification::{ParamSample, VerifyInput};
+use aggregator_policy::bindings::exports::templar::policy::peer_selection::SelectionInput;
+use aggregator_policy::bindings::exports::templar::policy::time_bounds::BoundsInput;
+use aggregator_policy::bindings::templar::policy::types::{ChainView, PostedList};
+use aggregator_policy::{EMBEDDED_DEFAULT, Loaded, PolicyError};
+
+fn default() -> std::sync::Arc<Loaded> {
+    common::engine()
+        .load(EMBEDDED_DEFAULT, "embedded:templar-default")
+        .expect("the default loads")
+}
+
+fn chain(window: u64) -> ChainView {
+    ChainView {
+        block: window * 7 + 3,
+        window,
+        blocks_per_window: 7,
+        netuid: 3,
+    }
+}
+
+fn list(peers: &[u16], first_effective_window: u64) -> PostedList {
+    PostedList {
+        peers: peers.to_vec(),
+        first_effective_window,
+        sync_window: first_effective_window - 2,
+    }
+}
+
+/// One window of the table: the posted lists visible then, and the peers Templar would gather.
+struct Step {
+    window: u64,
+    latest: Option<PostedList>,
+    previous: Option<PostedList>,
+    expect: &'static [u16],
+}
+
+/// Runs consecutive windows, feeding back `current` and `state` as the host does.
+fn run(config: &[(&str, &str)], steps: &[Step]) {
+    let policy = default();
+    let (mut current, mut state) = (Vec::new(), Vec::new());
+    for s in steps {
+        let input = SelectionInput {
+            chain: chain(s.window),
+            neurons: vec![],
+            current: current.clone(),
+            latest: s.latest.clone(),
+            previous: s.previous.clone(),
+            state: state.clone(),
+            config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let out = common::engine().select(&policy, &input).unwrap().value;
+        assert_eq!(out.peers, s.expect, "window {}: {}", s.window, out.note);
+        assert!(out.weights.is_none(), "Templar weighs every peer 1.0");
+        (current, state) = (out.peers, out.state);
+    }
+}
+
+#[test]
+fn start_up_takes_the_previous_list_then_switches_when_the_newest_is_effective() {
+    let (a, b) = (list(&[1, 2, 3], 98), list(&[4, 5, 6], 102));
+    run(
+        &[],
+        &[
+            // Empty peers: the previous list; the newest (effective 102) is staged at once (-1 + 5 - 100 < 2).
+            Step {
+                window: 100,
+                latest: Some(b.clone()),
+                previous: Some(a.clone()),
+                expect: &[1, 2, 3],
+            },
+            Step {
+                window: 101,
+                latest: Some(b.clone()),
+                previous: Some(a.clone()),
+                expect: &[1, 2, 3],
+            },
+            Step {
+                window: 102,
+                latest: Some(b.clone()),
+                previous: Some(a.clone()),
+                expect: &[4, 5, 6],
+            },
+            Step {
+                window: 103,
+                latest: Some(b.clone()),
+                previous: Some(a.clone()),
+                expect: &[4, 5, 6],
+            },
+        ],
+    );
+}
+
+#[test]
+fn a_single_posted_list_means_no_peers_until_it_is_effective() {
+    // Spec §9.17: with one list, fetch_previous gives nothing, so the first gather has no peers.
+    let only = list(&[7, 8], 51);
+    run(
+        &[],
+        &[
+            Step {
+                window: 50,
+                latest: Some(only.clone()),
+                previous: None,
+                expect: &[],
+            },
+            Step {
+                window: 51,
+                latest: Some(only.clone()),
+                previous: None,
+                expect: &[7, 8],
+            },
+        ],
+    );
+}
+
+#[test]
+fn the_next_list_is_fetched_only_past_the_margin() {
+    // Following a list effective from 100: the next is looked at once 100 + 5 - w < 2, i.e. from window 104.
+    let (first, second) = (list(&[1, 2], 100), list(&[3, 4], 103));
+    run(
+        &[],
+        &[
+            Step {
+                window: 100,
+                latest: Some(first.clone()),
+                previous: None,
+                expect: &[1, 2],
+            },
+            Step {
+                window: 101,
+                latest: Some(second.clone()),
+                previous: Some(first.clone()),
+                expect: &[1, 2],
+            },
+            Step {
+                window: 103,
+                latest: Some(second.clone()),
+                previous: Some(first.clone()),
+                expect: &[1, 2],
+            },
+            // 104: staged (effective 103 <= 104) and switched in the same call.
+            Step {
+                window: 104,
+                latest: Some(second.clone()),
+                previous: Some(first.clone()),
+                expect: &[3, 4],
+            },
+        ],
+    );
+}
+
+#[test]
+fn an_older_or_equal_list_is_ignored_and_frequency_is_configurable() {
+    let (first, same) = (list(&[1, 2], 100), list(&[9, 9], 100));
+    run(
+        &[],
+        &[
+            Step {
+                window: 100,
+                latest: Some(first.clone()),
+                previous: None,
+                expect: &[1, 2],
+            },
+            Step {
+                window: 110,
+                latest: Some(same.clone()),
+                previous: Some(first.clone()),
+                expect: &[1, 2],
+            },
+        ],
+    );
+    // peer_replacement_frequency 10: a new list is not looked at before window 109.
+    let next = list(&[5, 6], 104);
+    run(
+        &[("peer_replacement_frequency", "10")],
+        &[
+            Step {
+                window: 100,
+                latest: Some(first.clone()),
+                previous: None,
+                expect: &[1, 2],
+            },
+            Step {
+                window: 108,
+                latest: Some(next.clone()),
+                previous: Some(first.clone()),
+                expect: &[1, 2],
+            },
+            Step {
+                window: 109,
+                latest: Some(next.clone()),
+                previous: Some(first.clone()),
+                expect: &[5, 6],
+            },
+        ],
+    );
+}
+
+fn bounds(ts: Option<u64>, now: u64, config: &[(&str, &str)]) -> Result<(u64, u64, String), PolicyError> {
+    let input = BoundsInput {
+        chain: chain(1000),
+        sync_block: 7007,
+        sync_timestamp_ms: ts,
+        now_ms: now,
+        config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    common::engine()
+        .bounds(&default(), &input)
+        .map(|c| (c.value.not_before_ms, c.value.not_after_ms, c.value.note))
+}
+
+#[test]
+fn time_bounds_follow_the_chain_timestamp_with_a_configurable_fallback() {
+    let t = 1_745_000_000_123;
+    let now = 1_745_000_100_000;
+    assert_eq!(
+        bounds(Some(t), now, &[]).unwrap().0..=bounds(Some(t), now, &[]).unwrap().1,
+        t..=t + 10_000
+    );
+    assert_eq!(
+        bounds(Some(t), now, &[("time_window_delta_seconds", "20")]).unwrap().1,
+        t + 20_000
+    );
+    let (lo, hi, note) = bounds(None, now, &[]).unwrap();
+    assert_eq!((lo, hi), (now - 1_800_000, now + 1_800_000));
+    assert!(note.contains("fallback"), "{note}");
+    assert_eq!(
+        bounds(None, now, &[("timestamp_fallback_seconds", "60")]).unwrap().0,
+        now - 60_000
+    );
+    let err = bounds(None, now, &[("timestamp_fallback_seconds", "none")]).unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::Rejected { message, .. } if message.contains("disabled")),
+        "{err}"
+    );
+    assert!(matches!(
+        bounds(Some(t), now, &[("time_window_delta_seconds", "ten")]),
+        Err(PolicyError::Rejected { .. })
+    ));
+}
+
+#[test]
+fn catch_up_metrics_and_verdict() {
+    let lr = 4e-4;
+    let input = |samples: Vec<ParamSample>, lr: f64, config: Vec<(String, String)>| VerifyInput {
+        window: 7,
+        learning_rate: lr,
+        samples,
+        config,
+    };
+    let s = |index, local: &[f64], reference: &[f64]| ParamSample {
+        index,
+        local: local.to_vec(),
+        reference: reference.to_vec(),
+    };
+    // Diffs: 2 lr, 0, 4 lr, -2 lr → sum|d| = 8 lr over 4 values: 2 steps behind on average, max 4.
+    let samples = vec![
+        s(0, &[1.0 + 2.0 * lr, 0.5], &[1.0, 0.5]),
+        s(1, &[0.25 + 4.0 * lr, -0.5 - 2.0 * lr], &[0.25, -0.5]),
+    ];
+    let v = common::engine()
+        .verify(&default(), &input(samples.clone(), lr, vec![]))
+        .unwrap()
+        .value;
+    assert_eq!(v.count, 4);
+    assert!(
+        (v.avg_steps_behind - 2.0).abs() < 1e-9 && (v.max_steps_behind - 4.0).abs() < 1e-9,
+        "{v:?}"
+    );
+    assert!((v.l2_norm - (24.0f64).sqrt() * lr).abs() < 1e-12 && (v.avg_l2_norm - v.l2_norm / 4.0).abs() < 1e-15);
+    assert!(v.in_sync, "2 <= 3 steps");
+    let strict = vec![("sync_max_steps_behind".to_string(), "1.5".to_string())];
+    assert!(
+        !common::engine()
+            .verify(&default(), &input(samples, lr, strict))
+            .unwrap()
+            .value
+            .in_sync
+    );
+    let empty = common::engine()
+        .verify(&default(), &input(vec![], lr, vec![]))
+        .unwrap()
+        .value;
+    assert!(empty.avg_steps_behind.is_infinite() && !empty.in_sync);
+    let zero_lr = common::engine()
+        .verify(&default(), &input(vec![s(0, &[1.0], &[1.0])], 0.0, vec![]))
+        .unwrap()
+        .value;
+    assert!(zero_lr.max_steps_behind.is_infinite() && !zero_lr.in_sync);
+    let mismatch = common::engine().verify(&default(), &input(vec![s(3, &[1.0, 2.0], &[1.0])], lr, vec![]));
+    assert!(matches!(mismatch, Err(PolicyError::Rejected { message, .. }) if message.contains("#3")));
+}
