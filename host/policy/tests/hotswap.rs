@@ -100,3 +100,51 @@ fn hot_swap_under_concurrent_calls() {
         .1;
     assert_eq!((stats.swaps, stats.rejections, stats.failures), (2, 1, 0));
 }
+
+#[test]
+fn the_watcher_stages_changes_and_refuses_a_candidate_that_reads_files() {
+    let dir = common::scratch("watcher");
+    let path = dir.join("selector.wasm");
+    common::install(&path, &common::guest("hostile", &[]));
+    let config = PolicyConfig {
+        peer_selection: Some(path.clone()),
+        ..Default::default()
+    };
+    let policies = Arc::new(Policies::new(common::engine().clone(), config).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _watcher = policies.spawn_watcher(std::time::Duration::from_millis(20), move |e| {
+        let _ = tx.send(e);
+    });
+    let wait = || {
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the watcher reports within 30 s")
+    };
+    common::install(&path, &common::guest("hostile", &["fs"]));
+    let rejected = wait();
+    assert!(
+        matches!(&rejected, SwapEvent::Rejected { reason, .. } if reason.contains("wasi:filesystem")),
+        "{rejected:?}"
+    );
+    common::install(&path, &common::guest("hostile", &["alt"]));
+    assert_eq!(
+        wait(),
+        SwapEvent::Staged {
+            kind: PolicyKind::PeerSelection,
+            policy: "hostile-alt 2.0.0".into()
+        }
+    );
+    assert_eq!(
+        policies.current(PolicyKind::PeerSelection).name,
+        "hostile",
+        "swaps wait for the window boundary"
+    );
+    policies.begin_window();
+    assert_eq!(policies.current(PolicyKind::PeerSelection).name, "hostile-alt");
+    let stats = policies
+        .stats()
+        .into_iter()
+        .find(|(k, _)| *k == PolicyKind::PeerSelection)
+        .unwrap()
+        .1;
+    assert_eq!((stats.rejections, stats.swaps), (1, 1));
+}
