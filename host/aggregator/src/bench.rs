@@ -42,7 +42,7 @@ pub struct ProcessArgs {
 }
 
 /// One peer's compressed gradient: `(idxs, vals)` per parameter, in model order.
-type PeerData = Vec<(Vec<i16>, Vec<f32>)>;
+pub(crate) type PeerData = Vec<(Vec<i16>, Vec<f32>)>;
 
 fn stream_seed(seed: u64, peer: usize, param: usize, block_row: usize) -> u64 {
     // SplitMix64-style mixing of the coordinates into one seed.
@@ -56,41 +56,47 @@ fn stream_seed(seed: u64, peer: usize, param: usize, block_row: usize) -> u64 {
     z
 }
 
-/// Synthesises `n` peers through the miner-side compressor, streaming each parameter in bands of block rows.
-fn synthesize(model: &ModelSpec, n: usize, seed: u64, cpu: &Cpu) -> anyhow::Result<Vec<PeerData>> {
+/// Synthesises peer `p` through the miner-side compressor, streaming each parameter in bands of block rows.
+pub(crate) fn synthesize_peer(model: &ModelSpec, p: usize, seed: u64, cpu: &Cpu) -> anyhow::Result<PeerData> {
     const BAND_ELEMENTS: usize = 1 << 22;
-    let mut peers = Vec::with_capacity(n);
     let mut x = Vec::new();
-    for p in 0..n {
-        let started = Instant::now();
-        let mut data = Vec::with_capacity(model.params.len());
-        for (pi, param) in model.params.iter().enumerate() {
-            let l = &param.layout;
-            let row_len = l.block_h() * l.cols();
-            let entries_per_row = l.blocks_x() * l.k();
-            let band = (BAND_ELEMENTS / row_len).max(1);
-            let (mut idxs, mut vals) = (vec![0i16; l.sparse_len()], vec![0f32; l.sparse_len()]);
-            for by in (0..l.blocks_y()).step_by(band) {
-                let m = band.min(l.blocks_y() - by);
-                x.resize(m * row_len, 0.0);
-                x.par_chunks_mut(row_len).enumerate().for_each(|(r, row)| {
-                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(stream_seed(seed, p, pi, by + r));
-                    row.iter_mut().for_each(|v| *v = rng.random::<f32>() * 2.0 - 1.0);
-                });
-                let span = by * entries_per_row..(by + m) * entries_per_row;
-                cpu.compress_rows(l, &x, &mut idxs[span.clone()], &mut vals[span])
-                    .with_context(|| format!("compressing {}", param.name))?;
-            }
-            data.push((idxs, vals));
+    let mut data = Vec::with_capacity(model.params.len());
+    for (pi, param) in model.params.iter().enumerate() {
+        let l = &param.layout;
+        let row_len = l.block_h() * l.cols();
+        let entries_per_row = l.blocks_x() * l.k();
+        let band = (BAND_ELEMENTS / row_len).max(1);
+        let (mut idxs, mut vals) = (vec![0i16; l.sparse_len()], vec![0f32; l.sparse_len()]);
+        for by in (0..l.blocks_y()).step_by(band) {
+            let m = band.min(l.blocks_y() - by);
+            x.resize(m * row_len, 0.0);
+            x.par_chunks_mut(row_len).enumerate().for_each(|(r, row)| {
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(stream_seed(seed, p, pi, by + r));
+                row.iter_mut().for_each(|v| *v = rng.random::<f32>() * 2.0 - 1.0);
+            });
+            let span = by * entries_per_row..(by + m) * entries_per_row;
+            cpu.compress_rows(l, &x, &mut idxs[span.clone()], &mut vals[span])
+                .with_context(|| format!("compressing {}", param.name))?;
         }
-        peers.push(data);
-        eprintln!(
-            "  synthesised peer {}/{n} in {:.1} s",
-            p + 1,
-            started.elapsed().as_secs_f64()
-        );
+        data.push((idxs, vals));
     }
-    Ok(peers)
+    Ok(data)
+}
+
+/// Synthesises `n` peers.
+fn synthesize(model: &ModelSpec, n: usize, seed: u64, cpu: &Cpu) -> anyhow::Result<Vec<PeerData>> {
+    (0..n)
+        .map(|p| {
+            let started = Instant::now();
+            let data = synthesize_peer(model, p, seed, cpu)?;
+            eprintln!(
+                "  synthesised peer {}/{n} in {:.1} s",
+                p + 1,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(data)
+        })
+        .collect()
 }
 
 /// Timings of one parameter in one run.
@@ -139,7 +145,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
-fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 

@@ -1,6 +1,7 @@
 //! `aggregator`: the Templar-compatible aggregation server's command-line entry point.
 
 mod bench;
+mod bench_gather;
 mod offline;
 mod plugin;
 mod resources;
@@ -82,6 +83,8 @@ enum BenchCommand {
     Process(bench::ProcessArgs),
     /// Times policy calls (fresh sandboxed instance per call) and component loading.
     Policy(plugin::BenchArgs),
+    /// Gather throughput (MB/s) and peak RSS for N peers' gradient files from a local SeaweedFS.
+    Gather(bench_gather::GatherArgs),
 }
 
 /// Numeric backend.
@@ -134,6 +137,9 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::Policy(args),
         } => plugin::bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            command: BenchCommand::Gather(args),
+        } => bench_gather::gather(args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -1,0 +1,16 @@
+//! Object storage on `object_store`: peer buckets from commitments, the time-bounded gather with one outcome per
+//! peer, safe puts of the aggregate (complete or absent), retention of the server's own outputs, and the leader's
+//! posted lists. Backends: Cloudflare R2, any S3-compatible URL, or a local directory (the embedded default).
+
+mod bucket;
+mod client;
+mod error;
+mod gather;
+mod put;
+pub mod seaweed;
+
+pub use bucket::{Bucket, COMMITMENT_LEN, Endpoint};
+pub use client::{ClientSettings, Clients, aggregate_key, gradient_key};
+pub use error::StoreError;
+pub use gather::{Bounds, GatherOptions, Gathered, Outcome, PeerRequest, gather, size_cap};
+pub use put::{PutOptions, delete_old_aggregates, posted_lists, put, start_window};

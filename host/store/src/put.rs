@@ -1,0 +1,205 @@
+//! Writing the server's own objects, retention, and reading the leader's posted lists.
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use aggregator_codec::{MAX_JSON_BYTES, PeerList, StartWindow};
+
+use crate::StoreError;
+
+/// How large objects are uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Objects larger than this go up in parts.
+    pub multipart_above: usize,
+    /// Size of every part but the last (R2 requires equal parts, 5 MiB to 5 GiB).
+    pub part_size: usize,
+    /// Parts in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for PutOptions {
+    fn default() -> Self {
+        Self {
+            multipart_above: 64 << 20,
+            part_size: 16 << 20,
+            concurrency: 4,
+        }
+    }
+}
+
+/// Uploads `bytes` under `key`. Small objects are one PUT; large ones a multipart upload of equal parts, which
+/// readers never see until it completes. Any failure aborts the upload and is returned: nothing is "stored" unless
+/// this returns `Ok`.
+pub async fn put(store: &dyn ObjectStore, key: &str, bytes: Bytes, o: &PutOptions) -> Result<(), StoreError> {
+    let fail = |e: object_store::Error| StoreError::Upload {
+        key: key.to_string(),
+        reason: e.to_string(),
+    };
+    let path = Path::from(key);
+    if bytes.len() <= o.multipart_above {
+        store.put(&path, PutPayload::from(bytes)).await.map_err(fail)?;
+        return Ok(());
+    }
+    let mut upload = store.put_multipart(&path).await.map_err(fail)?;
+    // Parts are numbered in call order; the futures then run with bounded concurrency.
+    let parts: Vec<_> = (0..bytes.len())
+        .step_by(o.part_size.max(1))
+        .map(|start| {
+            upload.put_part(PutPayload::from(
+                bytes.slice(start..(start + o.part_size).min(bytes.len())),
+            ))
+        })
+        .collect();
+    let sent = futures::stream::iter(parts)
+        .buffer_unordered(o.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await;
+    let result = match sent {
+        Ok(_) => upload.complete().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        let _ = upload.abort().await;
+        return Err(fail(e));
+    }
+    Ok(())
+}
+
+/// The window of `key` if it is exactly `{prefix}{window}{suffix}` (the version is matched literally, unlike
+/// Templar's unescaped regex).
+fn window_of(key: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let w = key.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    if w.is_empty() || !w.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    w.parse().ok()
+}
+
+async fn windows(store: &dyn ObjectStore, prefix: &str, suffix: &str) -> Result<Vec<(u64, Path)>, StoreError> {
+    // object_store prefixes are whole path segments, and Templar's keys sit flat at the bucket root: list the bucket
+    // and match each key exactly.
+    let listed: Vec<_> = store.list(None).try_collect().await.map_err(|e| StoreError::Object {
+        bucket: format!("{store}"),
+        key: format!("{prefix}*"),
+        reason: e.to_string(),
+    })?;
+    let mut found: Vec<(u64, Path)> = listed
+        .into_iter()
+        .filter_map(|m| window_of(m.location.as_ref(), prefix, suffix).map(|w| (w, m.location)))
+        .collect();
+    // Some stores (a local directory) list in no particular order.
+    found.sort_by_key(|(w, _)| *w);
+    Ok(found)
+}
+
+/// Deletes this server's aggregates `aggregator-{w}-v{V}.pt` with `w < keep_from`; other objects are never touched.
+/// Returns the deleted keys.
+pub async fn delete_old_aggregates(
+    store: &dyn ObjectStore,
+    version: &str,
+    keep_from: u64,
+) -> Result<Vec<String>, StoreError> {
+    let mut deleted = Vec::new();
+    for (w, path) in windows(store, "aggregator-", &format!("-v{version}.pt")).await? {
+        if w >= keep_from {
+            continue;
+        }
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted.push(path.to_string()),
+            Err(e) => {
+                return Err(StoreError::Object {
+                    bucket: format!("{store}"),
+                    key: path.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+async fn get_small(store: &dyn ObjectStore, path: &Path) -> Result<Option<Bytes>, StoreError> {
+    let err = |e: String| StoreError::Object {
+        bucket: format!("{store}"),
+        key: path.to_string(),
+        reason: e,
+    };
+    let r = match store.get(path).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    if r.meta.size > MAX_JSON_BYTES as u64 {
+        return Err(err(format!(
+            "{} bytes, over the limit of {MAX_JSON_BYTES}",
+            r.meta.size
+        )));
+    }
+    r.bytes().await.map(Some).map_err(|e| err(e.to_string()))
+}
+
+/// The leader's newest and previous peer lists (`peers_{N}_v{V}.json`, by `N`), each with its `N`.
+pub async fn posted_lists(
+    store: &dyn ObjectStore,
+    version: &str,
+) -> Result<(Option<(u64, PeerList)>, Option<(u64, PeerList)>), StoreError> {
+    let found = windows(store, "peers_", &format!("_v{version}.json")).await?;
+    let mut lists = Vec::new();
+    for (w, path) in found.iter().rev().take(2) {
+        if let Some(bytes) = get_small(store, path).await? {
+            let list = PeerList::from_json(&bytes).map_err(|e| StoreError::Object {
+                bucket: format!("{store}"),
+                key: path.to_string(),
+                reason: e.to_string(),
+            })?;
+            lists.push((*w, list));
+        }
+    }
+    let mut it = lists.into_iter();
+    Ok((it.next(), it.next()))
+}
+
+/// The leader's `start_window_v{V}.json`, if present.
+pub async fn start_window(store: &dyn ObjectStore, version: &str) -> Result<Option<i64>, StoreError> {
+    let path = Path::from(format!("start_window_v{version}.json"));
+    match get_small(store, &path).await? {
+        None => Ok(None),
+        Some(b) => StartWindow::from_json(&b)
+            .map(|s| Some(s.start_window))
+            .map_err(|e| StoreError::Object {
+                bucket: format!("{store}"),
+                key: path.to_string(),
+                reason: e.to_string(),
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_of;
+
+    #[test]
+    fn keys_match_exactly() {
+        assert_eq!(
+            window_of("aggregator-100203-v0.2.73.pt", "aggregator-", "-v0.2.73.pt"),
+            Some(100203)
+        );
+        assert_eq!(
+            window_of("aggregator-100203-v0x2x73.pt", "aggregator-", "-v0.2.73.pt"),
+            None,
+            "dots are literal"
+        );
+        assert_eq!(window_of("aggregator--v0.2.73.pt", "aggregator-", "-v0.2.73.pt"), None);
+        assert_eq!(
+            window_of("aggregator-1-2-v0.2.73.pt", "aggregator-", "-v0.2.73.pt"),
+            None
+        );
+        assert_eq!(
+            window_of("peers_100200_v0.2.73.json", "peers_", "_v0.2.73.json"),
+            Some(100200)
+        );
+    }
+}

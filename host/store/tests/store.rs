@@ -1,0 +1,384 @@
+//! Storage behaviour against a real S3 server (SeaweedFS on 127.0.0.1, per-peer read-only keys) and, where its
+//! semantics allow, the local-directory store: gather outcomes, multipart put, retention, posted lists.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aggregator_codec::{Gradient, GradientMetadata, PeerList, SparseParam, StartWindow};
+use aggregator_kernels::Cpu;
+use aggregator_model::ModelSpec;
+use aggregator_store::{
+    Bounds, Bucket, ClientSettings, Clients, Endpoint, GatherOptions, Outcome, PeerRequest, PutOptions,
+};
+use aggregator_window::{PeerInput, aggregate_window};
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use rand::{Rng, SeedableRng};
+
+const VERSION: &str = "0.2.73";
+const WINDOW: u64 = 100_203;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+async fn sleep_until_ms(t: u64) {
+    let now = now_ms();
+    if t > now {
+        tokio::time::sleep(Duration::from_millis(t - now)).await;
+    }
+}
+
+/// A real gradient file of the tiny model, through the miner-side compressor.
+fn gradient_file(model: &ModelSpec, seed: u64) -> Vec<u8> {
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let cpu = Cpu::new();
+    let params = model
+        .params
+        .iter()
+        .map(|p| {
+            let x: Vec<f32> = (0..p.layout.numel()).map(|_| rng.random::<f32>() - 0.5).collect();
+            let (mut idxs, mut vals) = (vec![0i16; p.layout.sparse_len()], vec![0f32; p.layout.sparse_len()]);
+            cpu.compress(&p.layout, &x, &mut idxs, &mut vals).unwrap();
+            Some(SparseParam { idxs, vals })
+        })
+        .collect();
+    let g = Gradient {
+        params,
+        metadata: GradientMetadata {
+            pages_info: vec![],
+            window: Some(WINDOW as i64),
+        },
+        global_step: 1,
+    };
+    g.to_bytes(model).unwrap()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/templar-0.2.73")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Buckets of one backend: how a miner writes to its bucket, and how the server reads it.
+trait Backend {
+    fn writer(&self, bucket: &str) -> Bucket;
+    fn reader(&self, bucket: &str) -> Bucket;
+    fn with_credentials(&self) -> bool;
+}
+
+struct S3(aggregator_store::seaweed::SeaweedFs);
+impl Backend for S3 {
+    fn writer(&self, b: &str) -> Bucket {
+        self.0.admin_bucket(b)
+    }
+    fn reader(&self, b: &str) -> Bucket {
+        Bucket {
+            endpoint: Endpoint::Url(self.0.endpoint().to_string()),
+            name: b.into(),
+            access_key_id: format!("rk{b}").replace('-', ""),
+            secret: format!("rs{b}secret").replace('-', ""),
+        }
+    }
+    fn with_credentials(&self) -> bool {
+        true
+    }
+}
+
+struct Local(PathBuf);
+impl Backend for Local {
+    fn writer(&self, b: &str) -> Bucket {
+        Bucket::local(&self.0, b)
+    }
+    fn reader(&self, b: &str) -> Bucket {
+        Bucket::local(&self.0, b)
+    }
+    fn with_credentials(&self) -> bool {
+        false
+    }
+}
+
+fn peer_bucket(uid: u16) -> String {
+    format!("peer-{uid}")
+}
+
+async fn seaweed() -> S3 {
+    let buckets: Vec<(String, Option<(String, String)>)> = (0..15u16)
+        .map(peer_bucket)
+        .chain(["results".to_string()])
+        .map(|b| {
+            let cred = (
+                format!("rk{b}").replace('-', ""),
+                format!("rs{b}secret").replace('-', ""),
+            );
+            (b, Some(cred))
+        })
+        .collect();
+    let refs: Vec<(&str, Option<(&str, &str)>)> = buckets
+        .iter()
+        .map(|(b, c)| (b.as_str(), c.as_ref().map(|(k, s)| (k.as_str(), s.as_str()))))
+        .collect();
+    S3(common::seaweed(&refs).await)
+}
+
+fn local() -> Local {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("store-local-{}-{}", std::process::id(), now_ms()));
+    Local(dir)
+}
+
+fn clients() -> Clients {
+    Clients::new(ClientSettings {
+        request_timeout: Duration::from_secs(30),
+        max_retries: 0,
+        ..Default::default()
+    })
+}
+
+async fn upload(clients: &Clients, bucket: &Bucket, key: &str, bytes: Vec<u8>) {
+    clients
+        .get(bucket)
+        .unwrap()
+        .put(&Path::from(key), bytes.into())
+        .await
+        .unwrap();
+}
+
+/// 15 peers: good (0-5, 14), missing (6), too early (7), too late (8), oversized (9), malformed (10),
+/// wrong credentials (11), slow (12), no bucket (13).
+async fn gather_faults(b: &dyn Backend) {
+    let model = Arc::new(ModelSpec::preset("tiny").unwrap());
+    let c = clients();
+    let key = |uid| aggregator_store::gradient_key(WINDOW, uid, VERSION);
+    let good: Vec<u16> = vec![0, 1, 2, 3, 4, 5, 14];
+    let files: Vec<Vec<u8>> = (0..15u64).map(|uid| gradient_file(&model, uid)).collect();
+    // Never answers: a peer whose storage holds the connection open.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let _held = std::thread::spawn(move || silent.incoming().map_while(Result::ok).collect::<Vec<_>>());
+
+    // Bounds [t0, t0 + 4 s], t0 on a second boundary (LastModified has 1 s resolution on S3).
+    let t0 = (now_ms() / 1000 + 2) * 1000;
+    upload(&c, &b.writer(&peer_bucket(7)), &key(7), files[7].clone()).await; // before t0
+    sleep_until_ms(t0 + 200).await;
+    for &uid in &good {
+        upload(&c, &b.writer(&peer_bucket(uid)), &key(uid), files[uid as usize].clone()).await;
+    }
+    let cap = aggregator_store::size_cap(&model);
+    upload(&c, &b.writer(&peer_bucket(9)), &key(9), vec![7u8; cap as usize + 1]).await;
+    upload(&c, &b.writer(&peer_bucket(10)), &key(10), fixture("bad/vals-nan.pt")).await;
+    upload(&c, &b.writer(&peer_bucket(11)), &key(11), files[11].clone()).await;
+    sleep_until_ms(t0 + 5100).await;
+    upload(&c, &b.writer(&peer_bucket(8)), &key(8), files[8].clone()).await; // after t0 + 4 s
+
+    let bounds = Bounds {
+        not_before_ms: t0,
+        not_after_ms: t0 + 4000,
+    };
+    let peers: Vec<PeerRequest> = (0..15u16)
+        .map(|uid| {
+            let bucket = match uid {
+                13 => None,
+                11 if b.with_credentials() => Some(Bucket {
+                    secret: "wrong-secret".into(),
+                    ..b.reader(&peer_bucket(11))
+                }),
+                12 if b.with_credentials() => Some(b.reader(&peer_bucket(12)).at(Endpoint::Url(silent_url.clone()))),
+                _ => Some(b.reader(&peer_bucket(uid))),
+            };
+            PeerRequest { uid, bucket }
+        })
+        .collect();
+    let options = GatherOptions {
+        timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let gathered = aggregator_store::gather(&c, WINDOW, VERSION, &peers, bounds, model.clone(), &options).await;
+    let labels: Vec<(u16, &str)> = gathered.iter().map(|g| (g.uid, g.outcome.label())).collect();
+    let mut expected: Vec<(u16, &str)> = (0..15u16)
+        .map(|uid| {
+            let l = match uid {
+                6 => "missing",
+                7 => "too-early",
+                8 => "too-late",
+                9 => "too-large",
+                10 => "malformed",
+                11 if b.with_credentials() => "storage-error",
+                12 if b.with_credentials() => "timeout",
+                12 => "missing",
+                13 => "no-bucket",
+                _ => "ok",
+            };
+            (uid, l)
+        })
+        .collect();
+    if !b.with_credentials() {
+        expected[11].1 = "ok";
+    }
+    assert_eq!(labels, expected);
+    let malformed = gathered.iter().find(|g| g.uid == 10).unwrap();
+    assert!(
+        matches!(&malformed.outcome, Outcome::Malformed(r) if r.contains("vals[11] = NaN")),
+        "{:?}",
+        malformed.outcome
+    );
+    if b.with_credentials() {
+        assert!(
+            gathered[12].elapsed < Duration::from_secs(5),
+            "slow peer bounded by the gather timeout"
+        );
+    }
+
+    // The good peers are aggregated, exactly as from the files themselves.
+    let ok_uids: Vec<u16> = labels.iter().filter(|(_, l)| *l == "ok").map(|(u, _)| *u).collect();
+    let inputs: Vec<(u16, PeerInput)> = gathered.into_iter().map(|g| (g.uid, g.outcome.into_input())).collect();
+    let window = aggregate_window(&model, &Cpu::new(), WINDOW as i64, VERSION, &inputs, "t".into()).unwrap();
+    assert_eq!(window.valid_uids, ok_uids);
+    assert_eq!(window.file.success_rate, ok_uids.len() as f64 / 15.0);
+    let direct: Vec<(u16, PeerInput)> = (0..15u16)
+        .map(|uid| {
+            let input = if ok_uids.contains(&uid) {
+                PeerInput::Valid(Gradient::read(&files[uid as usize], &model, &Default::default()).unwrap())
+            } else {
+                PeerInput::Skipped("x".into())
+            };
+            (uid, input)
+        })
+        .collect();
+    let independent = aggregate_window(&model, &Cpu::new(), WINDOW as i64, VERSION, &direct, "t".into()).unwrap();
+    assert_eq!(window.file.params, independent.file.params);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gather_outcomes_on_s3() {
+    gather_faults(&seaweed().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gather_outcomes_on_a_local_directory() {
+    gather_faults(&local()).await;
+}
+
+async fn put_large_and_retention(b: &dyn Backend) {
+    let c = clients();
+    let results = b.writer("results");
+    let store = c.get(&results).unwrap();
+    // 150 MB through multipart (16 MiB parts), back byte for byte.
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(9);
+    let mut big = vec![0u8; 150_000_000];
+    rng.fill(&mut big[..]);
+    let big = Bytes::from(big);
+    let key = aggregator_store::aggregate_key(WINDOW, VERSION);
+    aggregator_store::put(store.as_ref(), &key, big.clone(), &PutOptions::default())
+        .await
+        .unwrap();
+    let back = store
+        .get(&Path::from(key.as_str()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(back == big, "150 MB object came back different ({} bytes)", back.len());
+    if b.with_credentials() {
+        // A put the server refuses is reported as failed, small or multipart.
+        let ro = c.get(&b.reader("results")).unwrap();
+        for size in [1000usize, 70 << 20] {
+            let err = aggregator_store::put(
+                ro.as_ref(),
+                "aggregator-1-v0.2.73.pt",
+                Bytes::from(vec![1u8; size]),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap_err();
+            assert!(err.to_string().contains("nothing stored"), "{err}");
+        }
+    }
+    // Retention: only this server's aggregates of older windows go.
+    for w in 1..=10u64 {
+        upload(&c, &results, &aggregator_store::aggregate_key(w, VERSION), vec![1]).await;
+    }
+    for other in [
+        "aggregator-5-v0.2.74.pt",
+        "gradient-3-1-v0.2.73.pt",
+        "peers_5_v0.2.73.json",
+        "aggregator-x-v0.2.73.pt",
+    ] {
+        upload(&c, &results, other, vec![1]).await;
+    }
+    let mut deleted = aggregator_store::delete_old_aggregates(store.as_ref(), VERSION, 8)
+        .await
+        .unwrap();
+    deleted.sort();
+    let mut want: Vec<String> = (1..8u64).map(|w| aggregator_store::aggregate_key(w, VERSION)).collect();
+    want.sort();
+    assert_eq!(deleted, want);
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    let mut left: Vec<String> = store
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    left.sort();
+    let mut expect: Vec<String> = [8u64, 9, 10, WINDOW]
+        .iter()
+        .map(|&w| aggregator_store::aggregate_key(w, VERSION))
+        .collect();
+    expect.extend(
+        [
+            "aggregator-5-v0.2.74.pt",
+            "aggregator-x-v0.2.73.pt",
+            "gradient-3-1-v0.2.73.pt",
+            "peers_5_v0.2.73.json",
+        ]
+        .map(String::from),
+    );
+    expect.sort();
+    assert_eq!(left, expect);
+
+    // Posted lists: newest and previous by window number; the start window.
+    let list = |n: u16| PeerList {
+        peers: vec![n, n + 1],
+        weights: None,
+        initial_selection: false,
+        sync_window: 98,
+        first_effective_window: 100,
+    };
+    upload(&c, &results, "peers_100_v0.2.73.json", list(1).to_json()).await;
+    upload(&c, &results, "peers_99_v0.2.73.json", list(2).to_json()).await;
+    upload(
+        &c,
+        &results,
+        "start_window_v0.2.73.json",
+        StartWindow { start_window: 7 }.to_json(),
+    )
+    .await;
+    let (latest, previous) = aggregator_store::posted_lists(store.as_ref(), VERSION).await.unwrap();
+    assert_eq!(latest.map(|(w, l)| (w, l.peers)), Some((100, vec![1, 2])));
+    assert_eq!(previous.map(|(w, l)| (w, l.peers)), Some((99, vec![2, 3])));
+    assert_eq!(
+        aggregator_store::start_window(store.as_ref(), VERSION).await.unwrap(),
+        Some(7)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_retention_and_lists_on_s3() {
+    put_large_and_retention(&seaweed().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_retention_and_lists_on_a_local_directory() {
+    put_large_and_retention(&local()).await;
+}
