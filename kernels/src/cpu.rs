@@ -89,6 +89,16 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `out = sum_r coef(r) * rows[r]` over the rows of `rows` (each `out.len()` long) in ascending `r`, from `+0`: the
+/// dense transform steps, all with the same order of operations.
+#[inline(always)]
+fn combine_rows(out: &mut [f32], rows: &[f32], coef: impl Fn(usize) -> f32) {
+    out.fill(0.0);
+    for (r, row) in rows.chunks_exact(out.len()).enumerate() {
+        axpy(coef(r), row, out);
+    }
+}
+
 /// Scatter of block `b` of every peer into the accumulators: per slot, `sum = fma(weight, v, sum)`,
 /// `wsum += weight`, in peer order, then entry order (Templar's concatenation order).
 #[inline(always)]
@@ -203,12 +213,8 @@ fn stage2<'s>(plan: &Plan, u: &'s mut [f32], tmp: &'s mut [f32]) -> &'s [f32] {
             u
         }
         Axis::Dense(f) => {
-            for i in 0..h {
-                let out = &mut tmp[i * w..(i + 1) * w];
-                out.fill(0.0);
-                for k in 0..h {
-                    axpy(f[i * h + k], &u[k * w..(k + 1) * w], out);
-                }
+            for (i, out) in tmp.chunks_exact_mut(w).enumerate() {
+                combine_rows(out, u, |k| f[i * h + k]);
             }
             tmp
         }
@@ -297,12 +303,8 @@ fn forward_block(plan: &Plan, a: &mut [f32], b: &mut [f32]) {
     match &plan.height {
         Axis::Fast(tw) => dct2_rows(a, b, h, w, tw),
         Axis::Dense(f) => {
-            for k in 0..h {
-                let out = &mut b[k * w..(k + 1) * w];
-                out.fill(0.0);
-                for i in 0..h {
-                    axpy(f[i * h + k], &a[i * w..(i + 1) * w], out);
-                }
+            for (k, out) in b.chunks_exact_mut(w).enumerate() {
+                combine_rows(out, a, |i| f[i * h + k]);
             }
             a.copy_from_slice(b);
         }
@@ -314,12 +316,8 @@ fn forward_block(plan: &Plan, a: &mut [f32], b: &mut [f32]) {
             transpose(b, a, w, h);
         }
         Axis::Dense(f) => {
-            for k in 0..h {
-                let out = &mut b[k * w..(k + 1) * w];
-                out.fill(0.0);
-                for j in 0..w {
-                    axpy(a[k * w + j], &f[j * w..(j + 1) * w], out);
-                }
+            for (k, out) in b.chunks_exact_mut(w).enumerate() {
+                combine_rows(out, f, |j| a[k * w + j]);
             }
             a.copy_from_slice(b);
         }
