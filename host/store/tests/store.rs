@@ -166,7 +166,7 @@ async fn gather_faults(b: &dyn Backend) {
     let _held = std::thread::spawn(move || silent.incoming().map_while(Result::ok).collect::<Vec<_>>());
 
     // Bounds [t0, t0 + 4 s], t0 on a second boundary (LastModified has 1 s resolution on S3).
-    let t0 = (now_ms() / 1000 + 2) * 1000;
+    let t0 = (now_ms() / 1000 + 3) * 1000;
     upload(&c, &b.writer(&peer_bucket(7)), &key(7), files[7].clone()).await; // before t0
     sleep_until_ms(t0 + 200).await;
     for &uid in &good {
