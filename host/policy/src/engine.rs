@@ -120,6 +120,21 @@ pub struct Called<R> {
     pub fuel_used: u64,
 }
 
+impl<T> Called<Result<T, String>> {
+    /// The policy's own `Ok` value, or its `Err` message as [`PolicyError::Rejected`]; logs and fuel are kept.
+    fn accepted(self, l: &Loaded) -> Result<Called<T>, PolicyError> {
+        let value = self.value.map_err(|message| PolicyError::Rejected {
+            policy: l.label(),
+            message,
+        })?;
+        Ok(Called {
+            value,
+            logs: self.logs,
+            fuel_used: self.fuel_used,
+        })
+    }
+}
+
 /// The engine, linker and limits shared by all policies.
 #[derive(Clone)]
 pub struct PolicyEngine {
@@ -406,16 +421,10 @@ impl PolicyEngine {
         let called = self.call(l, &l.label(), |s, i, _| {
             idx.load(&mut *s, i)?.call_select(&mut *s, input)
         })?;
-        let value = called.value.clone().map_err(|message| PolicyError::Rejected {
-            policy: l.label(),
-            message,
-        })?;
-        check_selection(l, &value)?;
-        Ok(Called {
-            value,
-            logs: called.logs,
-            fuel_used: called.fuel_used,
-        })
+        let called = called.accepted(l)?;
+        let value = &called.value;
+        check_selection(l, value)?;
+        Ok(called)
     }
 
     /// Calls `time-bounds.compute`.
@@ -431,10 +440,8 @@ impl PolicyEngine {
         let called = self.call(l, &l.label(), |s, i, _| {
             idx.load(&mut *s, i)?.call_compute(&mut *s, input)
         })?;
-        let value = called.value.clone().map_err(|message| PolicyError::Rejected {
-            policy: l.label(),
-            message,
-        })?;
+        let called = called.accepted(l)?;
+        let value = &called.value;
         if value.not_before_ms > value.not_after_ms {
             return Err(PolicyError::InvalidOutput {
                 policy: l.label(),
@@ -444,11 +451,7 @@ impl PolicyEngine {
                 ),
             });
         }
-        Ok(Called {
-            value,
-            logs: called.logs,
-            fuel_used: called.fuel_used,
-        })
+        Ok(called)
     }
 
     /// Calls `catchup-verification.verify`.
@@ -464,11 +467,8 @@ impl PolicyEngine {
         let called = self.call(l, &l.label(), |s, i, _| {
             idx.load(&mut *s, i)?.call_verify(&mut *s, input)
         })?;
-        let value = called.value.clone().map_err(|message| PolicyError::Rejected {
-            policy: l.label(),
-            message,
-        })?;
-        let v = &value;
+        let called = called.accepted(l)?;
+        let v = &called.value;
         if [
             v.l2_norm,
             v.avg_l2_norm,
@@ -485,11 +485,7 @@ impl PolicyEngine {
                 reason: "a metric is NaN".into(),
             });
         }
-        Ok(Called {
-            value,
-            logs: called.logs,
-            fuel_used: called.fuel_used,
-        })
+        Ok(called)
     }
 }
 
