@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_gather;
+mod devnet;
 mod offline;
 mod plugin;
 mod resources;
@@ -39,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// A local Subtensor RPC double (WebSocket JSON-RPC with real metadata) producing blocks on a timer.
+    Devnet(devnet::DevnetArgs),
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
             command: CodecCommand::Inspect { file, model },
         } => Ok(offline::inspect(&file, model.as_deref())),
         Command::Aggregate(args) => offline::aggregate(args),
+        Command::Devnet(args) => devnet::run(args).map(|()| ExitCode::SUCCESS),
         Command::Plugin {
             command: PluginCommand::Check(args),
         } => plugin::check(args),

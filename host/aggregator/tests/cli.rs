@@ -292,3 +292,48 @@ fn plugin_check_gives_a_verdict_and_an_exit_status() {
     );
     std::fs::remove_dir_all(&out_dir).ok();
 }
+
+#[test]
+fn devnet_help_documents_the_seed_format_and_the_devnet_serves() {
+    let help = aggregator().args(["devnet", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success());
+    for needle in [
+        "Seed file (JSON",
+        "\"neurons\"",
+        "\"raw_commitments\"",
+        "\"commitment\"",
+        "--block-time",
+    ] {
+        assert!(text.contains(needle), "help lacks {needle}: {text}");
+    }
+
+    let dir = std::env::temp_dir().join(format!("cli-devnet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed = dir.join("seed.json");
+    std::fs::write(
+        &seed,
+        r#"{"netuid": 3, "neurons": [{"uid": 0, "stake": 1}, {"uid": 1, "stake": 2}]}"#,
+    )
+    .unwrap();
+    let mut child = aggregator()
+        .args(["devnet", "--listen", "127.0.0.1:0", "--block-time", "0.2", "--seed"])
+        .arg(&seed)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        line.starts_with("devnet ready at ws://127.0.0.1:") && line.contains("subnet 3, 2 neurons"),
+        "{line}"
+    );
+
+    std::fs::write(&seed, r#"{"netuid": 3, "neurons": [{"uid": 0, "hotkey": "0x12"}]}"#).unwrap();
+    let bad = aggregator().args(["devnet", "--seed"]).arg(&seed).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("neurons[0].hotkey"));
+    std::fs::remove_dir_all(&dir).ok();
+}

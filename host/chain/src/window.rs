@@ -39,6 +39,11 @@ impl WindowTracker {
         }
     }
 
+    /// Blocks per window.
+    pub fn blocks_per_window(&self) -> u32 {
+        self.blocks_per_window
+    }
+
     /// The last window reported closed.
     pub fn last_closed(&self) -> Option<u64> {
         self.last_closed
