@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_gather;
+mod daemon;
 mod devnet;
 mod offline;
 mod plugin;
@@ -17,12 +18,40 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(name = "aggregator", version, about)]
 struct Cli {
+    /// Log format: human or json (filter with RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "AGGREGATOR_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines on stderr.
+    Human,
+    /// One JSON object per line on stderr.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the aggregation server: one aggregate per window, missed windows backfilled, until SIGINT/SIGTERM.
+    Run(daemon::RunArgs),
+    /// Simulates a network (devnet, object store, miners, leader) around the unmodified daemon and prints a table.
+    Sim(daemon::SimArgs),
     /// Golden test vectors.
     Vectors {
         #[command(subcommand)]
@@ -123,7 +152,10 @@ fn vectors_check(dir: PathBuf, backend: BackendKind) -> anyhow::Result<ExitCode>
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.command {
+        Command::Run(args) => daemon::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => daemon::sim(args).map(|()| ExitCode::SUCCESS),
         Command::Vectors {
             command: VectorsCommand::Check { dir, backend },
         } => vectors_check(dir, backend),

@@ -1,0 +1,279 @@
+//! Prometheus metrics (`prometheus-client`) and a small HTTP/1 endpoint (hyper) serving `/metrics` and `/healthz`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::DaemonError;
+
+/// One label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Label {
+    /// `result`, `reason`, `stage`, `kind` or `slot`, by family.
+    pub label: String,
+}
+
+fn l(s: &str) -> Label {
+    Label { label: s.to_string() }
+}
+
+type Hist = Family<Label, Histogram, fn() -> Histogram>;
+
+fn stage_histogram() -> Histogram {
+    // 10 ms to about 5 min.
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
+/// The daemon's metrics.
+pub struct Metrics {
+    registry: Registry,
+    windows: Family<Label, Counter>,
+    success_rate: Gauge<f64, AtomicU64>,
+    peers_selected: Counter,
+    peers_aggregated: Counter,
+    peers_skipped: Family<Label, Counter>,
+    stage_seconds: Hist,
+    errors: Family<Label, Counter>,
+    policy_fallbacks: Family<Label, Gauge>,
+    last_processed: Gauge,
+    lag: Gauge,
+    output_bytes: Counter,
+    head: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family under the `aggregator_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aggregator");
+        let m = Self {
+            windows: Family::default(),
+            success_rate: Gauge::default(),
+            peers_selected: Counter::default(),
+            peers_aggregated: Counter::default(),
+            peers_skipped: Family::default(),
+            stage_seconds: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
+            errors: Family::default(),
+            policy_fallbacks: Family::default(),
+            last_processed: Gauge::default(),
+            lag: Gauge::default(),
+            output_bytes: Counter::default(),
+            head: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "windows",
+            "Windows processed, by result (label: stored, no_valid_peers, already_stored, failed)",
+            m.windows.clone(),
+        );
+        registry.register(
+            "success_rate",
+            "Success rate of the last processed window (valid / selected)",
+            m.success_rate.clone(),
+        );
+        registry.register(
+            "peers_selected",
+            "Peers selected by the peer-selection policy",
+            m.peers_selected.clone(),
+        );
+        registry.register(
+            "peers_aggregated",
+            "Peers whose gradient was aggregated",
+            m.peers_aggregated.clone(),
+        );
+        registry.register(
+            "peers_skipped",
+            "Selected peers skipped, by reason",
+            m.peers_skipped.clone(),
+        );
+        registry.register(
+            "stage_seconds",
+            "Duration of each stage of a window (label: chain, policy, gather, process, put)",
+            m.stage_seconds.clone(),
+        );
+        registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register(
+            "policy_fallbacks",
+            "Policy calls answered by a fallback, by slot",
+            m.policy_fallbacks.clone(),
+        );
+        registry.register(
+            "last_processed_window",
+            "The newest processed window",
+            m.last_processed.clone(),
+        );
+        registry.register("lag_windows", "Closed windows not processed yet", m.lag.clone());
+        registry.register("output_bytes", "Bytes of aggregates stored", m.output_bytes.clone());
+        registry.register("head_block", "The newest chain head seen", m.head.clone());
+        Self { registry, ..m }
+    }
+
+    /// Counts a processed window.
+    pub fn window(&self, result: &str) {
+        self.windows.get_or_create(&l(result)).inc();
+    }
+
+    /// Records a window's peers.
+    pub fn peers(&self, selected: usize, aggregated: usize, skipped: &[(u16, String)]) {
+        self.peers_selected.inc_by(selected as u64);
+        self.peers_aggregated.inc_by(aggregated as u64);
+        for (_, reason) in skipped {
+            // The label is the reason's kind (before the first ':'), keeping cardinality bounded.
+            let kind = reason.split(':').next().unwrap_or(reason).trim();
+            self.peers_skipped.get_or_create(&l(kind)).inc();
+        }
+        if selected > 0 {
+            self.success_rate.set(aggregated as f64 / selected as f64);
+        }
+    }
+
+    /// Records a stage's duration.
+    pub fn stage(&self, stage: &str, seconds: f64) {
+        self.stage_seconds.get_or_create(&l(stage)).observe(seconds);
+    }
+
+    /// Counts an error.
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&l(kind)).inc();
+    }
+
+    /// Sets a policy slot's fallback count.
+    pub fn policy_fallbacks(&self, slot: &str, count: u64) {
+        self.policy_fallbacks.get_or_create(&l(slot)).set(count as i64);
+    }
+
+    /// Sets the last processed window and the lag behind the newest closed one.
+    pub fn progress(&self, last_processed: Option<u64>, newest_closed: Option<u64>) {
+        if let Some(w) = last_processed {
+            self.last_processed.set(w as i64);
+        }
+        let lag = match (last_processed, newest_closed) {
+            (Some(p), Some(c)) => c.saturating_sub(p),
+            (None, Some(_)) => 1,
+            _ => 0,
+        };
+        self.lag.set(lag as i64);
+    }
+
+    /// Counts stored bytes.
+    pub fn output(&self, bytes: u64) {
+        self.output_bytes.inc_by(bytes);
+    }
+
+    /// Sets the newest head.
+    pub fn head(&self, block: u64) {
+        self.head.set(block as i64);
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Health as `/healthz` reports it: the time of the last head seen (unix ms; 0 = none yet).
+#[derive(Default)]
+pub struct Health {
+    /// Unix ms of the newest head.
+    pub last_head_ms: AtomicU64,
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the task is aborted; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stale_after_ms: u64,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), DaemonError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| DaemonError::Config(format!("metrics address {addr}: {e}")))?;
+    let bound = listener.local_addr().map_err(|e| DaemonError::Config(e.to_string()))?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (metrics, health) = (metrics.clone(), health.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (metrics, health) = (metrics.clone(), health.clone());
+                    async move { Ok::<_, Infallible>(respond(&req, &metrics, &health, stale_after_ms)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "metrics connection");
+                }
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+fn respond(
+    req: &Request<hyper::body::Incoming>,
+    metrics: &Metrics,
+    health: &Health,
+    stale_after_ms: u64,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, ctype: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        (&hyper::Method::GET, "/healthz") => {
+            let last = health.last_head_ms.load(Ordering::Relaxed);
+            let now = crate::now_ms();
+            if last > 0 && now.saturating_sub(last) <= stale_after_ms {
+                reply(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ok: last head {} ms ago\n", now - last),
+                )
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("unhealthy: no chain head for {stale_after_ms} ms\n"),
+                )
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /healthz\n".into(),
+        ),
+    }
+}

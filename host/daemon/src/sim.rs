@@ -1,0 +1,686 @@
+//! The zero-setup simulator: the devnet, an object store (a local directory, or any S3 server), simulated miners
+//! that compress real gradients with the miner-side code and upload them on Templar's schedule, a simulated leader
+//! that posts the peer list, and the **unmodified daemon** ([`crate::run`]) processing the windows.
+//!
+//! Schedule of window `w` (bounds `[T, T+Δ]`, `T` = timestamp of block `(w+1)·bpw`): a miner uploads its gradient
+//! 1.2–1.7 s after `T` (S3 `LastModified` has one-second resolution, as Templar's gather sees it). With faults,
+//! per `(uid, window)`: **early** (uploaded two blocks before `T`), **late** (at `T+Δ+1.5 s`: a live aggregator has
+//! stopped looking by then, so it reports the peer *missing*; only a backfill sees it *too late*), **missing**,
+//! **malformed** (a truncated file) or **oversized** (larger than the model's size cap).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aggregator_codec::{Gradient, GradientMetadata, PeerList, SparseParam, StartWindow};
+use aggregator_devnet::{Devnet, DevnetConfig, Neuron as DevNeuron, Timestamps};
+use aggregator_kernels::Cpu;
+use aggregator_model::ModelSpec;
+use aggregator_store::{Bucket, ClientSettings, Clients, Endpoint, PutOptions, gradient_key, put, size_cap};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rayon::prelude::*;
+use tokio::sync::{mpsc, watch};
+
+use crate::{DaemonConfig, DaemonError, OutputBucket, WindowReport, WindowResult};
+
+/// The leader's uid (highest stake; it posts the peer lists).
+pub const LEADER_UID: u16 = 0;
+/// The output bucket's name.
+pub const OUTPUT_BUCKET: &str = "sim-aggregator";
+/// The subnet.
+pub const NETUID: u16 = 3;
+
+/// A simulated fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// Uploaded before the lower bound.
+    Early,
+    /// Uploaded after the upper bound.
+    Late,
+    /// Never uploaded.
+    Missing,
+    /// A truncated file.
+    Malformed,
+    /// Larger than the size cap.
+    Oversized,
+}
+
+impl Fault {
+    /// The skip reasons the aggregator may report for it (the outcome label before any `:`).
+    pub fn expected_reasons(self) -> &'static [&'static str] {
+        match self {
+            Fault::Early => &["too-early"],
+            Fault::Late => &["missing", "too-late"],
+            Fault::Missing => &["missing"],
+            Fault::Malformed => &["malformed"],
+            Fault::Oversized => &["too-large"],
+        }
+    }
+}
+
+/// Which fault (if any) miner `uid` shows in window `w`: each kind hits one miner per window, rotating.
+pub fn fault(uid: u16, window: u64, peers: u16) -> Option<Fault> {
+    let slot = (uid as u64 + window) % (peers as u64).max(8);
+    [
+        Fault::Early,
+        Fault::Late,
+        Fault::Missing,
+        Fault::Malformed,
+        Fault::Oversized,
+    ]
+    .get(slot as usize)
+    .copied()
+}
+
+/// A bucket name of 32 characters (Templar's account id) for `uid`.
+pub fn bucket_name(uid: u16) -> String {
+    format!("sim-bucket-{uid:021}")
+}
+
+/// The read key id and secret in `uid`'s commitment.
+pub fn read_credentials(uid: u16) -> (String, String) {
+    (format!("SIMREADKEY{uid:022}"), format!("simreadsecret{uid:051}"))
+}
+
+/// `uid`'s 128-character commitment.
+pub fn commitment(uid: u16) -> String {
+    let (k, s) = read_credentials(uid);
+    format!("{}{k}{s}", bucket_name(uid))
+}
+
+/// An S3 server to use instead of a local directory. Buckets `bucket_name(0..=P)` and [`OUTPUT_BUCKET`] must exist,
+/// with each peer's [`read_credentials`] allowed to read its bucket.
+#[derive(Debug, Clone)]
+pub struct S3Target {
+    /// `http(s)://host:port`.
+    pub endpoint: String,
+    /// Key id and secret that may write every bucket (the miners' and the server's uploads).
+    pub writer: (String, String),
+}
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Windows to process.
+    pub windows: u64,
+    /// Miners (uids `1..=peers`).
+    pub peers: u16,
+    /// Model preset or file.
+    pub model: String,
+    /// Inject faults.
+    pub faults: bool,
+    /// S3 instead of a local directory.
+    pub s3: Option<S3Target>,
+    /// Where the store, state and outputs go (default: a fresh temporary directory).
+    pub data_dir: Option<PathBuf>,
+    /// Time between blocks.
+    pub block_time: Duration,
+    /// Blocks per window (at least 3).
+    pub blocks_per_window: u32,
+    /// Upload window Δ in seconds.
+    pub delta_s: u64,
+    /// Seed of the miners' gradients.
+    pub seed: u64,
+    /// Serve `/metrics` here while the simulation runs.
+    pub metrics: Option<SocketAddr>,
+    /// Print progress and the table to stdout/stderr.
+    pub verbose: bool,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            windows: 3,
+            peers: 6,
+            model: "tiny".into(),
+            faults: false,
+            s3: None,
+            data_dir: None,
+            block_time: Duration::from_secs(1),
+            blocks_per_window: 3,
+            delta_s: 4,
+            seed: 2073,
+            metrics: None,
+            verbose: true,
+        }
+    }
+}
+
+/// What a simulation did.
+#[derive(Debug)]
+pub struct SimOutcome {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The first simulated window.
+    pub first_window: u64,
+    /// One report per window, in order.
+    pub reports: Vec<WindowReport>,
+    /// The injected faults.
+    pub faults: BTreeMap<(u64, u16), Fault>,
+    /// The output bucket.
+    pub output: Bucket,
+    /// Each miner's bucket (with the reader credentials of its commitment).
+    pub peer_buckets: BTreeMap<u16, Bucket>,
+    /// `/metrics` text at the end.
+    pub metrics_text: String,
+}
+
+fn sim_err(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Internal(format!("simulator: {e}"))
+}
+
+/// One miner's compressed gradient, through the miner-side code (block DCT + top-k) on a seeded random dense
+/// gradient.
+fn miner_gradient(model: &ModelSpec, cpu: &Cpu, seed: u64, window: u64) -> Result<Vec<u8>, DaemonError> {
+    let params = model
+        .params
+        .par_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let l = &p.layout;
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let x: Vec<f32> = (0..l.numel()).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+            let (mut idxs, mut vals) = (vec![0i16; l.sparse_len()], vec![0f32; l.sparse_len()]);
+            cpu.compress(l, &x, &mut idxs, &mut vals).map_err(sim_err)?;
+            Ok(Some(SparseParam { idxs, vals }))
+        })
+        .collect::<Result<Vec<_>, DaemonError>>()?;
+    Gradient {
+        params,
+        metadata: GradientMetadata {
+            pages_info: vec![],
+            window: Some(window as i64),
+        },
+        global_step: 0,
+    }
+    .to_bytes(model)
+    .map_err(sim_err)
+}
+
+struct World {
+    clients: Arc<Clients>,
+    writer_buckets: BTreeMap<u16, Bucket>,
+    model: Arc<ModelSpec>,
+    cpu: Arc<Cpu>,
+    options: SimOptions,
+    /// Gradients reused round-robin for large models (compressing 1.2 B parameters per miner per window would
+    /// dominate the simulation); small models get a fresh gradient per miner and window.
+    pool: Vec<Arc<Vec<u8>>>,
+}
+
+impl World {
+    async fn gradient(&self, uid: u16, w: u64) -> Result<Arc<Vec<u8>>, DaemonError> {
+        if !self.pool.is_empty() {
+            return Ok(self.pool[(uid as usize + w as usize) % self.pool.len()].clone());
+        }
+        let (model, cpu) = (self.model.clone(), self.cpu.clone());
+        let seed = self.options.seed ^ ((uid as u64) << 32) ^ w;
+        tokio::task::spawn_blocking(move || miner_gradient(&model, &cpu, seed, w).map(Arc::new))
+            .await
+            .map_err(sim_err)?
+    }
+
+    async fn upload(&self, uid: u16, w: u64, bytes: Vec<u8>) {
+        let store = match self.clients.get(&self.writer_buckets[&uid]) {
+            Ok(s) => s,
+            Err(e) => return tracing::error!(uid, error = %e, "sim miner: bucket"),
+        };
+        let key = gradient_key(w, uid, &self.options.model_version());
+        if let Err(e) = put(store.as_ref(), &key, bytes.into(), &PutOptions::default()).await {
+            tracing::error!(uid, window = w, error = %e, "sim miner: upload failed");
+        }
+    }
+}
+
+impl SimOptions {
+    fn model_version(&self) -> String {
+        "0.2.73".into()
+    }
+}
+
+async fn wait_for_block(devnet: &Devnet, block: u64) {
+    while devnet.head() < block {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a simulation to its end.
+/// A running simulated network without the daemon: the devnet, the buckets, the leader's lists and the miners,
+/// uploading for windows `first_window..=last_window`.
+pub struct Network {
+    /// The chain.
+    pub devnet: Arc<Devnet>,
+    /// The first simulated window.
+    pub first_window: u64,
+    /// The last simulated window.
+    pub last_window: u64,
+    /// The injected faults.
+    pub faults: Arc<BTreeMap<(u64, u16), Fault>>,
+    /// The output bucket (writer credentials).
+    pub output: Bucket,
+    /// Each miner's bucket (reader credentials).
+    pub peer_buckets: BTreeMap<u16, Bucket>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    endpoint: Endpoint,
+    miners: tokio::task::JoinHandle<String>,
+    options: SimOptions,
+}
+
+fn endpoint_string(e: &Endpoint) -> String {
+    match e {
+        Endpoint::Url(u) => u.clone(),
+        Endpoint::Local(p) => p.display().to_string(),
+        Endpoint::R2 { account } => format!("r2:{account}"),
+    }
+}
+
+impl Network {
+    /// Starts everything but the daemon.
+    pub async fn start(options: &SimOptions) -> Result<Self, DaemonError> {
+        if options.blocks_per_window < 3 || options.peers == 0 || options.windows == 0 {
+            return Err(DaemonError::Config(
+                "the simulator needs blocks_per_window ≥ 3, at least one peer and one window".into(),
+            ));
+        }
+        let data_dir = match &options.data_dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir().join(format!("aggregator-sim-{}-{}", std::process::id(), crate::now_ms())),
+        };
+        std::fs::create_dir_all(&data_dir).map_err(|e| sim_err(format!("{}: {e}", data_dir.display())))?;
+        let say = |s: String| {
+            if options.verbose {
+                eprintln!("{s}");
+            }
+        };
+        let options = options.clone();
+        say(format!("sim: data directory {}", data_dir.display()));
+        let model = Arc::new(ModelSpec::load(&options.model).map_err(|e| DaemonError::Config(format!("model: {e}")))?);
+        let version = options.model_version();
+
+        // Buckets: every neuron's (uid 0 is the leader), and the output.
+        let (endpoint, writer) = match &options.s3 {
+            Some(s3) => (Endpoint::Url(s3.endpoint.clone()), s3.writer.clone()),
+            None => (Endpoint::Local(data_dir.join("store")), (String::new(), String::new())),
+        };
+        let bucket = |name: String, creds: (String, String)| Bucket {
+            endpoint: endpoint.clone(),
+            name,
+            access_key_id: creds.0,
+            secret: creds.1,
+        };
+        let uids: Vec<u16> = (0..=options.peers).collect();
+        let writer_buckets: BTreeMap<u16, Bucket> = uids
+            .iter()
+            .map(|&u| (u, bucket(bucket_name(u), writer.clone())))
+            .collect();
+        let peer_buckets: BTreeMap<u16, Bucket> = uids
+            .iter()
+            .filter(|&&u| u != LEADER_UID)
+            .map(|&u| (u, bucket(bucket_name(u), read_credentials(u))))
+            .collect();
+        let output = bucket(OUTPUT_BUCKET.into(), writer.clone());
+
+        // The chain.
+        let devnet = Devnet::start(
+            DevnetConfig {
+                block_time: Some(options.block_time),
+                timestamps: Timestamps::WallClock,
+                ..DevnetConfig::default()
+            },
+            &aggregator_devnet::Seed::default(),
+        )
+        .await
+        .map_err(sim_err)?;
+        let neurons: Vec<DevNeuron> = uids
+            .iter()
+            .map(|&uid| DevNeuron {
+                uid,
+                hotkey: aggregator_devnet::dev_hotkey(uid),
+                stake: if uid == LEADER_UID {
+                    100_000_000_000_000
+                } else {
+                    1_000_000_000 * (uid as u64 + 1)
+                },
+                incentive: if uid == LEADER_UID {
+                    0.0
+                } else {
+                    1.0 / options.peers as f64
+                },
+            })
+            .collect();
+        devnet.set_neurons(NETUID, &neurons);
+        for &uid in &uids {
+            devnet.set_commitment(NETUID, &aggregator_devnet::dev_hotkey(uid), commitment(uid).as_bytes());
+        }
+        devnet.produce_block();
+        say(format!(
+            "sim: devnet at {} ({} neurons, a block every {:?})",
+            devnet.url(),
+            uids.len(),
+            options.block_time
+        ));
+
+        let bpw = options.blocks_per_window as u64;
+        let clients = Arc::new(Clients::new(ClientSettings::default()));
+        let pool = if model.numel() > 100_000_000 {
+            let started = Instant::now();
+            let mut pool = Vec::new();
+            for i in 0..3u64 {
+                let (m, cpu) = (model.clone(), Arc::new(Cpu::new()));
+                let seed = options.seed ^ (i << 40);
+                pool.push(Arc::new(
+                    tokio::task::spawn_blocking(move || miner_gradient(&m, &cpu, seed, 0))
+                        .await
+                        .map_err(sim_err)??,
+                ));
+                say(format!(
+                    "sim: compressed miner gradient {}/3 ({:.1} s)",
+                    i + 1,
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            pool
+        } else {
+            vec![]
+        };
+        let world = Arc::new(World {
+            clients: clients.clone(),
+            writer_buckets,
+            model: model.clone(),
+            cpu: Arc::new(Cpu::new()),
+            options: options.clone(),
+            pool,
+        });
+
+        // The first simulated window starts after the present one; the leader posts its list for it.
+        let first = (devnet.head() / bpw + 1).max(2);
+        let last = first + options.windows - 1;
+        let leader = clients.get(&world.writer_buckets[&LEADER_UID])?;
+        // Two lists, as a validator that has been running a while has: a starting aggregator takes the previous one
+        // (templar-default, spec §4.4), later ones switch at their first effective window.
+        for (n, initial) in [(first.saturating_sub(2), true), (first - 1, false)] {
+            let list = PeerList {
+                peers: (1..=options.peers).collect(),
+                weights: None,
+                initial_selection: initial,
+                sync_window: n as i64,
+                first_effective_window: n as i64 + 1,
+            };
+            put(
+                leader.as_ref(),
+                &format!("peers_{n}_v{version}.json"),
+                list.to_json().into(),
+                &PutOptions::default(),
+            )
+            .await?;
+        }
+        put(
+            leader.as_ref(),
+            &format!("start_window_v{version}.json"),
+            StartWindow {
+                start_window: first as i64,
+            }
+            .to_json()
+            .into(),
+            &PutOptions::default(),
+        )
+        .await?;
+
+        // Faults.
+        let mut faults = BTreeMap::new();
+        if options.faults {
+            for w in first..=last {
+                for uid in 1..=options.peers {
+                    if let Some(f) = fault(uid, w, options.peers) {
+                        faults.insert((w, uid), f);
+                    }
+                }
+            }
+        }
+        let faults = Arc::new(faults);
+
+        // Miners: gradients are made while window w runs and uploaded around T = ts((w+1)·bpw).
+        let cap = size_cap(&model);
+        let miners = {
+            let (world, devnet_url) = (world.clone(), devnet.url());
+            let faults = faults.clone();
+            let head = Arc::new(devnet);
+            let devnet = head.clone();
+            let task = tokio::spawn(async move {
+                let mut handles = Vec::new();
+                for w in first..=last {
+                    wait_for_block(&devnet, w * bpw).await;
+                    let sync = (w + 1) * bpw;
+                    for uid in 1..=world.options.peers {
+                        let (world, devnet, faults) = (world.clone(), devnet.clone(), faults.clone());
+                        handles.push(tokio::spawn(async move {
+                            let f = faults.get(&(w, uid)).copied();
+                            if f == Some(Fault::Missing) {
+                                return;
+                            }
+                            let bytes = match world.gradient(uid, w).await {
+                                Ok(b) => b,
+                                Err(e) => return tracing::error!(uid, error = %e, "sim miner"),
+                            };
+                            let bytes = match f {
+                                Some(Fault::Malformed) => bytes[..bytes.len() / 2].to_vec(),
+                                Some(Fault::Oversized) => vec![0u8; cap as usize + 1],
+                                _ => bytes.to_vec(),
+                            };
+                            match f {
+                                Some(Fault::Early) => wait_for_block(&devnet, sync - 2).await,
+                                _ => {
+                                    wait_for_block(&devnet, sync).await;
+                                    let t = devnet.timestamp_ms(sync).unwrap_or_else(crate::now_ms);
+                                    let jitter = (uid as u64 * 97 + w * 31) % 500;
+                                    let at = match f {
+                                        Some(Fault::Late) => t + world.options.delta_s * 1000 + 1500,
+                                        _ => t + 1200 + jitter,
+                                    };
+                                    let wait = at.saturating_sub(crate::now_ms());
+                                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                                }
+                            }
+                            world.upload(uid, w, bytes).await;
+                        }));
+                    }
+                }
+                for h in handles {
+                    let _ = h.await;
+                }
+                devnet_url
+            });
+            (task, head)
+        };
+        let (miner_task, devnet) = miners;
+        Ok(Network {
+            devnet,
+            first_window: first,
+            last_window: last,
+            faults,
+            output,
+            peer_buckets,
+            data_dir,
+            endpoint,
+            miners: miner_task,
+            options: options.clone(),
+        })
+    }
+
+    /// The configuration of a daemon serving this network (state in `data_dir/state`).
+    pub fn daemon_config(&self) -> DaemonConfig {
+        let options = &self.options;
+        let mut settings = BTreeMap::new();
+        settings.insert("time_window_delta_seconds".to_string(), options.delta_s.to_string());
+        DaemonConfig {
+            chain_url: self.devnet.url(),
+            netuid: NETUID,
+            blocks_per_window: options.blocks_per_window,
+            version: options.model_version(),
+            model: options.model.clone(),
+            state_dir: self.data_dir.join("state"),
+            max_backfill: options.windows + 2,
+            peer_endpoint: endpoint_string(&self.endpoint),
+            output: OutputBucket {
+                endpoint: endpoint_string(&self.output.endpoint),
+                name: self.output.name.clone(),
+                access_key_id: self.output.access_key_id.clone(),
+                secret: self.output.secret.clone(),
+            },
+            gather: crate::GatherConfig {
+                timeout_s: options.delta_s as f64 + 10.0,
+                concurrency: 16,
+            },
+            policy: crate::PolicyFiles {
+                settings,
+                ..Default::default()
+            },
+            metrics: options.metrics.map(|a| a.to_string()).unwrap_or_default(),
+            ..DaemonConfig::default()
+        }
+    }
+
+    /// Makes a fresh daemon start with window `first_window` (persisted state `last_processed = first - 1`).
+    pub fn seed_daemon_state(&self) -> Result<(), DaemonError> {
+        crate::StateFile::open(&self.data_dir.join("state"))?.save(&crate::PersistedState {
+            last_processed: Some(self.first_window - 1),
+            ..Default::default()
+        })
+    }
+
+    /// Waits for the miners to finish and stops the devnet.
+    pub async fn stop(self) {
+        let _ = self.miners.await;
+        if let Ok(devnet) = Arc::try_unwrap(self.devnet) {
+            devnet.shutdown().await;
+        }
+    }
+}
+
+/// Runs a simulation to its end.
+pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
+    let say = |s: String| {
+        if options.verbose {
+            eprintln!("{s}");
+        }
+    };
+    let network = Network::start(&options).await?;
+    let (first, bpw) = (network.first_window, options.blocks_per_window as u64);
+    network.seed_daemon_state()?;
+    let config = network.daemon_config();
+    let output = network.output.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel();
+    // The daemon's future is not `Send` (the store's borrowed-key futures), so it runs in this task beside the
+    // collector rather than on a spawned one.
+    let daemon = crate::run(config, output.clone(), stop_rx, Some(report_tx));
+    let collect = async {
+        let mut reports = Vec::new();
+        let started = Instant::now();
+        let deadline = Duration::from_secs(120 + 4 * bpw * options.block_time.as_secs().max(1));
+        while reports.len() < options.windows as usize {
+            match tokio::time::timeout(deadline, report_rx.recv()).await {
+                Ok(Some(r)) => {
+                    if r.window < first {
+                        continue;
+                    }
+                    say(format!(
+                        "sim: window {} {}: {}/{} aggregated, {} skipped, {:.2} s ({:.0} s elapsed)",
+                        r.window,
+                        r.result.label(),
+                        r.aggregated.len(),
+                        r.selected.len(),
+                        r.skipped.len(),
+                        (r.gather + r.process + r.put).as_secs_f64(),
+                        started.elapsed().as_secs_f64()
+                    ));
+                    reports.push(r);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = stop_tx.send(true);
+                    return Err(sim_err(format!("no window report within {deadline:?}")));
+                }
+            }
+        }
+        let metrics_text = match options.metrics {
+            Some(addr) => fetch_metrics(addr).await.unwrap_or_default(),
+            None => String::new(),
+        };
+        let _ = stop_tx.send(true);
+        Ok((reports, metrics_text))
+    };
+    let (daemon_result, collected) = tokio::join!(daemon, collect);
+    daemon_result?;
+    let (reports, metrics_text) = collected?;
+    if reports.len() < options.windows as usize {
+        return Err(sim_err("the daemon stopped before every window was processed"));
+    }
+    let outcome = SimOutcome {
+        data_dir: network.data_dir.clone(),
+        first_window: first,
+        reports,
+        faults: (*network.faults).clone(),
+        output,
+        peer_buckets: network.peer_buckets.clone(),
+        metrics_text,
+    };
+    network.stop().await;
+    if options.verbose {
+        print_table(&outcome);
+    }
+    Ok(outcome)
+}
+
+/// `GET /metrics` over plain HTTP/1.0 (the simulator's own check; a tiny client, not worth a dependency).
+pub async fn fetch_metrics(addr: SocketAddr) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
+    let mut out = Vec::new();
+    s.take(16 << 20).read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    Ok(text.split_once("\r\n\r\n").map_or(text.clone(), |(_, b)| b.to_string()))
+}
+
+fn print_table(o: &SimOutcome) {
+    println!(
+        "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9} {:>10} {:>8} {:>12}  skipped (uid: reason)",
+        "window", "result", "selected", "aggregated", "skipped", "gather s", "process s", "put s", "output bytes"
+    );
+    let mut worst = Duration::ZERO;
+    for r in &o.reports {
+        let total = r.gather + r.process + r.put;
+        worst = worst.max(total);
+        let skipped: Vec<String> = r
+            .skipped
+            .iter()
+            .map(|(u, why)| format!("{u}: {}", why.split(':').next().unwrap_or(why)))
+            .collect();
+        println!(
+            "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9.2} {:>10.2} {:>8.2} {:>12}  {}",
+            r.window,
+            r.result.label(),
+            r.selected.len(),
+            r.aggregated.len(),
+            r.skipped.len(),
+            r.gather.as_secs_f64(),
+            r.process.as_secs_f64(),
+            r.put.as_secs_f64(),
+            r.output_bytes,
+            skipped.join(", ")
+        );
+    }
+    let stored = o.reports.iter().filter(|r| r.result == WindowResult::Stored).count();
+    println!(
+        "summary: {} windows, {stored} stored, {} injected faults; slowest window {:.2} s (gather + process + put); outputs in {}",
+        o.reports.len(),
+        o.faults.len(),
+        worst.as_secs_f64(),
+        o.data_dir.display()
+    );
+}

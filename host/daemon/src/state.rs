@@ -1,0 +1,89 @@
+//! Persisted state: the last processed window and the peer-selection policy's state, written atomically (temporary
+//! file, fsync, rename), so a crash leaves either the old or the new state, never a torn one.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::DaemonError;
+
+/// What survives a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    /// The newest window whose processing finished (stored, or nothing to store).
+    pub last_processed: Option<u64>,
+    /// The peers in use after that window.
+    pub current_peers: Vec<u16>,
+    /// The peer-selection policy's opaque state, hex.
+    pub selection_state: String,
+}
+
+/// The state file in a directory.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+const MAX_STATE_FILE: u64 = 1 << 20;
+
+impl StateFile {
+    /// `dir/state.json` (the directory is created).
+    pub fn open(dir: &Path) -> Result<Self, DaemonError> {
+        std::fs::create_dir_all(dir).map_err(|e| DaemonError::State(format!("{}: {e}", dir.display())))?;
+        Ok(Self {
+            path: dir.join("state.json"),
+        })
+    }
+
+    /// The saved state, or the default if there is none. A corrupt file is an error (never silently reset: that
+    /// would re-process or skip windows).
+    pub fn load(&self) -> Result<PersistedState, DaemonError> {
+        let err = |m: String| DaemonError::State(format!("{}: {m}", self.path.display()));
+        match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PersistedState::default()),
+            Err(e) => return Err(err(e.to_string())),
+            Ok(m) if m.len() > MAX_STATE_FILE => return Err(err(format!("{} bytes is too large", m.len()))),
+            Ok(_) => {}
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(|e| err(e.to_string()))?;
+        let state: PersistedState = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        hex::decode(&state.selection_state).map_err(|e| err(format!("selection_state: {e}")))?;
+        Ok(state)
+    }
+
+    /// Saves atomically.
+    pub fn save(&self, state: &PersistedState) -> Result<(), DaemonError> {
+        use std::io::Write;
+        let err = |m: String| DaemonError::State(format!("{}: {m}", self.path.display()));
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(state).map_err(|e| err(e.to_string()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        f.write_all(text.as_bytes()).map_err(|e| err(e.to_string()))?;
+        f.sync_all().map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| err(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("daemon-state-{}", std::process::id()));
+        let f = StateFile::open(&dir).unwrap();
+        assert_eq!(f.load().unwrap(), PersistedState::default());
+        let s = PersistedState {
+            last_processed: Some(41),
+            current_peers: vec![1, 2],
+            selection_state: "01ff".into(),
+        };
+        f.save(&s).unwrap();
+        assert_eq!(f.load().unwrap(), s);
+        std::fs::write(dir.join("state.json"), "{\"last_processed\": ").unwrap();
+        assert!(f.load().unwrap_err().to_string().contains("state.json"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
