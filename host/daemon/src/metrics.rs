@@ -221,6 +221,7 @@ pub async fn serve(
                     async move { Ok::<_, Infallible>(respond(&req, &metrics, &health, stale_after_ms)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(std::time::Duration::from_secs(10))
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                 if let Err(e) = conn.await {

@@ -1,0 +1,175 @@
+//! End to end: the simulator with faults against a real SeaweedFS (S3 on 127.0.0.1), checked from the outside: every
+//! output decodes and equals an independent recomputation from the stored gradient files, the skipped uids and
+//! reasons are the ones the faults caused, and `/metrics` counts what happened.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use aggregator_codec::{Aggregate, Gradient, Limits};
+use aggregator_daemon::WindowResult;
+use aggregator_daemon::sim::{self, S3Target, SimOptions};
+use aggregator_kernels::Cpu;
+use aggregator_model::ModelSpec;
+use aggregator_store::seaweed::{ADMIN, BucketAccess, SeaweedFs, install};
+use aggregator_store::{Bucket, ClientSettings, Clients, aggregate_key, gradient_key};
+use aggregator_window::{PeerInput, aggregate_window};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+const PEERS: u16 = 6;
+
+async fn seaweed() -> SeaweedFs {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let weed = install(&tmp.parent().expect("target dir").join("seaweedfs-venv")).unwrap();
+    let mut buckets: Vec<BucketAccess> = (0..=PEERS)
+        .map(|uid| BucketAccess {
+            name: sim::bucket_name(uid),
+            reader: Some(sim::read_credentials(uid)),
+        })
+        .collect();
+    buckets.push(BucketAccess {
+        name: sim::OUTPUT_BUCKET.into(),
+        reader: None,
+    });
+    SeaweedFs::start(&weed, &tmp.join(format!("seaweed-e2e-{}", std::process::id())), &buckets)
+        .await
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn get(clients: &Clients, bucket: &Bucket, key: &str) -> Option<Vec<u8>> {
+    let store = clients.get(bucket).unwrap();
+    match store.get(&Path::from(key)).await {
+        Ok(r) => Some(r.bytes().await.unwrap().to_vec()),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => panic!("{key}: {e}"),
+    }
+}
+
+/// The value of one sample line `name{labels} value` (or `name value`).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulator_with_faults_against_seaweedfs() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let sw = seaweed().await;
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let outcome = sim::run(SimOptions {
+        windows: 3,
+        peers: PEERS,
+        model: "tiny".into(),
+        faults: true,
+        s3: Some(S3Target {
+            endpoint: sw.endpoint().to_string(),
+            writer: (ADMIN.0.into(), ADMIN.1.into()),
+        }),
+        data_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sim-e2e-{}", std::process::id()))),
+        metrics: Some(metrics),
+        verbose: false,
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+
+    let model = ModelSpec::preset("tiny").unwrap();
+    let clients = Clients::new(ClientSettings::default());
+    let admin = |name: &str| sw.admin_bucket(name);
+    let cpu = Cpu::new();
+    assert_eq!(outcome.reports.len(), 3);
+    assert!(!outcome.faults.is_empty());
+    let mut stored = 0;
+    let (mut selected, mut aggregated) = (0, 0);
+    let mut skipped_by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &outcome.reports {
+        let w = r.window;
+        assert_eq!(r.selected, (1..=PEERS).collect::<Vec<_>>(), "window {w}: the leader's list");
+        selected += r.selected.len();
+        aggregated += r.aggregated.len();
+        // Every skip is a fault of that peer in that window, with a reason the fault explains; every faulty peer
+        // is skipped.
+        for (uid, reason) in &r.skipped {
+            let fault = outcome
+                .faults
+                .get(&(w, *uid))
+                .unwrap_or_else(|| panic!("window {w}: uid {uid} skipped ({reason}) without a fault"));
+            let label = reason.split(':').next().unwrap();
+            assert!(
+                fault.expected_reasons().contains(&label),
+                "window {w}: uid {uid} {fault:?} reported as {reason}"
+            );
+            *skipped_by_reason.entry(label.to_string()).or_default() += 1;
+        }
+        for uid in &r.selected {
+            assert_eq!(
+                outcome.faults.contains_key(&(w, *uid)),
+                r.skipped.iter().any(|(u, _)| u == uid),
+                "window {w}: uid {uid}"
+            );
+        }
+
+        // An independent recomputation from the stored gradient files.
+        let mut inputs = Vec::new();
+        for &uid in &r.selected {
+            let input = match outcome.faults.get(&(w, uid)) {
+                Some(f) => PeerInput::Skipped(format!("{f:?}")),
+                None => {
+                    let bytes = get(&clients, &admin(&sim::bucket_name(uid)), &gradient_key(w, uid, "0.2.73"))
+                        .await
+                        .unwrap_or_else(|| panic!("window {w}: uid {uid}'s gradient is stored"));
+                    let limits = Limits::for_gradient(model.sparse_bytes() as u64);
+                    PeerInput::Valid(Gradient::read(&bytes, &model, &limits).unwrap())
+                }
+            };
+            inputs.push((uid, input));
+        }
+        let output = get(&clients, &admin(sim::OUTPUT_BUCKET), &aggregate_key(w, "0.2.73")).await;
+        let expected = aggregate_window(&model, &cpu, w as i64, "0.2.73", &inputs, "t".into());
+        match (&r.result, expected) {
+            (WindowResult::Stored, Ok(expected)) => {
+                stored += 1;
+                let bytes = output.expect("a stored window has its file");
+                assert_eq!(bytes.len() as u64, r.output_bytes);
+                let file = Aggregate::read(&bytes, Some(&model), &Limits::default()).unwrap();
+                assert_eq!(file.window, w as i64);
+                assert_eq!(file.params, expected.file.params, "window {w}: bits equal the recomputation");
+                assert_eq!(file.skipped_uids, expected.file.skipped_uids);
+                assert_eq!(file.success_rate, expected.file.success_rate);
+            }
+            (WindowResult::NoValidPeers, Err(_)) => assert!(output.is_none()),
+            (result, expected) => panic!("window {w}: {result:?} but the recomputation gives {expected:?}"),
+        }
+    }
+    assert!(stored >= 2, "most windows have valid peers");
+
+    // /metrics, scraped by the simulator right after the last window.
+    let m = &outcome.metrics_text;
+    assert_eq!(sample(m, "aggregator_windows_total{label=\"stored\"}"), stored as f64, "{m}");
+    assert_eq!(sample(m, "aggregator_peers_selected_total"), selected as f64);
+    assert_eq!(sample(m, "aggregator_peers_aggregated_total"), aggregated as f64);
+    for (reason, n) in &skipped_by_reason {
+        assert_eq!(sample(m, &format!("aggregator_peers_skipped_total{{label=\"{reason}\"}}")), *n as f64);
+    }
+    assert_eq!(
+        sample(m, "aggregator_last_processed_window"),
+        outcome.reports.last().unwrap().window as f64
+    );
+    assert_eq!(sample(m, "aggregator_stage_seconds_count{label=\"gather\"}"), 3.0);
+    // The window after the last may have closed already (it is being processed when the simulator scrapes).
+    assert!(sample(m, "aggregator_lag_windows") <= 1.0);
+    let last = outcome.reports.last().unwrap();
+    assert_eq!(
+        sample(m, "aggregator_success_rate"),
+        last.aggregated.len() as f64 / last.selected.len() as f64
+    );
+    std::fs::remove_dir_all(&outcome.data_dir).ok();
+}
