@@ -174,9 +174,9 @@ pub struct SimArgs {
     /// Seconds between blocks.
     #[arg(long, default_value_t = 1.0)]
     block_time: f64,
-    /// Blocks per window (at least 3).
-    #[arg(long, default_value_t = 3)]
-    blocks_per_window: u32,
+    /// Blocks per window (at least 3; default 3, or 12 for models over 100 M parameters).
+    #[arg(long)]
+    blocks_per_window: Option<u32>,
     /// Upload window Δ in seconds (Templar: 10).
     #[arg(long, default_value_t = 4)]
     delta: u64,
@@ -204,12 +204,18 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
     let options = SimOptions {
         windows: args.windows,
         peers: args.peers,
-        model: args.model,
+        model: args.model.clone(),
         faults: args.faults,
         s3,
         data_dir: args.data_dir,
         block_time: Duration::from_secs_f64(args.block_time),
-        blocks_per_window: args.blocks_per_window,
+        blocks_per_window: match args.blocks_per_window {
+            Some(n) => n,
+            None => {
+                let model = aggregator_model::ModelSpec::load(&args.model)?;
+                if model.numel() > 100_000_000 { 12 } else { 3 }
+            }
+        },
         delta_s: args.delta,
         metrics: args.metrics,
         ..SimOptions::default()

@@ -49,7 +49,7 @@ fn init_logging(format: LogFormat) {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the aggregation server: one aggregate per window, missed windows backfilled, until SIGINT/SIGTERM.
-    Run(daemon::RunArgs),
+    Run(Box<daemon::RunArgs>),
     /// Simulates a network (devnet, object store, miners, leader) around the unmodified daemon and prints a table.
     Sim(daemon::SimArgs),
     /// Golden test vectors.
@@ -154,7 +154,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run(args) => daemon::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => daemon::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => daemon::sim(args).map(|()| ExitCode::SUCCESS),
         Command::Vectors {
             command: VectorsCommand::Check { dir, backend },

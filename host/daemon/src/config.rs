@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aggregator_store::{Bucket, Endpoint};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::DaemonError;
 
 /// Everything the daemon needs to run.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// Subtensor WebSocket endpoint.
@@ -47,7 +47,7 @@ pub struct DaemonConfig {
 }
 
 /// The output bucket.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputBucket {
     /// `r2:ACCOUNT`, an `http(s)://` S3 URL, or a local directory; empty: from `R2_AGGREGATOR_*`.
@@ -61,7 +61,7 @@ pub struct OutputBucket {
 }
 
 /// Gathering settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatherConfig {
     /// Per-peer time limit in seconds.
@@ -80,7 +80,7 @@ impl Default for GatherConfig {
 }
 
 /// Policy components (empty: the embedded `templar-default`) and the settings passed to each call.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyFiles {
     /// Peer-selection component.
@@ -128,6 +128,11 @@ pub fn parse_endpoint(s: &str) -> Endpoint {
 }
 
 impl DaemonConfig {
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
     /// Parses a TOML file's text; unknown keys are an error naming them.
     pub fn from_toml(text: &str) -> Result<Self, DaemonError> {
         toml::from_str(text).map_err(|e| DaemonError::Config(e.to_string()))
@@ -247,6 +252,7 @@ mod tests {
                 .to_string()
                 .contains("R2_AGGREGATOR")
         );
+        assert_eq!(DaemonConfig::from_toml(&c.to_toml()).unwrap(), c, "round trip");
         assert_eq!(parse_endpoint("r2:abc"), Endpoint::R2 { account: "abc".into() });
         assert_eq!(parse_endpoint("file:///tmp/x"), Endpoint::Local("/tmp/x".into()));
     }

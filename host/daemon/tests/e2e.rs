@@ -31,13 +31,21 @@ async fn seaweed() -> SeaweedFs {
         name: sim::OUTPUT_BUCKET.into(),
         reader: None,
     });
-    SeaweedFs::start(&weed, &tmp.join(format!("seaweed-e2e-{}", std::process::id())), &buckets)
-        .await
-        .unwrap()
+    SeaweedFs::start(
+        &weed,
+        &tmp.join(format!("seaweed-e2e-{}", std::process::id())),
+        &buckets,
+    )
+    .await
+    .unwrap()
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn get(clients: &Clients, bucket: &Bucket, key: &str) -> Option<Vec<u8>> {
@@ -92,7 +100,11 @@ async fn simulator_with_faults_against_seaweedfs() {
     let mut skipped_by_reason: BTreeMap<String, u64> = BTreeMap::new();
     for r in &outcome.reports {
         let w = r.window;
-        assert_eq!(r.selected, (1..=PEERS).collect::<Vec<_>>(), "window {w}: the leader's list");
+        assert_eq!(
+            r.selected,
+            (1..=PEERS).collect::<Vec<_>>(),
+            "window {w}: the leader's list"
+        );
         selected += r.selected.len();
         aggregated += r.aggregated.len();
         // Every skip is a fault of that peer in that window, with a reason the fault explains; every faulty peer
@@ -123,9 +135,13 @@ async fn simulator_with_faults_against_seaweedfs() {
             let input = match outcome.faults.get(&(w, uid)) {
                 Some(f) => PeerInput::Skipped(format!("{f:?}")),
                 None => {
-                    let bytes = get(&clients, &admin(&sim::bucket_name(uid)), &gradient_key(w, uid, "0.2.73"))
-                        .await
-                        .unwrap_or_else(|| panic!("window {w}: uid {uid}'s gradient is stored"));
+                    let bytes = get(
+                        &clients,
+                        &admin(&sim::bucket_name(uid)),
+                        &gradient_key(w, uid, "0.2.73"),
+                    )
+                    .await
+                    .unwrap_or_else(|| panic!("window {w}: uid {uid}'s gradient is stored"));
                     let limits = Limits::for_gradient(model.sparse_bytes() as u64);
                     PeerInput::Valid(Gradient::read(&bytes, &model, &limits).unwrap())
                 }
@@ -141,7 +157,10 @@ async fn simulator_with_faults_against_seaweedfs() {
                 assert_eq!(bytes.len() as u64, r.output_bytes);
                 let file = Aggregate::read(&bytes, Some(&model), &Limits::default()).unwrap();
                 assert_eq!(file.window, w as i64);
-                assert_eq!(file.params, expected.file.params, "window {w}: bits equal the recomputation");
+                assert_eq!(
+                    file.params, expected.file.params,
+                    "window {w}: bits equal the recomputation"
+                );
                 assert_eq!(file.skipped_uids, expected.file.skipped_uids);
                 assert_eq!(file.success_rate, expected.file.success_rate);
             }
@@ -153,11 +172,18 @@ async fn simulator_with_faults_against_seaweedfs() {
 
     // /metrics, scraped by the simulator right after the last window.
     let m = &outcome.metrics_text;
-    assert_eq!(sample(m, "aggregator_windows_total{label=\"stored\"}"), stored as f64, "{m}");
+    assert_eq!(
+        sample(m, "aggregator_windows_total{label=\"stored\"}"),
+        stored as f64,
+        "{m}"
+    );
     assert_eq!(sample(m, "aggregator_peers_selected_total"), selected as f64);
     assert_eq!(sample(m, "aggregator_peers_aggregated_total"), aggregated as f64);
     for (reason, n) in &skipped_by_reason {
-        assert_eq!(sample(m, &format!("aggregator_peers_skipped_total{{label=\"{reason}\"}}")), *n as f64);
+        assert_eq!(
+            sample(m, &format!("aggregator_peers_skipped_total{{label=\"{reason}\"}}")),
+            *n as f64
+        );
     }
     assert_eq!(
         sample(m, "aggregator_last_processed_window"),
