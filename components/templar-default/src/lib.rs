@@ -178,6 +178,9 @@ impl TimeBounds for Policy {
 impl Verification for Policy {
     fn verify(input: VerifyInput) -> Result<Verdict, String> {
         let max_behind: f64 = config(&input.config, "sync_max_steps_behind", 3.0)?;
+        // Optional, not in Templar: a bound on the largest single difference, in steps. An exact replay (this
+        // project's catch-up) differs by 0 steps; one flipped sign in one window is 2 steps.
+        let max_single: f64 = config(&input.config, "sync_max_single_steps_behind", f64::INFINITY)?;
         let (mut sq, mut abs, mut max, mut count) = (0f64, 0f64, 0f64, 0u32);
         for s in &input.samples {
             if s.local.len() != s.reference.len() {
@@ -222,8 +225,11 @@ impl Verification for Policy {
                 avg_steps_behind: behind,
                 max_steps_behind: max / lr,
                 count,
-                in_sync: behind <= max_behind,
-                note: format!("{behind:.3} steps behind on average (limit {max_behind})"),
+                in_sync: behind <= max_behind && max / lr <= max_single,
+                note: format!(
+                    "{behind:.3} steps behind on average (limit {max_behind}), {:.3} at most (limit {max_single})",
+                    max / lr
+                ),
             }
         };
         Ok(verdict)

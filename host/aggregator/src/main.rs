@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_gather;
+mod catchup;
 mod daemon;
 mod devnet;
 mod offline;
@@ -50,6 +51,8 @@ fn init_logging(format: LogFormat) {
 enum Command {
     /// Runs the aggregation server: one aggregate per window, missed windows backfilled, until SIGINT/SIGTERM.
     Run(Box<daemon::RunArgs>),
+    /// Replays aggregates onto a checkpoint (Templar's SGD and schedule) and verifies sync with the leader.
+    Catchup(Box<catchup::CatchupArgs>),
     /// Simulates a network (devnet, object store, miners, leader) around the unmodified daemon and prints a table.
     Sim(daemon::SimArgs),
     /// Golden test vectors.
@@ -115,6 +118,8 @@ enum BenchCommand {
     Process(bench::ProcessArgs),
     /// Times policy calls (fresh sandboxed instance per call) and component loading.
     Policy(plugin::BenchArgs),
+    /// Catch-up time per window: N random aggregates replayed onto a model.
+    Catchup(catchup::BenchCatchupArgs),
     /// Gather throughput (MB/s) and peak RSS for N peers' gradient files from a local SeaweedFS.
     Gather(bench_gather::GatherArgs),
 }
@@ -155,6 +160,10 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => daemon::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Catchup(args) => catchup::run(*args),
+        Command::Bench {
+            command: BenchCommand::Catchup(args),
+        } => catchup::bench(args).map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => daemon::sim(args).map(|()| ExitCode::SUCCESS),
         Command::Vectors {
             command: VectorsCommand::Check { dir, backend },

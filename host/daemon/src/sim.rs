@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aggregator_catchup::{Checkpoint, Schedule, apply_aggregate};
 use aggregator_codec::{Gradient, GradientMetadata, PeerList, SparseParam, StartWindow};
 use aggregator_devnet::{Devnet, DevnetConfig, Neuron as DevNeuron, Timestamps};
 use aggregator_kernels::Cpu;
@@ -128,6 +129,9 @@ pub struct SimOptions {
     pub metrics: Option<SocketAddr>,
     /// Print progress and the table to stdout/stderr.
     pub verbose: bool,
+    /// Windows (as offsets from the first) whose aggregate is lost before the validator reads it, as in an
+    /// outage: the validator and any later catch-up see them missing.
+    pub lose: Vec<u64>,
 }
 
 impl Default for SimOptions {
@@ -145,6 +149,7 @@ impl Default for SimOptions {
             seed: 2073,
             metrics: None,
             verbose: true,
+            lose: vec![],
         }
     }
 }
@@ -166,6 +171,8 @@ pub struct SimOutcome {
     pub peer_buckets: BTreeMap<u16, Bucket>,
     /// `/metrics` text at the end.
     pub metrics_text: String,
+    /// The simulated validator's checkpoints, `checkpoint-{w}.safetensors` after each window.
+    pub validator_dir: PathBuf,
 }
 
 fn sim_err(e: impl std::fmt::Display) -> DaemonError {
@@ -422,7 +429,8 @@ impl Network {
             leader.as_ref(),
             &format!("start_window_v{version}.json"),
             StartWindow {
-                start_window: first as i64,
+                // The validator applies every window from `first` on (spec §7.2: start_window + 1 onwards).
+                start_window: first as i64 - 1,
             }
             .to_json()
             .into(),
@@ -577,6 +585,7 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
     let (report_tx, mut report_rx) = mpsc::unbounded_channel();
     // The daemon's future is not `Send` (the store's borrowed-key futures), so it runs in this task beside the
     // collector rather than on a spawned one.
+    let mut validator = Validator::new(&network, &options).await?;
     let daemon = crate::run(config, output.clone(), stop_rx, Some(report_tx));
     let collect = async {
         let mut reports = Vec::new();
@@ -598,6 +607,7 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
                         (r.gather + r.process + r.put).as_secs_f64(),
                         started.elapsed().as_secs_f64()
                     ));
+                    validator.on_window(&r).await?;
                     reports.push(r);
                 }
                 Ok(None) => break,
@@ -628,6 +638,7 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
         output,
         peer_buckets: network.peer_buckets.clone(),
         metrics_text,
+        validator_dir: validator.dir.clone(),
     };
     network.stop().await;
     if options.verbose {
@@ -683,4 +694,104 @@ fn print_table(o: &SimOutcome) {
         worst.as_secs_f64(),
         o.data_dir.display()
     );
+}
+
+/// The simulated leader validator (uid 0): keeps a model, applies each window's aggregate as it appears (stepping
+/// the schedule for missing windows too), posts `debug-{w}-0-v{V}.pt` and keeps a checkpoint per window.
+struct Validator {
+    ckpt: Checkpoint,
+    dir: PathBuf,
+    model: Arc<ModelSpec>,
+    schedule: Schedule,
+    output: Arc<dyn object_store::ObjectStore>,
+    leader: Arc<dyn object_store::ObjectStore>,
+    first: u64,
+    lose: Vec<u64>,
+    version: String,
+}
+
+impl Validator {
+    async fn new(network: &Network, options: &SimOptions) -> Result<Self, DaemonError> {
+        let model = Arc::new(ModelSpec::load(&options.model).map_err(sim_err)?);
+        let dir = network.data_dir.join("validator");
+        std::fs::create_dir_all(&dir).map_err(sim_err)?;
+        let first = network.first_window;
+        let ckpt = Checkpoint::init(&model, options.seed, first - 1, first - 1);
+        // The initial model, and one per window after it (small models only: the checkpoints are whole models).
+        if model.numel() <= 100_000_000 {
+            ckpt.save(&dir.join(format!("checkpoint-{}.safetensors", first - 1)), &model)
+                .map_err(sim_err)?;
+        }
+        let clients = Clients::new(ClientSettings::default());
+        let leader_bucket = Bucket {
+            access_key_id: network.output.access_key_id.clone(),
+            secret: network.output.secret.clone(),
+            ..Bucket {
+                name: bucket_name(LEADER_UID),
+                ..network.output.clone()
+            }
+        };
+        Ok(Self {
+            ckpt,
+            dir,
+            model,
+            schedule: Schedule::default(),
+            output: clients.get(&network.output)?,
+            leader: clients.get(&leader_bucket)?,
+            first,
+            lose: options.lose.clone(),
+            version: options.model_version(),
+        })
+    }
+
+    async fn on_window(&mut self, r: &WindowReport) -> Result<(), DaemonError> {
+        use object_store::ObjectStoreExt;
+        let w = r.window;
+        if w != self.ckpt.window + 1 {
+            return Ok(());
+        }
+        let key = object_store::path::Path::from(aggregator_store::aggregate_key(w, &self.version));
+        if self.lose.contains(&(w - self.first)) {
+            let _ = self.output.delete(&key).await;
+        }
+        let lr = self.schedule.lr_at(Schedule::step_of(w, self.ckpt.start_window));
+        match self.output.get(&key).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(sim_err)?;
+                let agg =
+                    aggregator_codec::Aggregate::read(&bytes, Some(&self.model), &aggregator_codec::Limits::default())
+                        .map_err(sim_err)?;
+                apply_aggregate(&mut self.ckpt, &agg, lr, self.schedule.weight_decay);
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(sim_err(e)),
+        }
+        self.ckpt.window = w;
+        let debug = aggregator_codec::DebugDict {
+            values: self
+                .ckpt
+                .params
+                .iter()
+                .filter(|(_, v)| v.len() >= 2)
+                .map(|(n, v)| (n.clone(), vec![v[0] as f64, v[1] as f64]))
+                .collect(),
+            successful_peers: None,
+            skipped_peers: None,
+            global_step: 0,
+        };
+        let bytes = debug.to_bytes().map_err(sim_err)?;
+        put(
+            self.leader.as_ref(),
+            &format!("debug-{w}-{LEADER_UID}-v{}.pt", self.version),
+            bytes.into(),
+            &PutOptions::default(),
+        )
+        .await?;
+        if self.model.numel() <= 100_000_000 {
+            self.ckpt
+                .save(&self.dir.join(format!("checkpoint-{w}.safetensors")), &self.model)
+                .map_err(sim_err)?;
+        }
+        Ok(())
+    }
 }
