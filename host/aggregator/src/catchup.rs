@@ -249,7 +249,12 @@ pub fn bench(args: BenchCatchupArgs) -> anyhow::Result<()> {
             &PutOptions::default(),
         ))?;
     }
-    let mut ckpt = Checkpoint::init(&model, 1, 0, 0);
+    // The real path: a checkpoint file on disk, loaded, caught up, written.
+    let path = dir.join("checkpoint-0.safetensors");
+    Checkpoint::init(&model, 1, 0, 0).save(&path, &model)?;
+    let started = Instant::now();
+    let mut ckpt = Checkpoint::load(&path, &model, None, None)?;
+    let load = started.elapsed();
     let config = CatchupConfig {
         last_window_tries: 1,
         retry_delay: Duration::ZERO,
@@ -266,17 +271,23 @@ pub fn bench(args: BenchCatchupArgs) -> anyhow::Result<()> {
         &config,
     ))?;
     let total = started.elapsed();
+    let started = Instant::now();
+    ckpt.save(&path, &model)?;
+    let save = started.elapsed();
     println!("{:>8} {:>10}", "window", "ms");
     for r in &report {
         println!("{:>8} {:>10.1}", r.window, r.elapsed.as_secs_f64() * 1e3);
     }
     println!(
-        "{} windows of {} ({} parameters): {:.2} s in all, {:.0} ms per window (read + decode + apply)",
+        "{} windows of {} ({} parameters): {:.2} s in all, {:.0} ms per window (read + decode + apply); \
+         checkpoint load {:.2} s, save {:.2} s",
         report.len(),
         model.name,
         model.numel(),
         total.as_secs_f64(),
-        total.as_secs_f64() * 1e3 / report.len().max(1) as f64
+        total.as_secs_f64() * 1e3 / report.len().max(1) as f64,
+        load.as_secs_f64(),
+        save.as_secs_f64()
     );
     std::fs::remove_dir_all(&dir).ok();
     Ok(())

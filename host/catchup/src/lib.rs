@@ -123,15 +123,19 @@ pub fn apply_aggregate(ckpt: &mut Checkpoint, aggregate: &Aggregate, lr: f64, we
             continue;
         }
         applied += 1;
+        // `p − lr` equals `p + (−lr)` exactly in IEEE arithmetic, so each element adds `±lr` chosen by its bit;
+        // eight elements per packed byte, in loops the compiler vectorises.
         p.par_chunks_mut(1 << 16)
             .zip(packed.par_chunks(1 << 13))
             .for_each(|(p, bits)| {
-                for (i, v) in p.iter_mut().enumerate() {
-                    if let Some(d) = decay {
-                        *v *= d;
+                for (chunk, &byte) in p.chunks_mut(8).zip(bits) {
+                    for (j, v) in chunk.iter_mut().enumerate() {
+                        let step = if byte >> j & 1 == 1 { -lr32 } else { lr32 };
+                        *v = match decay {
+                            Some(d) => *v * d + step,
+                            None => *v + step,
+                        };
                     }
-                    let set = bits[i / 8] >> (i % 8) & 1 == 1;
-                    *v = if set { *v - lr32 } else { *v + lr32 };
                 }
             });
     }
