@@ -200,3 +200,64 @@ fn load_pt(path: &Path, bytes: &[u8], model: &ModelSpec) -> Result<Loaded, Catch
         int("start_window"),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aggregator_codec::DType;
+    use aggregator_codec::write::{Obj, write_pt};
+
+    fn dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("catchup-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn safetensors_and_torch_state_dicts_load_the_same_model() {
+        let model = ModelSpec::preset("tiny").unwrap();
+        let ckpt = Checkpoint::init(&model, 7, 12, 3);
+        let d = dir();
+        let st = d.join("c.safetensors");
+        ckpt.save(&st, &model).unwrap();
+        assert_eq!(Checkpoint::load(&st, &model, None, None).unwrap(), ckpt);
+        assert_eq!(
+            Checkpoint::load(&st, &model, Some(20), None).unwrap().window,
+            20,
+            "--from overrides"
+        );
+
+        // A Templar-style checkpoint: {"model_state_dict": {...}, "start_window": 3, "sync_window": 12}.
+        let state = ckpt
+            .params
+            .iter()
+            .zip(&model.params)
+            .map(|((n, v), p)| {
+                (
+                    Obj::str(n.as_str()),
+                    Obj::tensor_from(DType::F32, p.layout.shape().to_vec(), v, |x: f32| {
+                        x.to_le_bytes().to_vec()
+                    }),
+                )
+            })
+            .collect();
+        let root = Obj::Dict(vec![
+            (Obj::str("model_state_dict"), Obj::Dict(state)),
+            (Obj::str("start_window"), Obj::Int(3)),
+            (Obj::str("sync_window"), Obj::Int(12)),
+        ]);
+        let pt = d.join("c.pt");
+        std::fs::write(&pt, write_pt(&root).unwrap()).unwrap();
+        assert_eq!(Checkpoint::load(&pt, &model, None, None).unwrap(), ckpt);
+
+        // Wrong shapes and missing windows are named.
+        let small = ModelSpec::preset("small").unwrap();
+        let e = Checkpoint::load(&st, &small, None, None).unwrap_err().to_string();
+        assert!(e.contains("c.safetensors"), "{e}");
+        let bare = Obj::Dict(vec![]);
+        std::fs::write(&pt, write_pt(&bare).unwrap()).unwrap();
+        let e = Checkpoint::load(&pt, &model, Some(1), Some(0)).unwrap_err().to_string();
+        assert!(e.contains("no tensor"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
