@@ -51,8 +51,7 @@ pub fn gather(args: GatherArgs) -> anyhow::Result<()> {
         bail!("--peers must be 1..=256 and --runs at least 1");
     }
     let model = Arc::new(ModelSpec::load(&args.model)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(args, model))
+    crate::runtime()?.block_on(run(args, model))
 }
 
 async fn run(args: GatherArgs, model: Arc<ModelSpec>) -> anyhow::Result<()> {

@@ -10,6 +10,8 @@ use aggregator_model::ModelSpec;
 use aggregator_policy::{Policies, PolicyConfig, PolicyEngine, PolicyLimits};
 use aggregator_store::{Bucket, ClientSettings, Clients, PutOptions, put};
 use anyhow::Context;
+
+use crate::runtime;
 use clap::{Args, ValueEnum};
 
 /// What to do when a window is out of sync.
@@ -81,10 +83,6 @@ pub struct CatchupArgs {
     /// Weight decay.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 /// Runs a catch-up and prints one line per window.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use aggregator_daemon::sim::{S3Target, SimOptions};
 use aggregator_daemon::{DaemonConfig, WindowResult};
 use anyhow::Context;
+
+use crate::runtime;
 use clap::Args;
 
 /// Arguments of `aggregator run`. Each flag overrides the config file; each has an environment variable.
@@ -117,10 +119,6 @@ fn merge(args: RunArgs) -> anyhow::Result<DaemonConfig> {
     Ok(c)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
-}
-
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = merge(args)?;
@@ -213,7 +211,11 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
             Some(n) => n,
             None => {
                 let model = aggregator_model::ModelSpec::load(&args.model)?;
-                if model.numel() > 100_000_000 { 12 } else { 3 }
+                if model.numel() > aggregator_daemon::sim::LARGE_MODEL {
+                    12
+                } else {
+                    3
+                }
             }
         },
         delta_s: args.delta,

@@ -54,11 +54,7 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
             }),
         retain_blocks: args.retain_blocks,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
+    crate::runtime()?.block_on(async move {
         let started = Instant::now();
         let devnet = Devnet::start(config, &seed).await?;
         println!(

@@ -160,22 +160,20 @@ pub fn samples(ckpt: &Checkpoint, debug: &DebugDict) -> Vec<ParamSample> {
 }
 
 async fn get(store: &dyn ObjectStore, key: &str, max: u64) -> Result<Option<Vec<u8>>, CatchupError> {
-    let path = ObjectPath::from(key);
-    match store.head(&path).await {
-        Ok(m) if m.size > max => return Err(CatchupError::Storage(format!("{key}: {} bytes, over {max}", m.size))),
-        Ok(_) => {}
+    let err = |e: String| CatchupError::Storage(format!("{key}: {e}"));
+    // One GET: its metadata gives the size before the body is read.
+    let r = match store.get(&ObjectPath::from(key)).await {
+        Ok(r) => r,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(CatchupError::Storage(format!("{key}: {e}"))),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    if r.meta.size > max {
+        return Err(err(format!("{} bytes, over {max}", r.meta.size)));
     }
-    match store.get(&path).await {
-        Ok(r) => r
-            .bytes()
-            .await
-            .map(|b| Some(b.to_vec()))
-            .map_err(|e| CatchupError::Storage(format!("{key}: {e}"))),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(CatchupError::Storage(format!("{key}: {e}"))),
-    }
+    r.bytes()
+        .await
+        .map(|b| Some(b.to_vec()))
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Catches `ckpt` up from its window to `to` (inclusive): every window `ckpt.window + 1 ..= to` is applied if its

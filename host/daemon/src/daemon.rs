@@ -82,6 +82,25 @@ pub struct WindowReport {
     pub output_bytes: u64,
 }
 
+impl WindowReport {
+    /// A report with nothing selected, timed or stored yet.
+    fn new(window: u64, result: WindowResult) -> Self {
+        Self {
+            window,
+            result,
+            selected: vec![],
+            aggregated: vec![],
+            skipped: vec![],
+            bounds: (0, 0),
+            chain: Duration::ZERO,
+            gather: Duration::ZERO,
+            process: Duration::ZERO,
+            put: Duration::ZERO,
+            output_bytes: 0,
+        }
+    }
+}
+
 /// The daemon's parts, built once.
 pub struct Daemon<C: Chain> {
     config: DaemonConfig,
@@ -291,22 +310,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 }
             }
         }
-        Ok((
-            WindowReport {
-                window: w,
-                result: WindowResult::Failed(last),
-                selected: vec![],
-                aggregated: vec![],
-                skipped: vec![],
-                bounds: (0, 0),
-                chain: Duration::ZERO,
-                gather: Duration::ZERO,
-                process: Duration::ZERO,
-                put: Duration::ZERO,
-                output_bytes: 0,
-            },
-            None,
-        ))
+        Ok((WindowReport::new(w, WindowResult::Failed(last)), None))
     }
 
     async fn metagraph(&self, block: u64) -> Result<Metagraph, ChainError> {
@@ -329,19 +333,7 @@ impl<C: Chain + 'static> Daemon<C> {
     async fn process(&self, w: u64) -> Result<(WindowReport, NextSelection), DaemonError> {
         let cfg = &self.config;
         let key = ObjectPath::from(aggregate_key(w, &cfg.version));
-        let mut report = WindowReport {
-            window: w,
-            result: WindowResult::AlreadyStored,
-            selected: vec![],
-            aggregated: vec![],
-            skipped: vec![],
-            bounds: (0, 0),
-            chain: Duration::ZERO,
-            gather: Duration::ZERO,
-            process: Duration::ZERO,
-            put: Duration::ZERO,
-            output_bytes: 0,
-        };
+        let mut report = WindowReport::new(w, WindowResult::AlreadyStored);
         match self.output.head(&key).await {
             Ok(meta) => {
                 tracing::info!(
@@ -493,19 +485,21 @@ impl<C: Chain + 'static> Daemon<C> {
                 &inputs,
                 python_utc_now(),
             );
-            let skipped_all: Vec<(u16, String)> = inputs
-                .iter()
-                .filter_map(|(uid, i)| match i {
-                    aggregator_window::PeerInput::Skipped(r) => Some((*uid, r.clone())),
-                    aggregator_window::PeerInput::Valid(_) => None,
-                })
-                .collect();
             match agg {
                 Ok(a) => {
                     let bytes = a.file.to_bytes().map_err(|e| DaemonError::Internal(e.to_string()))?;
                     Ok((Some(bytes), a.valid_uids, a.skipped))
                 }
-                Err(WindowError::NoValidPeers { .. }) => Ok((None, vec![], skipped_all)),
+                Err(WindowError::NoValidPeers { .. }) => {
+                    let skipped = inputs
+                        .into_iter()
+                        .filter_map(|(uid, i)| match i {
+                            aggregator_window::PeerInput::Skipped(r) => Some((uid, r)),
+                            aggregator_window::PeerInput::Valid(_) => None,
+                        })
+                        .collect();
+                    Ok((None, vec![], skipped))
+                }
                 Err(e) => Err(DaemonError::Internal(e.to_string())),
             }
         })

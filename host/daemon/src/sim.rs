@@ -33,6 +33,11 @@ pub const LEADER_UID: u16 = 0;
 pub const OUTPUT_BUCKET: &str = "sim-aggregator";
 /// The subnet.
 pub const NETUID: u16 = 3;
+/// The Templar version in the simulated network's object names.
+pub const VERSION: &str = "0.2.73";
+/// Above this many parameters the simulator reuses a pool of miner gradients and the validator keeps no
+/// per-window checkpoint files (whole models of several GB).
+pub const LARGE_MODEL: usize = 100_000_000;
 
 /// A simulated fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -235,16 +240,10 @@ impl World {
             Ok(s) => s,
             Err(e) => return tracing::error!(uid, error = %e, "sim miner: bucket"),
         };
-        let key = gradient_key(w, uid, &self.options.model_version());
+        let key = gradient_key(w, uid, VERSION);
         if let Err(e) = put(store.as_ref(), &key, bytes.into(), &PutOptions::default()).await {
             tracing::error!(uid, window = w, error = %e, "sim miner: upload failed");
         }
-    }
-}
-
-impl SimOptions {
-    fn model_version(&self) -> String {
-        "0.2.73".into()
     }
 }
 
@@ -273,7 +272,7 @@ pub struct Network {
     /// The data directory.
     pub data_dir: PathBuf,
     endpoint: Endpoint,
-    miners: tokio::task::JoinHandle<String>,
+    miners: tokio::task::JoinHandle<()>,
     options: SimOptions,
 }
 
@@ -306,7 +305,6 @@ impl Network {
         let options = options.clone();
         say(format!("sim: data directory {}", data_dir.display()));
         let model = Arc::new(ModelSpec::load(&options.model).map_err(|e| DaemonError::Config(format!("model: {e}")))?);
-        let version = options.model_version();
 
         // Buckets: every neuron's (uid 0 is the leader), and the output.
         let (endpoint, writer) = match &options.s3 {
@@ -373,7 +371,7 @@ impl Network {
 
         let bpw = options.blocks_per_window as u64;
         let clients = Arc::new(Clients::new(ClientSettings::default()));
-        let pool = if model.numel() > 100_000_000 {
+        let pool = if model.numel() > LARGE_MODEL {
             let started = Instant::now();
             let mut pool = Vec::new();
             for i in 0..3u64 {
@@ -419,7 +417,7 @@ impl Network {
             };
             put(
                 leader.as_ref(),
-                &format!("peers_{n}_v{version}.json"),
+                &format!("peers_{n}_v{VERSION}.json"),
                 list.to_json().into(),
                 &PutOptions::default(),
             )
@@ -427,7 +425,7 @@ impl Network {
         }
         put(
             leader.as_ref(),
-            &format!("start_window_v{version}.json"),
+            &format!("start_window_v{VERSION}.json"),
             StartWindow {
                 // The validator applies every window from `first` on (spec §7.2: start_window + 1 onwards).
                 start_window: first as i64 - 1,
@@ -453,12 +451,10 @@ impl Network {
 
         // Miners: gradients are made while window w runs and uploaded around T = ts((w+1)·bpw).
         let cap = size_cap(&model);
+        let devnet = Arc::new(devnet);
         let miners = {
-            let (world, devnet_url) = (world.clone(), devnet.url());
-            let faults = faults.clone();
-            let head = Arc::new(devnet);
-            let devnet = head.clone();
-            let task = tokio::spawn(async move {
+            let (world, devnet, faults) = (world.clone(), devnet.clone(), faults.clone());
+            tokio::spawn(async move {
                 let mut handles = Vec::new();
                 for w in first..=last {
                     wait_for_block(&devnet, w * bpw).await;
@@ -500,11 +496,8 @@ impl Network {
                 for h in handles {
                     let _ = h.await;
                 }
-                devnet_url
-            });
-            (task, head)
+            })
         };
-        let (miner_task, devnet) = miners;
         Ok(Network {
             devnet,
             first_window: first,
@@ -514,7 +507,7 @@ impl Network {
             peer_buckets,
             data_dir,
             endpoint,
-            miners: miner_task,
+            miners,
             options: options.clone(),
         })
     }
@@ -528,7 +521,7 @@ impl Network {
             chain_url: self.devnet.url(),
             netuid: NETUID,
             blocks_per_window: options.blocks_per_window,
-            version: options.model_version(),
+            version: VERSION.into(),
             model: options.model.clone(),
             state_dir: self.data_dir.join("state"),
             max_backfill: options.windows + 2,
@@ -707,7 +700,6 @@ struct Validator {
     leader: Arc<dyn object_store::ObjectStore>,
     first: u64,
     lose: Vec<u64>,
-    version: String,
 }
 
 impl Validator {
@@ -718,18 +710,15 @@ impl Validator {
         let first = network.first_window;
         let ckpt = Checkpoint::init(&model, options.seed, first - 1, first - 1);
         // The initial model, and one per window after it (small models only: the checkpoints are whole models).
-        if model.numel() <= 100_000_000 {
+        if model.numel() <= LARGE_MODEL {
             ckpt.save(&dir.join(format!("checkpoint-{}.safetensors", first - 1)), &model)
                 .map_err(sim_err)?;
         }
         let clients = Clients::new(ClientSettings::default());
+        // The leader's bucket, with the writer credentials the output bucket has.
         let leader_bucket = Bucket {
-            access_key_id: network.output.access_key_id.clone(),
-            secret: network.output.secret.clone(),
-            ..Bucket {
-                name: bucket_name(LEADER_UID),
-                ..network.output.clone()
-            }
+            name: bucket_name(LEADER_UID),
+            ..network.output.clone()
         };
         Ok(Self {
             ckpt,
@@ -740,7 +729,6 @@ impl Validator {
             leader: clients.get(&leader_bucket)?,
             first,
             lose: options.lose.clone(),
-            version: options.model_version(),
         })
     }
 
@@ -750,7 +738,7 @@ impl Validator {
         if w != self.ckpt.window + 1 {
             return Ok(());
         }
-        let key = object_store::path::Path::from(aggregator_store::aggregate_key(w, &self.version));
+        let key = object_store::path::Path::from(aggregator_store::aggregate_key(w, VERSION));
         if self.lose.contains(&(w - self.first)) {
             let _ = self.output.delete(&key).await;
         }
@@ -782,12 +770,12 @@ impl Validator {
         let bytes = debug.to_bytes().map_err(sim_err)?;
         put(
             self.leader.as_ref(),
-            &format!("debug-{w}-{LEADER_UID}-v{}.pt", self.version),
+            &format!("debug-{w}-{LEADER_UID}-v{VERSION}.pt"),
             bytes.into(),
             &PutOptions::default(),
         )
         .await?;
-        if self.model.numel() <= 100_000_000 {
+        if self.model.numel() <= LARGE_MODEL {
             self.ckpt
                 .save(&self.dir.join(format!("checkpoint-{w}.safetensors")), &self.model)
                 .map_err(sim_err)?;

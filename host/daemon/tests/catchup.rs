@@ -62,20 +62,26 @@ async fn catch_up_equals_the_live_validator_and_detects_tampering() {
         ..CatchupConfig::default()
     };
     let ckpt_path = |w: u64| outcome.validator_dir.join(format!("checkpoint-{w}.safetensors"));
+    // Loads the checkpoint of window a and catches it up to b.
+    let replay = async |config: &CatchupConfig| {
+        let mut ckpt = Checkpoint::load(&ckpt_path(a), &model, None, None).unwrap();
+        let report = catch_up(
+            &mut ckpt,
+            b,
+            &model,
+            aggregates.as_ref(),
+            Some(debug.as_ref()),
+            Some(&policies),
+            config,
+        )
+        .await;
+        (ckpt, report)
+    };
 
-    let mut ckpt = Checkpoint::load(&ckpt_path(a), &model, None, None).unwrap();
-    assert_eq!((ckpt.window, ckpt.start_window), (a, first - 1));
-    let report = catch_up(
-        &mut ckpt,
-        b,
-        &model,
-        aggregates.as_ref(),
-        Some(debug.as_ref()),
-        Some(&policies),
-        &config,
-    )
-    .await
-    .unwrap();
+    let start = Checkpoint::load(&ckpt_path(a), &model, None, None).unwrap();
+    assert_eq!((start.window, start.start_window), (a, first - 1));
+    let (ckpt, report) = replay(&config).await;
+    let report = report.unwrap();
     let live = Checkpoint::load(&ckpt_path(b), &model, None, None).unwrap();
     assert_eq!(ckpt.window, b);
     assert!(
@@ -113,18 +119,7 @@ async fn catch_up_equals_the_live_validator_and_detects_tampering() {
     agg.params[0].1[0] ^= 0xff;
     std::fs::write(&path, agg.to_bytes().unwrap()).unwrap();
 
-    let mut ckpt = Checkpoint::load(&ckpt_path(a), &model, None, None).unwrap();
-    let report = catch_up(
-        &mut ckpt,
-        b,
-        &model,
-        aggregates.as_ref(),
-        Some(debug.as_ref()),
-        Some(&policies),
-        &config,
-    )
-    .await
-    .unwrap();
+    let report = replay(&config).await.1.unwrap();
     let v = report[0].verdict.as_ref().unwrap();
     assert!(!v.in_sync, "the tampered window is out of sync: {v:?}");
     assert!(
@@ -136,22 +131,11 @@ async fn catch_up_equals_the_live_validator_and_detects_tampering() {
         "Templar's average rule alone would not see it: {v:?}"
     );
 
-    let mut ckpt = Checkpoint::load(&ckpt_path(a), &model, None, None).unwrap();
     let stop = CatchupConfig {
         on_out_of_sync: OnOutOfSync::Stop,
-        ..config
+        ..config.clone()
     };
-    let err = catch_up(
-        &mut ckpt,
-        b,
-        &model,
-        aggregates.as_ref(),
-        Some(debug.as_ref()),
-        Some(&policies),
-        &stop,
-    )
-    .await
-    .unwrap_err();
+    let err = replay(&stop).await.1.unwrap_err();
     assert!(
         matches!(err, CatchupError::OutOfSync { window, .. } if window == tampered),
         "{err}"

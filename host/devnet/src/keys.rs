@@ -47,9 +47,10 @@ pub fn map_key(pallet: &str, item: &str, parts: &[Part<'_>]) -> Vec<u8> {
     key
 }
 
-/// `Timestamp::Now`.
-pub fn timestamp_now() -> Vec<u8> {
-    prefix("Timestamp", "Now")
+/// `Timestamp::Now` (hashed once: every storage read compares against it).
+pub fn timestamp_now() -> &'static [u8] {
+    static KEY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| prefix("Timestamp", "Now"));
+    &KEY
 }
 
 /// `SubtensorModule::NetworksAdded(netuid)`.

@@ -193,10 +193,14 @@ impl Devnet {
     pub fn set_neurons(&self, netuid: u16, neurons: &[Neuron]) {
         let mut s = self.shared.lock();
         let n = neurons.iter().map(|n| n.uid as usize + 1).max().unwrap_or(0);
+        // Deregister every previous uid first (Keys and the reverse Uids map); the old SubnetworkN bounds them.
+        let previous = s
+            .pending(&keys::subnetwork_n(netuid))
+            .and_then(|v| <[u8; 2]>::try_from(v.as_slice()).ok())
+            .map_or(0, u16::from_le_bytes);
         s.set(keys::networks_added(netuid), Some(true.encode()));
         s.set(keys::subnetwork_n(netuid), Some((n as u16).encode()));
-        // Deregister every previous uid first (Keys and the reverse Uids map).
-        for uid in 0..4096u16 {
+        for uid in 0..previous {
             let key = keys::keys(netuid, uid);
             if let Some(old) = s.pending(&key).cloned() {
                 if let Ok(old) = <[u8; 32]>::try_from(old.as_slice()) {

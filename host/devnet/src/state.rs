@@ -67,7 +67,7 @@ impl Block {
 
     /// A storage value at this block; `Timestamp::Now` is the block's own timestamp.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        if key == keys::timestamp_now().as_slice() {
+        if key == keys::timestamp_now() {
             return Some(self.timestamp_ms.encode());
         }
         self.storage.get(key).cloned()
@@ -86,8 +86,8 @@ impl Block {
             .take(count)
             .cloned()
             .collect();
-        if ts.starts_with(prefix) && after(&ts) {
-            out.push(ts);
+        if ts.starts_with(prefix) && after(ts) {
+            out.push(ts.to_vec());
             out.sort();
             out.truncate(count);
         }
@@ -215,7 +215,7 @@ mod tests {
         let b1 = s.produce();
         let b2 = s.produce();
         assert_eq!(b2.parent_hash, b1.hash);
-        assert_eq!(b2.get(&keys::timestamp_now()), Some(1024u64.encode()));
+        assert_eq!(b2.get(keys::timestamp_now()), Some(1024u64.encode()));
         s.set(b"k".to_vec(), Some(b"v".to_vec()));
         let b3 = s.produce();
         assert!(
