@@ -1,4 +1,5 @@
-//! The seam between the numeric core's callers and its implementations (CPU now; cubecl GPU backends later).
+//! The seam between the numeric core's callers and its implementations: [`crate::Cpu`] here, the cubecl GPU backends in
+//! `aggregator-gpu`.
 
 use crate::{Contribution, Cpu, KernelError, ParamLayout};
 

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::fastdct::{dct2_rows, dct3_rows};
 use crate::pack::{or_bits, sign_bits};
 use crate::plan::{Axis, Plan, PlanCache};
-use crate::{Contribution, KernelError, ParamLayout};
+use crate::{Contribution, KernelError, ParamLayout, check_len};
 
 /// Instruction set the CPU kernels run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,18 +401,6 @@ fn encode_rows(isa: Isa, plan: &Plan, x: &[f32], cols: usize, bxn: usize, out: &
     }
 }
 
-fn check_len(field: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(KernelError::Length {
-            field,
-            expected,
-            actual,
-        })
-    }
-}
-
 impl Cpu {
     /// The CPU backend with the best instruction set of this machine.
     pub fn new() -> Self {
@@ -441,31 +429,6 @@ impl Cpu {
         self.plans.get(layout.block_h(), layout.block_w())
     }
 
-    /// Checks the peers against `layout` and drops those of weight 0.
-    fn usable<'a>(layout: &ParamLayout, peers: &[Contribution<'a>]) -> Result<Vec<Contribution<'a>>, KernelError> {
-        let mut out = Vec::with_capacity(peers.len());
-        for (i, p) in peers.iter().enumerate() {
-            if !p.weight.is_finite() || p.weight < 0.0 {
-                return Err(KernelError::BadWeight {
-                    peer: i,
-                    weight: p.weight,
-                });
-            }
-            if p.sparse.totalk() != layout.totalk() {
-                return Err(KernelError::Length {
-                    field: "totalk",
-                    expected: layout.totalk(),
-                    actual: p.sparse.totalk(),
-                });
-            }
-            check_len("idxs", layout.sparse_len(), p.sparse.idxs().len())?;
-            if p.weight > 0.0 {
-                out.push(*p);
-            }
-        }
-        Ok(out)
-    }
-
     /// Block rows per task so that every task starts on a byte boundary of the packed output.
     fn rows_per_pack_task(layout: &ParamLayout) -> usize {
         let bits_per_block_row = layout.block_h() * layout.cols();
@@ -484,7 +447,7 @@ impl Cpu {
         packed: &mut [u8],
     ) -> Result<(), KernelError> {
         check_len("packed", layout.packed_len(), packed.len())?;
-        let peers = Self::usable(layout, peers)?;
+        let peers = crate::sparse::usable(layout, peers)?;
         let plan = self.plan(layout);
         let (g, bxn, cols) = (Self::rows_per_pack_task(layout), layout.blocks_x(), layout.cols());
         let src = PeerSource {
@@ -515,7 +478,7 @@ impl Cpu {
         out: &mut [f32],
     ) -> Result<(), KernelError> {
         check_len("decoded", layout.numel(), out.len())?;
-        let peers = Self::usable(layout, peers)?;
+        let peers = crate::sparse::usable(layout, peers)?;
         let src = PeerSource {
             peers: &peers,
             k: layout.k(),
@@ -533,7 +496,7 @@ impl Cpu {
     ) -> Result<(), KernelError> {
         let totalk = layout.totalk();
         check_len("dense", layout.n_blocks() * totalk, dense.len())?;
-        let peers = Self::usable(layout, peers)?;
+        let peers = crate::sparse::usable(layout, peers)?;
         let plan = self.plan(layout);
         let (bxn, k) = (layout.blocks_x(), layout.k());
         dense.par_chunks_mut(bxn * totalk).enumerate().for_each_init(

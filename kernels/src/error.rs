@@ -46,12 +46,33 @@ pub enum KernelError {
         /// The value found there.
         value: f32,
     },
-    /// A peer weight is negative or not finite.
-    #[error("weight of peer #{peer} is {weight}; weights must be finite and >= 0")]
+    /// A peer weight is not 0 and not in `[MIN_WEIGHT, MAX_WEIGHT]` (negative, not finite, or out of range).
+    #[error("weight of peer #{peer} is {weight}; weights must be 0 or in [2^-20, 2^20]")]
     BadWeight {
         /// Position of the peer in the list.
         peer: usize,
         /// The weight.
         weight: f32,
     },
+    /// A device backend (GPU) failed or cannot run this input; the message names the backend and the cause.
+    #[error("{backend} backend: {reason}")]
+    Device {
+        /// Which backend (`wgpu`, `cuda`).
+        backend: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// `Ok` when a buffer has the length the layout requires, else [`KernelError::Length`] naming it.
+pub fn check_len(field: &'static str, expected: usize, actual: usize) -> Result<(), KernelError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(KernelError::Length {
+            field,
+            expected,
+            actual,
+        })
+    }
 }

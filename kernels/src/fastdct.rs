@@ -38,6 +38,10 @@ impl Twiddles {
         }
         Self { levels }
     }
+    /// All levels, concatenated: level `s` starts at offset `s/2 - 1`.
+    pub(crate) fn flat(&self) -> Vec<f32> {
+        self.levels.concat()
+    }
     #[inline(always)]
     fn level(&self, s: usize) -> &[f32] {
         &self.levels[s.trailing_zeros() as usize - 1]

@@ -6,7 +6,7 @@
 //!   [`Cpu::aggregate`]; [`unpack_signs`] for the reverse.
 //!
 //! # Bit-exact contract
-//! The same inputs give the same output bits on every run, thread count, ISA and (later) GPU backend:
+//! The same inputs give the same output bits on every run, thread count, ISA and GPU backend (`aggregator-gpu`):
 //! * the constant tables of the plans (f64 maths rounded once to f32) are shared by all backends;
 //! * scatter: per slot, `sum = fma(weight, v, sum)` and `wsum += weight` in peer order then entry order; mean
 //!   `sum / wsum`;
@@ -30,7 +30,8 @@ mod sparse;
 pub use backend::Backend;
 pub use basis::DctBasis;
 pub use cpu::{Cpu, Isa};
-pub use error::KernelError;
+pub use error::{KernelError, check_len};
 pub use layout::{MAX_TOTALK, ParamLayout, split};
 pub use pack::{pack_signs, unpack_signs};
-pub use sparse::{Contribution, PeerSparse, check_finite, l2_norm, normalise_into};
+pub use plan::{BlockTables, HeightTables};
+pub use sparse::{Contribution, MAX_WEIGHT, MIN_WEIGHT, PeerSparse, check_finite, l2_norm, normalise_into, usable};

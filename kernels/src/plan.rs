@@ -81,6 +81,58 @@ impl Plan {
     }
 }
 
+/// The constant tables of one block shape, flattened for device backends (GPU kernels upload them once per shape).
+///
+/// These are exactly the values the CPU backend uses, so a device that follows the documented order of operations
+/// gives the same bits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockTables {
+    /// Block height (coefficient rows).
+    pub h: usize,
+    /// Block width (coefficient columns).
+    pub w: usize,
+    /// Stage-1 table for coefficient row 0, row-major `[w, w]`: `t_first[l * w + j]`.
+    pub t_first: Vec<f32>,
+    /// Stage-1 table for coefficient rows `> 0`, row-major `[w, w]`.
+    pub t_rest: Vec<f32>,
+    /// Stage-2 (height axis) tables.
+    pub height: HeightTables,
+}
+
+/// How stage 2 runs along the height axis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeightTables {
+    /// Power-of-two height: Lee's DCT-III. `twiddles` holds the `s/2` factors of level `s` (`s = 2, 4, ..., h`) at
+    /// offset `s/2 - 1`, `h - 1` values in all (none for `h = 1`).
+    Fast {
+        /// The factors `f32(1 / (2 cos(pi (2i+1) / (2s))))`, level by level.
+        twiddles: Vec<f32>,
+    },
+    /// Other heights: `W[i, :] = sum_k fma(forward[i * h + k], U[k, :])` in ascending `k`, from `+0`.
+    Dense {
+        /// The orthonormal DCT-II matrix, row-major `[h, h]`.
+        forward: Vec<f32>,
+    },
+}
+
+impl BlockTables {
+    /// The tables of blocks of `h x w` coefficients (`h, w >= 1`).
+    pub fn new(h: usize, w: usize) -> Self {
+        let plan = Plan::new(h, w);
+        let height = match plan.height {
+            Axis::Fast(tw) => HeightTables::Fast { twiddles: tw.flat() },
+            Axis::Dense(forward) => HeightTables::Dense { forward },
+        };
+        Self {
+            h,
+            w,
+            t_first: plan.t_first,
+            t_rest: plan.t_rest,
+            height,
+        }
+    }
+}
+
 /// Plans by block shape.
 #[derive(Debug, Default)]
 pub(crate) struct PlanCache(Mutex<HashMap<(usize, usize), Arc<Plan>>>);

@@ -123,7 +123,7 @@ pub fn normalise_into(vals: &[f32], out: &mut [f32]) {
 pub struct Contribution<'a> {
     /// The peer's validated sparse gradient.
     pub sparse: PeerSparse<'a>,
-    /// Its weight (finite, >= 0).
+    /// Its weight: 0 (left out) or in `[MIN_WEIGHT, MAX_WEIGHT]`.
     pub weight: f32,
 }
 
@@ -132,4 +132,41 @@ impl<'a> Contribution<'a> {
     pub fn new(sparse: PeerSparse<'a>) -> Self {
         Self { sparse, weight: 1.0 }
     }
+}
+
+/// Smallest non-zero peer weight. Weights are relative (a slot's value is a weighted mean), and the range
+/// `[MIN_WEIGHT, MAX_WEIGHT]` keeps every product and sum of the scatter far from overflow and underflow, where a
+/// device that emulates fused multiply-adds would stop being exact.
+pub const MIN_WEIGHT: f32 = 1.0 / (1u32 << 20) as f32;
+/// Largest peer weight (see [`MIN_WEIGHT`]).
+pub const MAX_WEIGHT: f32 = (1u32 << 20) as f32;
+
+/// Checks every peer against `layout` (weight 0 or in `[MIN_WEIGHT, MAX_WEIGHT]`, `totalk`, entry count) and drops
+/// those of weight 0, in order. Every backend calls this first, so they reject the same inputs with the same errors.
+pub fn usable<'a>(layout: &ParamLayout, peers: &[Contribution<'a>]) -> Result<Vec<Contribution<'a>>, KernelError> {
+    let mut out = Vec::with_capacity(peers.len());
+    for (i, p) in peers.iter().enumerate() {
+        if p.weight != 0.0 && !(MIN_WEIGHT..=MAX_WEIGHT).contains(&p.weight) {
+            return Err(KernelError::BadWeight {
+                peer: i,
+                weight: p.weight,
+            });
+        }
+        for (field, expected, actual) in [
+            ("totalk", layout.totalk(), p.sparse.totalk()),
+            ("idxs", layout.sparse_len(), p.sparse.idxs().len()),
+        ] {
+            if expected != actual {
+                return Err(KernelError::Length {
+                    field,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        if p.weight > 0.0 {
+            out.push(*p);
+        }
+    }
+    Ok(out)
 }

@@ -266,7 +266,7 @@ fn hostile_inputs_are_errors_not_panics() {
     vals[11] = 1.0;
     let ok = PeerSparse::new(&layout, &idxs, &vals).unwrap();
     let cpu = Cpu::new();
-    for weight in [f32::NAN, -1.0, f32::INFINITY] {
+    for weight in [f32::NAN, -1.0, f32::INFINITY, 1e-7, 2e6] {
         let mut out = vec![0u8; layout.packed_len()];
         let err = cpu
             .aggregate(&layout, &[Contribution { sparse: ok, weight }], &mut out)

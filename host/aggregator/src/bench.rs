@@ -15,7 +15,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::BackendKind;
+use crate::DeviceKind;
 use crate::resources::{load_average, usage};
 
 /// Arguments of `bench process`.
@@ -27,9 +27,6 @@ pub struct ProcessArgs {
     /// Number of synthetic peers.
     #[arg(long, default_value_t = 15)]
     peers: usize,
-    /// Numeric backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
-    backend: BackendKind,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -150,7 +147,7 @@ pub(crate) fn mib(bytes: u64) -> String {
 }
 
 /// Runs the benchmark and prints its table.
-pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
+pub fn process(args: ProcessArgs, device: DeviceKind) -> anyhow::Result<()> {
     if args.peers == 0 || args.runs == 0 {
         bail!("--peers and --runs must be at least 1");
     }
@@ -162,15 +159,15 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let pool = pool.build()?;
     let threads = pool.current_num_threads();
     let cpu = Cpu::new();
-    let backend = args.backend.instantiate();
+    let numeric = device.open()?;
+    let backend = numeric.backend.clone();
     eprintln!(
-        "bench process: model {} ({} parameters, {} elements), {} peers, backend {} ({}), {threads} threads",
+        "bench process: model {} ({} parameters, {} elements), {} peers, backend {}, {threads} threads",
         model.name,
         model.params.len(),
         model.numel(),
         args.peers,
-        backend.name(),
-        cpu.isa().name()
+        numeric.description,
     );
     pool.install(|| -> anyhow::Result<()> {
         let started = Instant::now();
@@ -239,8 +236,92 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
             bail!("output bits differ between runs (first run sha256 {hex}): determinism is broken");
         }
         println!("output sha256 {hex} (identical in all {} runs)", args.runs);
+        if backend.name() != "cpu" {
+            let mut reference = vec![0u8; model.packed_len()];
+            run_once(&model, &sparse, &cpu, &mut scratch, &mut reference)?;
+            let bad: u64 = reference
+                .iter()
+                .zip(&out)
+                .map(|(a, b)| (a ^ b).count_ones() as u64)
+                .sum();
+            println!("bits against the CPU path: {bad} of {} mismatched", model.numel());
+            if bad != 0 {
+                bail!("{} gives different bits from the CPU path", backend.name());
+            }
+        }
+        #[cfg(feature = "gpu")]
+        if let Some(gpu) = &numeric.gpu {
+            resident(&model, &sparse, gpu, args.runs, &out)?;
+        }
         Ok(())
     })
+}
+
+/// The process step with the inputs already on the device: every parameter's normalised inputs are uploaded once,
+/// then each run launches every parameter's kernel and waits; the packed outputs are copied back at the end.
+#[cfg(feature = "gpu")]
+fn resident(
+    model: &ModelSpec,
+    sparse: &[Vec<PeerSparse>],
+    gpu: &aggregator_gpu::AnyGpu,
+    runs: usize,
+    expected: &[u8],
+) -> anyhow::Result<()> {
+    let normalised: Vec<Vec<Vec<f32>>> = sparse
+        .par_iter()
+        .map(|peer| {
+            peer.iter()
+                .map(|p| {
+                    let mut buf = Vec::new();
+                    p.normalised(&mut buf);
+                    buf
+                })
+                .collect()
+        })
+        .collect();
+    let params: Vec<_> = model
+        .params
+        .iter()
+        .enumerate()
+        .map(|(pi, p)| {
+            let peers = sparse
+                .iter()
+                .zip(&normalised)
+                .map(|(peer, bufs)| {
+                    let s = PeerSparse::new(&p.layout, peer[pi].idxs(), &bufs[pi])?;
+                    Ok(Contribution::new(s))
+                })
+                .collect::<Result<Vec<_>, aggregator_kernels::KernelError>>()?;
+            Ok((p.layout.clone(), peers))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let t = gpu.time_resident(&params, runs)?;
+    let packed: Vec<u8> = t.packed.concat();
+    let same = packed == expected;
+    let process = median(t.process.clone());
+    println!();
+    println!("on-device process step ({}):", gpu.description());
+    println!(
+        "  upload {} ms (all inputs, once); process median {} ms, min {} ms over {} runs; download {} ms",
+        ms(t.upload),
+        ms(process),
+        ms(t.process.iter().min().copied().unwrap_or_default()),
+        t.process.len(),
+        ms(t.download)
+    );
+    println!(
+        "  with copies: {} ms; outputs {}",
+        ms(t.upload + process + t.download),
+        if same {
+            "identical to the end-to-end run"
+        } else {
+            "DIFFER from the end-to-end run"
+        }
+    );
+    if !same {
+        bail!("the on-device run gave different bits");
+    }
+    Ok(())
 }
 
 fn print_table(model: &ModelSpec, runs: &[Vec<ParamTiming>]) {

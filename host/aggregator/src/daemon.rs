@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aggregator_daemon::sim::{S3Target, SimOptions};
-use aggregator_daemon::{DaemonConfig, WindowResult};
+use aggregator_daemon::{BackendHandle, DaemonConfig, WindowResult};
 use anyhow::Context;
 
 use crate::runtime;
@@ -120,8 +120,9 @@ fn merge(args: RunArgs) -> anyhow::Result<DaemonConfig> {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(args: RunArgs, device: crate::DeviceKind) -> anyhow::Result<()> {
     let config = merge(args)?;
+    let numeric = device.open()?;
     let output = config.output_bucket(|k| std::env::var(k).ok())?;
     tracing::info!(model = %config.model, netuid = config.netuid, chain = %config.chain_url, output = ?output, "starting");
     runtime()?.block_on(async move {
@@ -135,7 +136,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!("signal received: finishing the current window (30 s grace), then exiting");
             let _ = stop_tx.send(true);
         });
-        aggregator_daemon::run(config, output, stop_rx, None).await
+        aggregator_daemon::run(config, BackendHandle(numeric.backend), output, stop_rx, None).await
     })?;
     Ok(())
 }
@@ -184,7 +185,7 @@ pub struct SimArgs {
 }
 
 /// Runs a simulation and prints its table.
-pub fn sim(args: SimArgs) -> anyhow::Result<()> {
+pub fn sim(args: SimArgs, device: crate::DeviceKind) -> anyhow::Result<()> {
     if !(args.block_time.is_finite() && args.block_time > 0.0) {
         anyhow::bail!("--block-time must be a positive number of seconds");
     }
@@ -220,6 +221,7 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
         },
         delta_s: args.delta,
         metrics: args.metrics,
+        backend: BackendHandle(device.open()?.backend),
         ..SimOptions::default()
     };
     let outcome = runtime()?.block_on(aggregator_daemon::sim::run(options))?;

@@ -11,8 +11,11 @@ mod resources;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use aggregator_kernels::{Backend, Cpu};
+use aggregator_kernels::Backend;
+#[cfg(not(feature = "gpu"))]
+use aggregator_kernels::Cpu;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Templar 0.2.73-compatible aggregation server for decentralised LLM training.
@@ -22,6 +25,10 @@ struct Cli {
     /// Log format: human or json (filter with RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "AGGREGATOR_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Numeric backend for the window step: cpu, wgpu, cuda, or auto (CUDA when libcuda and a device are present,
+    /// else the CPU; wgpu only on request). Reported at start-up.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceKind::Auto, env = "AGGREGATOR_DEVICE", alias = "backend")]
+    device: DeviceKind,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,11 +97,8 @@ enum Command {
 enum VectorsCommand {
     /// Runs every case of a vector directory (templar-vectors/1 format) and prints `N passed, M failed`.
     Check {
-        /// Directory holding manifest.json and its tensor file.
+        /// Directory holding manifest.json and its tensor file (the backend is `--device`, alias `--backend`).
         dir: PathBuf,
-        /// Numeric backend to check.
-        #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
-        backend: BackendKind,
     },
 }
 
@@ -129,24 +133,83 @@ enum BenchCommand {
     Gather(bench_gather::GatherArgs),
 }
 
-/// Numeric backend.
+/// Numeric backend (`--device`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
+pub enum DeviceKind {
     /// Plain Rust on all cores (AVX2+FMA when available).
     Cpu,
+    /// cubecl on wgpu (Vulkan, Metal, DX12; a software driver without a GPU).
+    Wgpu,
+    /// cubecl on CUDA.
+    Cuda,
+    /// CUDA when present, else the CPU.
+    Auto,
 }
 
-impl BackendKind {
-    pub(crate) fn instantiate(self) -> Box<dyn Backend> {
+/// The opened numeric backend, and the GPU behind it when there is one (for `bench process`'s on-device timing).
+pub(crate) struct Numeric {
+    pub(crate) backend: Arc<dyn Backend>,
+    /// Backend and device, for the start-up line.
+    pub(crate) description: String,
+    #[cfg(feature = "gpu")]
+    pub(crate) gpu: Option<Arc<aggregator_gpu::AnyGpu>>,
+}
+
+impl DeviceKind {
+    /// Opens the backend and logs which one runs, and on what.
+    pub(crate) fn open(self) -> anyhow::Result<Numeric> {
+        let numeric = self.open_quietly()?;
+        tracing::info!(device = %numeric.description, requested = ?self, "numeric backend");
+        Ok(numeric)
+    }
+
+    #[cfg(feature = "gpu")]
+    fn open_quietly(self) -> anyhow::Result<Numeric> {
+        use aggregator_gpu::{DeviceChoice, Opened};
+        let choice = match self {
+            DeviceKind::Cpu => DeviceChoice::Cpu,
+            DeviceKind::Wgpu => DeviceChoice::Wgpu,
+            DeviceKind::Cuda => DeviceChoice::Cuda,
+            DeviceKind::Auto => DeviceChoice::Auto,
+        };
+        let opened = aggregator_gpu::open(choice)?;
+        let description = opened.describe();
+        Ok(match opened {
+            Opened::Cpu(cpu) => Numeric {
+                backend: Arc::new(cpu),
+                description,
+                gpu: None,
+            },
+            Opened::Gpu(g) => {
+                let g = Arc::new(g);
+                Numeric {
+                    backend: g.clone(),
+                    description,
+                    gpu: Some(g),
+                }
+            }
+        })
+    }
+
+    #[cfg(not(feature = "gpu"))]
+    fn open_quietly(self) -> anyhow::Result<Numeric> {
         match self {
-            BackendKind::Cpu => Box::new(Cpu::new()),
+            DeviceKind::Cpu | DeviceKind::Auto => {
+                let cpu = Cpu::new();
+                Ok(Numeric {
+                    description: format!("cpu ({})", cpu.isa().name()),
+                    backend: Arc::new(cpu),
+                })
+            }
+            other => anyhow::bail!("--device {other:?}: this binary was built without the `gpu` feature"),
         }
     }
 }
 
-fn vectors_check(dir: PathBuf, backend: BackendKind) -> anyhow::Result<ExitCode> {
-    let backend = backend.instantiate();
-    let outcomes = aggregator_vectors::check_dir(&dir, backend.as_ref())?;
+fn vectors_check(dir: PathBuf, device: DeviceKind) -> anyhow::Result<ExitCode> {
+    let numeric = device.open()?;
+    println!("backend: {}", numeric.description);
+    let outcomes = aggregator_vectors::check_dir(&dir, numeric.backend.as_ref())?;
     let mut failed = 0;
     for o in outcomes.iter().filter(|o| !o.passed()) {
         failed += 1;
@@ -164,22 +227,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run(args) => daemon::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => daemon::run(*args, cli.device).map(|()| ExitCode::SUCCESS),
         Command::Catchup(args) => catchup::run(*args),
         Command::Bench {
             command: BenchCommand::Catchup(args),
         } => catchup::bench(args).map(|()| ExitCode::SUCCESS),
-        Command::Sim(args) => daemon::sim(args).map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => daemon::sim(args, cli.device).map(|()| ExitCode::SUCCESS),
         Command::Vectors {
-            command: VectorsCommand::Check { dir, backend },
-        } => vectors_check(dir, backend),
+            command: VectorsCommand::Check { dir },
+        } => vectors_check(dir, cli.device),
         Command::Bench {
             command: BenchCommand::Process(args),
-        } => bench::process(args).map(|()| ExitCode::SUCCESS),
+        } => bench::process(args, cli.device).map(|()| ExitCode::SUCCESS),
         Command::Codec {
             command: CodecCommand::Inspect { file, model },
         } => Ok(offline::inspect(&file, model.as_deref())),
-        Command::Aggregate(args) => offline::aggregate(args),
+        Command::Aggregate(args) => offline::aggregate(args, cli.device),
         Command::Devnet(args) => devnet::run(args).map(|()| ExitCode::SUCCESS),
         Command::Plugin {
             command: PluginCommand::Check(args),

@@ -8,7 +8,7 @@ use aggregator_model::ModelSpec;
 use aggregator_window::{PeerInput, aggregate_window, python_utc_now};
 use anyhow::{Context, bail};
 
-use crate::BackendKind;
+use crate::DeviceKind;
 
 /// Prints the outline of a `.pt` file (or a Templar JSON object); exit 1 with a one-line reason if it is invalid.
 pub fn inspect(path: &Path, model: Option<&str>) -> ExitCode {
@@ -76,9 +76,6 @@ pub struct AggregateArgs {
     /// Default: the files' uids in the order given.
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<u16>>,
-    /// Numeric backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
-    backend: BackendKind,
     /// Gradient files named `gradient-{w}-{uid}-v{V}.pt`.
     #[arg(required = true)]
     gradients: Vec<PathBuf>,
@@ -118,7 +115,7 @@ fn read_gradient(
 }
 
 /// Runs `aggregate`.
-pub fn aggregate(args: AggregateArgs) -> anyhow::Result<ExitCode> {
+pub fn aggregate(args: AggregateArgs, device: DeviceKind) -> anyhow::Result<ExitCode> {
     let model = ModelSpec::load(&args.model)?;
     let limits = Limits::for_gradient(model.sparse_bytes() as u64);
     let mut files: Vec<(u16, &PathBuf)> = Vec::new();
@@ -156,10 +153,10 @@ pub fn aggregate(args: AggregateArgs) -> anyhow::Result<ExitCode> {
         }
         peers.push((uid, input));
     }
-    let backend = args.backend.instantiate();
+    let numeric = device.open()?;
     let result = match aggregate_window(
         &model,
-        backend.as_ref(),
+        numeric.backend.as_ref(),
         args.window,
         &args.version,
         &peers,

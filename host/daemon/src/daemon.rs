@@ -109,7 +109,7 @@ pub struct Daemon<C: Chain> {
     clients: Clients,
     output: Arc<dyn ObjectStore>,
     model: Arc<ModelSpec>,
-    backend: Arc<Cpu>,
+    backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     state_file: StateFile,
@@ -158,6 +158,12 @@ impl<C: Chain + 'static> Daemon<C> {
             state,
             reports: None,
         })
+    }
+
+    /// Runs the window step on `backend` instead of the CPU.
+    pub fn with_backend(mut self, backend: crate::BackendHandle) -> Self {
+        self.backend = backend.0;
+        self
     }
 
     /// Sends every window's report to `tx` too (the simulator prints them).
@@ -477,14 +483,7 @@ impl<C: Chain + 'static> Daemon<C> {
         let started = Instant::now();
         let (model, backend, version) = (self.model.clone(), self.backend.clone(), cfg.version.clone());
         let aggregated = tokio::task::spawn_blocking(move || {
-            let agg = aggregate_window(
-                &model,
-                backend.as_ref() as &dyn Backend,
-                w as i64,
-                &version,
-                &inputs,
-                python_utc_now(),
-            );
+            let agg = aggregate_window(&model, backend.as_ref(), w as i64, &version, &inputs, python_utc_now());
             match agg {
                 Ok(a) => {
                     let bytes = a.file.to_bytes().map_err(|e| DaemonError::Internal(e.to_string()))?;

@@ -13,9 +13,11 @@ pub mod metrics;
 pub mod sim;
 mod state;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aggregator_chain::{Backoff, ClientConfig, SubtensorClient, WindowTracker, follow_heads};
+use aggregator_kernels::{Backend, Cpu};
 use aggregator_store::Bucket;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -67,6 +69,23 @@ impl DaemonError {
     }
 }
 
+/// The numeric backend the window step runs on (CPU by default; a GPU one from `aggregator-gpu`), shared by every
+/// window. A newtype so that configurations holding it can be `Debug` and `Default`.
+#[derive(Clone)]
+pub struct BackendHandle(pub Arc<dyn Backend>);
+
+impl Default for BackendHandle {
+    fn default() -> Self {
+        Self(Arc::new(Cpu::new()))
+    }
+}
+
+impl std::fmt::Debug for BackendHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BackendHandle({})", self.0.name())
+    }
+}
+
 /// Unix time in ms.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -78,6 +97,7 @@ pub fn now_ms() -> u64 {
 /// (resuming after the persisted last window), the metrics endpoint and the policy watcher, then the window loop.
 pub async fn run(
     config: DaemonConfig,
+    backend: BackendHandle,
     output: Bucket,
     shutdown: watch::Receiver<bool>,
     reports: Option<mpsc::UnboundedSender<WindowReport>>,
@@ -87,7 +107,7 @@ pub async fn run(
     let chain = SubtensorClient::connect(client_config.clone()).await?;
     let head = aggregator_chain::Chain::head(&chain).await.ok();
     tracing::info!(url = %config.chain_url, head = ?head, "chain connected");
-    let mut daemon = Daemon::new(config.clone(), chain.clone(), output)?;
+    let mut daemon = Daemon::new(config.clone(), chain.clone(), output)?.with_backend(backend);
     if let Some(tx) = reports {
         daemon = daemon.with_reports(tx);
     }

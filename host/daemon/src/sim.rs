@@ -137,6 +137,8 @@ pub struct SimOptions {
     /// Windows (as offsets from the first) whose aggregate is lost before the validator reads it, as in an
     /// outage: the validator and any later catch-up see them missing.
     pub lose: Vec<u64>,
+    /// The daemon's numeric backend.
+    pub backend: crate::BackendHandle,
 }
 
 impl Default for SimOptions {
@@ -155,6 +157,7 @@ impl Default for SimOptions {
             metrics: None,
             verbose: true,
             lose: vec![],
+            backend: crate::BackendHandle::default(),
         }
     }
 }
@@ -579,7 +582,13 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
     // The daemon's future is not `Send` (the store's borrowed-key futures), so it runs in this task beside the
     // collector rather than on a spawned one.
     let mut validator = Validator::new(&network, &options).await?;
-    let daemon = crate::run(config, output.clone(), stop_rx, Some(report_tx));
+    let daemon = crate::run(
+        config,
+        options.backend.clone(),
+        output.clone(),
+        stop_rx,
+        Some(report_tx),
+    );
     let collect = async {
         let mut reports = Vec::new();
         let started = Instant::now();
