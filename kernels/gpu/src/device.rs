@@ -371,6 +371,39 @@ impl<R: Runtime> Gpu<R> {
         self.launch(&staged.layout, Source::Sparse(staged), SINK_BITS)
     }
 
+    /// Unpacks `out.len()` signs from `packed` (LSB-first, as [`aggregator_kernels::unpack_signs`]) on the device.
+    pub fn unpack_signs(&self, packed: &[u8], out: &mut [f32]) -> Result<(), KernelError> {
+        check_len("packed", out.len().div_ceil(8), packed.len())?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let n = out.len();
+        self.check_u32("elements", n)?;
+        let mut words = vec![0u32; packed.len().div_ceil(4)];
+        for (w, c) in words.iter_mut().zip(packed.chunks(4)) {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            *w = u32::from_le_bytes(b);
+        }
+        let count = self.cube_count(n.div_ceil(UNITS as usize))?;
+        let handle = guarded(self.name, || {
+            let input = self.client.create_from_slice(bytes_of_u32(&words));
+            let output = self.client.empty(n * 4);
+            // SAFETY: `words` covers every element below `n` and the kernel guards its index by `out.len()`.
+            unsafe {
+                kernel::unpack_kernel::launch_unchecked::<R>(
+                    &self.client,
+                    count,
+                    CubeDim::new_1d(UNITS),
+                    ArrayArg::from_raw_parts(input, words.len()),
+                    ArrayArg::from_raw_parts(output.clone(), n),
+                )
+            };
+            Ok(output)
+        })?;
+        self.read_floats(handle, out)
+    }
+
     /// Waits for every launched kernel.
     pub fn sync(&self) -> Result<(), KernelError> {
         guarded(self.name, || {

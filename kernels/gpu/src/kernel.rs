@@ -422,3 +422,15 @@ pub fn zero_kernel(out: &mut Array<u32>) {
         out[i] = 0u32;
     }
 }
+
+/// Unpacks `out.len()` signs from packed words (bit `e % 32` of word `e / 32`) as +1.0 / -1.0; bits past the last
+/// element are never read.
+#[cube(launch_unchecked)]
+pub fn unpack_kernel(words: &Array<u32>, out: &mut Array<f32>) {
+    let i = CUBE_POS * UNITS_USIZE + UNIT_POS as usize;
+    if i < out.len() {
+        let word = words[i / 32];
+        let bit = (word >> (i % 32) as u32) & 1u32;
+        out[i] = select(bit == 1u32, 1.0f32, -1.0f32);
+    }
+}

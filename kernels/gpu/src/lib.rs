@@ -158,6 +158,11 @@ impl AnyGpu {
         each!(self, g => g.description())
     }
 
+    /// Unpacks signs on the device (see [`Gpu::unpack_signs`]).
+    pub fn unpack_signs(&self, packed: &[u8], out: &mut [f32]) -> Result<(), KernelError> {
+        each!(self, g => g.unpack_signs(packed, out))
+    }
+
     /// Uploads every parameter's inputs once, then times `runs` full process steps on the device (all parameters'
     /// kernels, then a sync), then copies the packed outputs back.
     pub fn time_resident(

@@ -206,6 +206,23 @@ fn deterministic(gpu: &AnyGpu) {
     assert_eq!(a, b);
 }
 
+/// Unpacking on the device equals the CPU's, including a tail that ends inside a byte and inside a word.
+fn unpacks_like_the_cpu(gpu: &AnyGpu) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    for n in [1usize, 7, 8, 31, 32, 33, 1000, 65_537] {
+        let packed: Vec<u8> = (0..n.div_ceil(8)).map(|_| rng.random()).collect();
+        let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
+        aggregator_kernels::unpack_signs(&packed, &mut want).unwrap();
+        gpu.unpack_signs(&packed, &mut got).unwrap();
+        assert_eq!(mismatched_floats(&want, &got), 0, "{n} elements");
+    }
+    let mut out = vec![0f32; 9];
+    assert!(matches!(
+        gpu.unpack_signs(&[0u8; 1], &mut out),
+        Err(KernelError::Length { field: "packed", .. })
+    ));
+}
+
 macro_rules! per_backend {
     ($($check:ident),* $(,)?) => {
         #[cfg(feature = "wgpu")]
@@ -236,5 +253,6 @@ per_backend!(
     templar_1b_shapes,
     shared_vectors,
     rejects_like_the_cpu,
-    deterministic
+    deterministic,
+    unpacks_like_the_cpu
 );
