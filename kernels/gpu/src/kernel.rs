@@ -9,7 +9,8 @@
 //!    `wsum += weight` for its own slots only. The mean is `sum / wsum`, corrected to the correctly rounded quotient
 //!    (WGSL allows 2.5 ULP division; see [`div_rn`]). An untouched slot is `+0`, and `fma(+0, t, acc)` leaves `acc`
 //!    unchanged, so the dense stage 1 below equals the CPU's walk over touched slots only.
-//! 2. **Stage 1** (width axis): `U[kr, j] = fma(D[kr, l], T_kr[l, j], U[kr, j])` over `l` ascending, from `+0`.
+//! 2. **Stage 1** (width axis): `U[kr, j] = fma(D[kr, l], T_kr[l, j], U[kr, j])` over `l` ascending, from `+0`,
+//!    visiting only the non-zero coefficients through a bitmask of the tile (as the CPU walks the touched slots).
 //! 3. **Stage 2** (height axis): Lee's DCT-III pass by pass (split: copies and adds; combine: `fma(±o, c, e)`), or
 //!    the dense sum `fma(F[i, k], U[k, j], acc)` over `k` ascending. Every pass reads the tile into registers, syncs,
 //!    writes it back and syncs again.
@@ -259,7 +260,23 @@ pub fn block_kernel(
 
         if comptime!(sink != SINK_COEFFS) {
             sync_cube();
-            // 2. Stage 1 (width axis): a sum over l ascending; zero coefficients are skipped (bit-identical).
+            // 2. Stage 1 (width axis): a sum over l ascending of the non-zero coefficients only (skipping a zero is
+            // bit-identical). A bitmask of the non-zero slots (bit s % 32 of word s / 32) lets each unit visit just
+            // those: a block has at most peers x k of them among its h x w slots.
+            let mut mask = SharedMemory::<u32>::new(comptime!(tile / 32));
+            let mut wi = u;
+            while (wi as usize) < comptime!(tile / 32) {
+                let mut m = 0u32;
+                #[unroll]
+                for bit in 0..32u32 {
+                    if s[(wi * 32 + bit) as usize] != 0.0 {
+                        m |= 1u32 << bit;
+                    }
+                }
+                mask[wi as usize] = m;
+                wi += UNITS;
+            }
+            sync_cube();
             let ww = w * w;
             let mut e = u;
             #[unroll]
@@ -269,12 +286,25 @@ pub fn block_kernel(
                     let kr = e / w;
                     let j = e % w;
                     let toff = select(kr == 0, 0u32, ww) + j;
-                    let row = kr * w;
-                    for l in 0..w {
-                        let d = s[(row + l) as usize];
-                        if d != 0.0 {
-                            acc = fma_x(d, tables[(toff + l * w) as usize], acc, zero, native);
+                    let start = kr * w;
+                    let end = start + w;
+                    let mut word = start / 32;
+                    while word * 32 < end {
+                        let lo = word * 32;
+                        let mut m = mask[word as usize];
+                        if lo < start {
+                            m &= !((1u32 << (start - lo)) - 1u32);
                         }
+                        if lo + 32 > end {
+                            m &= (1u32 << (end - lo)) - 1u32;
+                        }
+                        while m != 0u32 {
+                            let slot = lo + m.trailing_zeros();
+                            m &= m - 1u32;
+                            let d = s[slot as usize];
+                            acc = fma_x(d, tables[(toff + (slot - start) * w) as usize], acc, zero, native);
+                        }
+                        word += 1;
                     }
                 }
                 loc[i] = acc;
