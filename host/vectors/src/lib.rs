@@ -206,6 +206,15 @@ pub fn check_dir(dir: &Path, backend: &dyn Backend) -> Result<Vec<CaseOutcome>, 
     Ok(VectorDir::open(dir)?.check(backend))
 }
 
+/// `name: failure; failure` for every case that did not pass, in order (empty when all passed).
+pub fn failures(outcomes: &[CaseOutcome]) -> Vec<String> {
+    outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| format!("{}: {}", o.name, o.failures.join("; ")))
+        .collect()
+}
+
 /// Python's `json.dumps` writes the non-standard tokens `NaN`, `Infinity` and `-Infinity` for non-finite floats
 /// (the manifest has `"min_topk_gap": Infinity`). This maps exactly those tokens, outside strings, to `null`.
 /// Hand-written because a JSON5 parser would accept far more syntax than this format allows.

@@ -11,11 +11,7 @@ fn shared_vectors() -> PathBuf {
 fn run(cpu: Cpu) {
     let outcomes = aggregator_vectors::check_dir(&shared_vectors(), &cpu).expect("shared vectors load");
     assert!(outcomes.len() >= 40, "only {} cases", outcomes.len());
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter(|o| !o.passed())
-        .map(|o| format!("{}: {}", o.name, o.failures.join("; ")))
-        .collect();
+    let failed = aggregator_vectors::failures(&outcomes);
     assert!(
         failed.is_empty(),
         "{} failing cases on {}:\n{}",

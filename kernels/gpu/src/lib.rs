@@ -39,19 +39,6 @@ pub enum DeviceChoice {
     Auto,
 }
 
-impl DeviceChoice {
-    /// Parses `cpu`, `wgpu`, `cuda` or `auto`.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "cpu" => Self::Cpu,
-            "wgpu" => Self::Wgpu,
-            "cuda" => Self::Cuda,
-            "auto" => Self::Auto,
-            _ => return None,
-        })
-    }
-}
-
 /// Whether the CUDA driver library loads and reports at least one device. Never panics (cudarc panics when
 /// libcuda is missing, so its presence is probed first).
 pub fn cuda_available() -> bool {
@@ -242,13 +229,13 @@ impl Opened {
     /// One line for the start-up log: backend and device.
     pub fn describe(&self) -> String {
         match self {
-            Opened::Cpu(c) => format!("cpu ({}, {} threads)", c.isa().name(), rayon_threads()),
+            Opened::Cpu(c) => format!("cpu ({}, {} cores)", c.isa().name(), cores()),
             Opened::Gpu(g) => format!("{} on {}", g.name(), g.description()),
         }
     }
 }
 
-fn rayon_threads() -> usize {
+fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

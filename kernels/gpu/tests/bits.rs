@@ -159,11 +159,7 @@ fn shared_vectors(gpu: &AnyGpu) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors");
     let outcomes = aggregator_vectors::check_dir(&dir, gpu).expect("shared vectors load");
     assert!(outcomes.len() >= 40, "only {} cases", outcomes.len());
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter(|o| !o.passed())
-        .map(|o| format!("{}: {}", o.name, o.failures.join("; ")))
-        .collect();
+    let failed = aggregator_vectors::failures(&outcomes);
     assert!(
         failed.is_empty(),
         "{} failing cases:\n{}",
