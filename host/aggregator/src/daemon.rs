@@ -120,8 +120,14 @@ fn merge(args: RunArgs) -> anyhow::Result<DaemonConfig> {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
-pub fn run(args: RunArgs, device: crate::DeviceKind) -> anyhow::Result<()> {
+pub fn run(args: RunArgs, device: Option<crate::DeviceKind>) -> anyhow::Result<()> {
     let config = merge(args)?;
+    // Flag or environment first, then the file's `device` (validated by `merge`).
+    let device = match device {
+        Some(d) => d,
+        None => <crate::DeviceKind as clap::ValueEnum>::from_str(&config.device, false)
+            .map_err(|e| anyhow::anyhow!("device {:?}: {e}", config.device))?,
+    };
     let numeric = device.open()?;
     let output = config.output_bucket(|k| std::env::var(k).ok())?;
     tracing::info!(model = %config.model, netuid = config.netuid, chain = %config.chain_url, output = ?output, "starting");

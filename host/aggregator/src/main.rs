@@ -26,9 +26,9 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "AGGREGATOR_LOG_FORMAT")]
     log_format: LogFormat,
     /// Numeric backend for the window step: cpu, wgpu, cuda, or auto (CUDA when libcuda and a device are present,
-    /// else the CPU; wgpu only on request). Reported at start-up.
-    #[arg(long, global = true, value_enum, default_value_t = DeviceKind::Auto, env = "AGGREGATOR_DEVICE", alias = "backend")]
-    device: DeviceKind,
+    /// else the CPU; wgpu only on request). Default: `run`'s config file `device`, else auto. Reported at start-up.
+    #[arg(long, global = true, value_enum, env = "AGGREGATOR_DEVICE", alias = "backend")]
+    device: Option<DeviceKind>,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,6 +156,11 @@ pub(crate) struct Numeric {
 }
 
 impl DeviceKind {
+    /// `--device` if given (flag or `AGGREGATOR_DEVICE`), else `auto`.
+    pub(crate) fn or_auto(flag: Option<DeviceKind>) -> DeviceKind {
+        flag.unwrap_or(DeviceKind::Auto)
+    }
+
     /// Opens the backend and logs which one runs, and on what.
     pub(crate) fn open(self) -> anyhow::Result<Numeric> {
         let numeric = self.open_quietly()?;
@@ -232,17 +237,17 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::Catchup(args),
         } => catchup::bench(args).map(|()| ExitCode::SUCCESS),
-        Command::Sim(args) => daemon::sim(args, cli.device).map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => daemon::sim(args, DeviceKind::or_auto(cli.device)).map(|()| ExitCode::SUCCESS),
         Command::Vectors {
             command: VectorsCommand::Check { dir },
-        } => vectors_check(dir, cli.device),
+        } => vectors_check(dir, DeviceKind::or_auto(cli.device)),
         Command::Bench {
             command: BenchCommand::Process(args),
-        } => bench::process(args, cli.device).map(|()| ExitCode::SUCCESS),
+        } => bench::process(args, DeviceKind::or_auto(cli.device)).map(|()| ExitCode::SUCCESS),
         Command::Codec {
             command: CodecCommand::Inspect { file, model },
         } => Ok(offline::inspect(&file, model.as_deref())),
-        Command::Aggregate(args) => offline::aggregate(args, cli.device),
+        Command::Aggregate(args) => offline::aggregate(args, DeviceKind::or_auto(cli.device)),
         Command::Devnet(args) => devnet::run(args).map(|()| ExitCode::SUCCESS),
         Command::Plugin {
             command: PluginCommand::Check(args),

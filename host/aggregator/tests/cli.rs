@@ -337,3 +337,19 @@ fn devnet_help_documents_the_seed_format_and_the_devnet_serves() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("neurons[0].hotkey"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn run_refuses_an_unknown_device_in_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("cli-run-device-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("aggregator.toml");
+    std::fs::write(&config, "model = \"tiny\"\ndevice = \"gpu\"\n").unwrap();
+    let out = aggregator().args(["run", "--config"]).arg(&config).output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("device \"gpu\" must be one of cpu, wgpu, cuda, auto"),
+        "{stderr}"
+    );
+}

@@ -44,7 +44,12 @@ pub struct DaemonConfig {
     pub metrics: String,
     /// Compiled-policy cache directory (empty: `state_dir/policy-cache`).
     pub policy_cache: String,
+    /// Numeric backend: `cpu`, `wgpu`, `cuda` or `auto` (CUDA when present, else the CPU). The binary opens it.
+    pub device: String,
 }
+
+/// The values `device` accepts.
+pub const DEVICES: [&str; 4] = ["cpu", "wgpu", "cuda", "auto"];
 
 /// The output bucket.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -110,6 +115,7 @@ impl Default for DaemonConfig {
             policy: PolicyFiles::default(),
             metrics: String::new(),
             policy_cache: String::new(),
+            device: "auto".into(),
         }
     }
 }
@@ -167,6 +173,13 @@ impl DaemonConfig {
         }
         if !self.metrics.is_empty() {
             self.metrics_addr()?;
+        }
+        if !DEVICES.contains(&self.device.as_str()) {
+            return bad(format!(
+                "device {:?} must be one of {}",
+                self.device,
+                DEVICES.join(", ")
+            ));
         }
         Ok(())
     }
@@ -242,7 +255,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("block_per_window"), "{e}");
-        let mut bad = DaemonConfig::default();
+        assert_eq!(DaemonConfig::from_toml("device = \"cuda\"").unwrap().device, "cuda");
+        let mut bad = DaemonConfig::from_toml("device = \"gpu\"").unwrap();
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("device \"gpu\" must be one of cpu, wgpu, cuda, auto"), "{e}");
+        bad.device = "auto".into();
         bad.gather.concurrency = 0;
         assert!(bad.validate().unwrap_err().to_string().contains("gather.concurrency"));
         assert!(

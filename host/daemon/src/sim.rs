@@ -544,6 +544,7 @@ impl Network {
                 ..Default::default()
             },
             metrics: options.metrics.map(|a| a.to_string()).unwrap_or_default(),
+            device: options.backend.0.name().to_string(),
             ..DaemonConfig::default()
         }
     }
