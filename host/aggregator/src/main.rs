@@ -186,7 +186,7 @@ impl DeviceKind {
                 gpu: None,
             },
             Opened::Gpu(g) => {
-                let g = Arc::new(g);
+                let g: Arc<aggregator_gpu::AnyGpu> = Arc::from(g);
                 Numeric {
                     backend: g.clone(),
                     description,

@@ -55,6 +55,19 @@ pub struct Gpu<R: Runtime> {
     /// Whether the device's own `fma` is exact (else the kernel emulates it; see [`kernel::fma_x`]).
     native_fma: bool,
     tables: Mutex<HashMap<(usize, usize), Arc<DeviceTables>>>,
+    /// One-word stand-ins for the buffers a launch does not use, one per kernel argument (so that no buffer is ever
+    /// bound twice in one launch), uploaded once rather than per parameter.
+    unused: Unused,
+}
+
+/// See [`Gpu::unused`]: the stand-ins for `block_kernel`'s `idx`, `val`, `weight`, `dense`, `bits` and `floats`.
+struct Unused {
+    idx: Handle,
+    val: Handle,
+    weight: Handle,
+    dense: Handle,
+    bits: Handle,
+    floats: Handle,
 }
 
 /// Inputs of the arithmetic probe: random triples over the magnitudes the numeric core meets, and triples whose
@@ -105,10 +118,6 @@ pub(crate) fn guarded<T>(backend: &'static str, f: impl FnOnce() -> Result<T, Ke
     })
 }
 
-fn bytes_of_u32(v: &[u32]) -> &[u8] {
-    u32::as_bytes(v)
-}
-
 /// Zero-length buffers are not allowed on every runtime: pads an empty one with a single `z`.
 fn pad<T>(v: &mut Vec<T>, z: T) {
     if v.is_empty() {
@@ -124,12 +133,24 @@ impl<R: Runtime> Gpu<R> {
     /// emulation, which must then be exact itself; a device where neither is refused, since it could not give the
     /// CPU path's bits.
     pub fn new(client: ComputeClient<R>, name: &'static str, description: String) -> Result<Self, KernelError> {
+        let word = || client.create_from_slice(&[0u8; 4]);
+        let unused = guarded(name, || {
+            Ok(Unused {
+                idx: word(),
+                val: word(),
+                weight: word(),
+                dense: word(),
+                bits: word(),
+                floats: word(),
+            })
+        })?;
         let mut gpu = Self {
             client,
             name,
             description,
             native_fma: true,
             tables: Mutex::default(),
+            unused,
         };
         gpu.native_fma = gpu.probe_fma(true)?;
         if !gpu.native_fma && !gpu.probe_fma(false)? {
@@ -273,7 +294,7 @@ impl<R: Runtime> Gpu<R> {
                 layout: layout.clone(),
                 n_peers: peers.len(),
                 entries: idx.len(),
-                idx: self.client.create_from_slice(bytes_of_u32(&idx)),
+                idx: self.client.create_from_slice(u32::as_bytes(&idx)),
                 val: self.client.create_from_slice(f32::as_bytes(&val)),
                 weight: self.client.create_from_slice(f32::as_bytes(&weight)),
             })
@@ -289,33 +310,38 @@ impl<R: Runtime> Gpu<R> {
         let words = numel.div_ceil(32);
         self.check_u32("packed bits", words * 32)?;
         self.check_u32("coefficients", n_blocks * tile)?;
-        let out_len = match sink {
-            SINK_BITS => words,
-            _ => numel.max(n_blocks * layout.totalk()),
-        };
+        // Blocks tile the parameter exactly, so decoded values and coefficients both number `numel`.
+        let out_len = if sink == SINK_BITS { words } else { numel };
         let tables = self.tables(layout.block_h(), layout.block_w());
         guarded(self.name, || {
-            let one = || self.client.create_from_slice(&[0u8; 4]);
+            let u = &self.unused;
             let out = if sink == SINK_BITS {
                 self.zeroed_words(words)?
             } else {
                 self.client.empty(out_len * 4)
             };
             let (bits, floats) = if sink == SINK_BITS {
-                (out.clone(), one())
+                ((out.clone(), out_len), (u.floats.clone(), 1))
             } else {
-                (one(), out.clone())
+                ((u.bits.clone(), 1), (out.clone(), out_len))
             };
             let (idx, val, weight, dense, n_peers, src) = match source {
                 Source::Sparse(s) => (
                     (s.idx.clone(), s.entries),
                     (s.val.clone(), s.entries),
                     (s.weight.clone(), s.n_peers.max(1)),
-                    (one(), 1),
+                    (u.dense.clone(), 1),
                     s.n_peers,
                     SOURCE_SPARSE,
                 ),
-                Source::Dense(h, len) => ((one(), 1), (one(), 1), (one(), 1), (h, len), 0, SOURCE_DENSE),
+                Source::Dense(h, len) => (
+                    (u.idx.clone(), 1),
+                    (u.val.clone(), 1),
+                    (u.weight.clone(), 1),
+                    (h, len),
+                    0,
+                    SOURCE_DENSE,
+                ),
             };
             // SAFETY: every buffer is at least as long as declared; the kernel guards its indices by `n_blocks`,
             // `totalk` and the packed length, and the staged indices were validated to be in [0, totalk).
@@ -329,8 +355,8 @@ impl<R: Runtime> Gpu<R> {
                     ArrayArg::from_raw_parts(weight.0, weight.1),
                     ArrayArg::from_raw_parts(dense.0, dense.1),
                     ArrayArg::from_raw_parts(tables.handle.clone(), tables.len),
-                    ArrayArg::from_raw_parts(bits, if sink == SINK_BITS { out_len } else { 1 }),
-                    ArrayArg::from_raw_parts(floats, if sink == SINK_BITS { 1 } else { out_len }),
+                    ArrayArg::from_raw_parts(bits.0, bits.1),
+                    ArrayArg::from_raw_parts(floats.0, floats.1),
                     n_peers as u32,
                     n_blocks as u32,
                     layout.k() as u32,
@@ -387,7 +413,7 @@ impl<R: Runtime> Gpu<R> {
         }
         let count = self.cube_count(n.div_ceil(UNITS as usize))?;
         let handle = guarded(self.name, || {
-            let input = self.client.create_from_slice(bytes_of_u32(&words));
+            let input = self.client.create_from_slice(u32::as_bytes(&words));
             let output = self.client.empty(n * 4);
             // SAFETY: `words` covers every element below `n` and the kernel guards its index by `out.len()`.
             unsafe {

@@ -215,7 +215,7 @@ pub enum Opened {
     /// The CPU path.
     Cpu(Cpu),
     /// A GPU backend.
-    Gpu(AnyGpu),
+    Gpu(Box<AnyGpu>),
 }
 
 impl Opened {
@@ -223,7 +223,7 @@ impl Opened {
     pub fn into_backend(self) -> Arc<dyn Backend> {
         match self {
             Opened::Cpu(c) => Arc::new(c),
-            Opened::Gpu(g) => Arc::new(g),
+            Opened::Gpu(g) => Arc::<AnyGpu>::from(g),
         }
     }
     /// One line for the start-up log: backend and device.
@@ -239,33 +239,37 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The error for a runtime this build does not include.
+#[cfg(not(all(feature = "wgpu", feature = "cuda")))]
+fn not_built(backend: &'static str) -> KernelError {
+    KernelError::Device {
+        backend,
+        reason: format!("this binary was built without the `{backend}` feature"),
+    }
+}
+
 /// Opens the backend for `choice`. `auto` never fails: it falls back to the CPU when CUDA is absent or fails to
 /// start. An explicit `wgpu` or `cuda` fails with a clear error when that runtime is unavailable (or not built in).
 pub fn open(choice: DeviceChoice) -> Result<Opened, KernelError> {
-    let unavailable = |backend: &'static str| KernelError::Device {
-        backend,
-        reason: format!("this binary was built without the `{backend}` feature"),
-    };
     match choice {
         DeviceChoice::Cpu => Ok(Opened::Cpu(Cpu::new())),
         DeviceChoice::Wgpu => {
             #[cfg(feature = "wgpu")]
-            return open_wgpu().map(|g| Opened::Gpu(AnyGpu::Wgpu(g)));
+            return open_wgpu().map(|g| Opened::Gpu(Box::new(AnyGpu::Wgpu(g))));
             #[cfg(not(feature = "wgpu"))]
-            Err(unavailable("wgpu"))
+            Err(not_built("wgpu"))
         }
         DeviceChoice::Cuda => {
             #[cfg(feature = "cuda")]
-            return open_cuda().map(|g| Opened::Gpu(AnyGpu::Cuda(g)));
+            return open_cuda().map(|g| Opened::Gpu(Box::new(AnyGpu::Cuda(g))));
             #[cfg(not(feature = "cuda"))]
-            Err(unavailable("cuda"))
+            Err(not_built("cuda"))
         }
         DeviceChoice::Auto => {
-            let _ = unavailable;
             #[cfg(feature = "cuda")]
             if cuda_available() {
                 match open_cuda() {
-                    Ok(g) => return Ok(Opened::Gpu(AnyGpu::Cuda(g))),
+                    Ok(g) => return Ok(Opened::Gpu(Box::new(AnyGpu::Cuda(g)))),
                     Err(e) => tracing::warn!(error = %e, "CUDA is present but failed to start; using the CPU"),
                 }
             }
