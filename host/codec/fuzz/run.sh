@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the .pt reader. Usage: host/codec/fuzz/run.sh [read_pt|pickle] [seconds]
-# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). Seeds come from ../shared/fixtures.
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). Seeds come from ../shared/fixtures and
+# from seeds.py (the shapes of past memory bombs and of archives torch refuses). Limits: 256 MB of RSS and 10 s per
+# input; either is a finding.
 set -euo pipefail
 cd "$(dirname "$0")"
 target=${1:-read_pt}
@@ -22,4 +24,6 @@ for f in list(src.glob("*.pt")) + list(src.glob("bad/*.pt")):
         pass
 PY
 fi
-exec cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1
+python3 seeds.py "$target" "corpus/$target"
+exec cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=256 -timeout=10 \
+  -print_final_stats=1

@@ -1,5 +1,15 @@
 //! The torch zip container: one root folder holding `data.pkl`, `data/<key>` storage records, `version` and more.
 //! Stored entries are borrowed from the input without copying; DEFLATE entries are inflated under a size limit.
+//!
+//! Hygiene at least as strict as torch's reader (`caffe2/serialize/inline_container.cc`), so that we never read a
+//! different gradient from the one torch-based validators see:
+//! * **no duplicate entry names** (a zip with two `data.pkl`: torch reads one, another reader the other);
+//! * every local header consistent with its central-directory entry, no overlapping entries and no local header
+//!   left out of the central directory (the zip crate's `validate_header_consistency`);
+//! * **one root folder**: torch takes the folder of the first entry and looks every record up under it; here every
+//!   entry must lie under it (torch ignores strays; we refuse them);
+//! * the **`version` record** (`.data/version` or `version`) holds a decimal number torch 2.6 accepts (1 to 10), and
+//!   a `byteorder` record, if present, says `little` (torch would byte-swap a `big` archive; we do not read those).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -23,36 +33,66 @@ fn zip_err(e: zip::result::ZipError) -> CodecError {
     CodecError::Zip(e.to_string())
 }
 
+/// Lowest and highest archive format versions torch 2.6 reads (`kMinSupportedFileFormatVersion`,
+/// `kMaxSupportedFileFormatVersion` in `caffe2/serialize/versions.h`).
+pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u64> = 1..=10;
+
+/// The format version in a `version` record: ASCII digits, optionally surrounded by ASCII whitespace (torch writes
+/// `3\n`). Torch's `stoull` also takes a sign and ignores trailing garbage; we do not.
+fn parse_version(record: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(record).ok()?.trim_ascii();
+    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 impl<'a> Archive<'a> {
     /// Parses the zip container of `bytes` under `limits`.
     pub fn read(bytes: &'a [u8], limits: &Limits) -> Result<Self, CodecError> {
         Limits::check("archive size", bytes.len() as u64, limits.max_archive_bytes)?;
         let mut zip = ZipArchive::new(Cursor::new(bytes)).map_err(zip_err)?;
+        // The crate keys entries by name, so a duplicate would silently hide one: ask it first.
+        if zip.has_duplicate_names() {
+            return Err(CodecError::Zip("two entries have the same name".into()));
+        }
         Limits::check("zip entry count", zip.len() as u64, limits.max_entries as u64)?;
-        // Find the root: the folder of the one `<root>/data.pkl`.
-        let mut root = None;
+        zip.validate_header_consistency().map_err(zip_err)?;
+        // The root: the folder of the first entry, as torch takes it; every entry must lie under it.
+        let first = zip.name_for_index(0).ok_or(CodecError::NoPickle)?.map_err(zip_err)?;
+        let root = match first.split_once('/') {
+            Some((r, _)) if !r.is_empty() => r.to_string(),
+            _ => {
+                return Err(CodecError::Zip(format!(
+                    "the first entry {first:?} is not in a folder (torch archives have one root folder)"
+                )));
+            }
+        };
+        let prefix = format!("{root}/");
         for name in zip.file_names() {
             let name = name.map_err(zip_err)?;
-            if let Some(r) = name
-                .strip_suffix("/data.pkl")
-                .filter(|r| !r.contains('/') && !r.is_empty())
-                && root.replace(r.to_string()).is_some()
-            {
-                return Err(CodecError::Zip("more than one <root>/data.pkl record".into()));
+            if !name.starts_with(&prefix) {
+                return Err(CodecError::Zip(format!(
+                    "entry {name:?} is outside the root folder {root:?}"
+                )));
             }
         }
-        let root = root.ok_or(CodecError::NoPickle)?;
         let (mut pickle, mut storages, mut inflated) = (None, HashMap::new(), 0u64);
+        let mut version: Option<(u64, String)> = None;
         for i in 0..zip.len() {
             let entry = zip.by_index_raw(i).map_err(zip_err)?;
             let name = entry.name().map_err(zip_err)?.into_owned();
-            let Some(rel) = name.strip_prefix(&root).and_then(|r| r.strip_prefix('/')) else {
+            let Some(rel) = name.strip_prefix(&prefix) else {
                 continue;
             };
             let key = if rel == "data.pkl" {
-                None
+                Record::Pickle
             } else if let Some(key) = rel.strip_prefix("data/").filter(|k| !k.is_empty() && !k.contains('/')) {
-                Some(key.to_string())
+                Record::Storage(key.to_string())
+            } else if rel == ".data/version" || rel == "version" {
+                Record::Version(rel == ".data/version")
+            } else if rel == "byteorder" {
+                Record::ByteOrder
             } else {
                 continue;
             };
@@ -64,8 +104,12 @@ impl<'a> Archive<'a> {
                 return Err(record("encrypted entries are not supported".into()));
             }
             let size = entry.size();
-            if key.is_none() {
-                Limits::check("data.pkl size", size, limits.max_pickle_bytes)?;
+            match key {
+                Record::Pickle => Limits::check("data.pkl size", size, limits.max_pickle_bytes)?,
+                Record::Version(_) | Record::ByteOrder if size > 64 => {
+                    return Err(record(format!("{size} bytes is too long for this record")));
+                }
+                _ => {}
             }
             let data: Cow<'a, [u8]> = match entry.compression() {
                 CompressionMethod::Stored => {
@@ -100,15 +144,58 @@ impl<'a> Archive<'a> {
                 other => return Err(record(format!("compression method {other:?} is not supported"))),
             };
             match key {
-                None => pickle = Some(data),
-                Some(k) => {
+                Record::Pickle => pickle = Some(data),
+                Record::Storage(k) => {
                     if storages.insert(k, data).is_some() {
                         return Err(record("duplicate record".into()));
+                    }
+                }
+                Record::Version(preferred) => {
+                    let v = parse_version(&data).ok_or_else(|| {
+                        record(format!(
+                            "{:?} is not a format version number",
+                            String::from_utf8_lossy(&data)
+                        ))
+                    })?;
+                    // torch reads `.data/version` when both exist.
+                    if preferred || version.is_none() {
+                        version = Some((v, name.clone()));
+                    }
+                }
+                Record::ByteOrder => {
+                    if &*data != b"little" {
+                        return Err(record(format!(
+                            "byte order {:?}: only little-endian archives are read",
+                            String::from_utf8_lossy(&data)
+                        )));
                     }
                 }
             }
         }
         let pickle = pickle.ok_or(CodecError::NoPickle)?;
+        let (version, name) = version.ok_or_else(|| CodecError::Record {
+            name: format!("{root}/version"),
+            reason: "missing (torch refuses an archive without a format version)".into(),
+        })?;
+        if !SUPPORTED_VERSIONS.contains(&version) {
+            return Err(CodecError::Record {
+                name,
+                reason: format!(
+                    "format version {version} is outside the {}..={} torch reads",
+                    SUPPORTED_VERSIONS.start(),
+                    SUPPORTED_VERSIONS.end()
+                ),
+            });
+        }
         Ok(Self { root, pickle, storages })
     }
+}
+
+/// The records the reader looks at.
+enum Record {
+    Pickle,
+    Storage(String),
+    /// `true` for `.data/version`, which torch prefers over `version`.
+    Version(bool),
+    ByteOrder,
 }

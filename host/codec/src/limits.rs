@@ -37,13 +37,20 @@ impl Default for Limits {
 impl Limits {
     /// Limits sized for a gradient of a model whose compressed tensors take `sparse_bytes` (int16 + f32), with
     /// room for pickle overhead: what a gather should use for untrusted peer files.
+    ///
+    /// A gradient's `data.pkl` grows with the number of tensors, not their size: about 120 bytes per tensor (5 KB
+    /// for the 21-parameter test model, about 40 KB for the 1.2 B model), so 1 MiB plus 1/64 of the tensor bytes
+    /// leaves a wide margin while keeping the pickle machine's arena (at most one 32-byte node per 4 program bytes
+    /// here) small for every one of the peers decoded at once.
     pub fn for_gradient(sparse_bytes: u64) -> Self {
         let budget = sparse_bytes + (sparse_bytes / 8) + (4 << 20);
+        let pickle = (16 << 20).min((1 << 20) + sparse_bytes / 64);
         Self {
             max_archive_bytes: budget,
             max_tensor_bytes: sparse_bytes,
             max_inflated_bytes: budget,
-            max_pickle_bytes: (16 << 20).min(budget),
+            max_pickle_bytes: pickle,
+            max_objects: (pickle / 4) as usize,
             ..Self::default()
         }
     }

@@ -5,10 +5,19 @@
 //! those tags (tensor rebuilding, `OrderedDict`, `set`, numpy scalars/dtypes, `_codecs.encode`). Any other global or
 //! opcode is an error naming it and its byte offset. Objects live in an arena; memo entries are arena ids, so shared
 //! references cost nothing and cycles are harmless. Object count, nesting depth and sizes are bounded by [`Limits`].
+//!
+//! **Cost linear in the program.** Every opcode does work proportional to the bytes it consumes, except the few
+//! REDUCEs that build a value from another one (`set(list)`, `_codecs.encode(str)`, a storage key or numpy dtype code
+//! taken from a memoised string). A memo reference is two bytes, so repeating such a REDUCE on one large memoised
+//! value would grow memory with the square of the program; every byte and id these copies make is therefore charged
+//! against a budget of one program's length (plus [`COPY_BUDGET_BASE`]), and nothing else copies a value: arguments
+//! are read in place. An arena node is 32 bytes and every node needs at least one opcode byte, so the arena is at
+//! most 32 bytes per program byte, and [`Limits::max_objects`] caps it further.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
-use crate::tensor::{DType, TensorMeta};
+use crate::tensor::{DType, MAX_DIMS, TensorMeta};
 use crate::{CodecError, Limits};
 
 /// Index of a node in the arena.
@@ -51,6 +60,24 @@ impl Global {
     }
 }
 
+/// A storage reference from `BINPERSID`: `('storage', <XStorage>, key, location, numel)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageRef {
+    /// Element type.
+    pub dtype: DType,
+    /// Record key (`data/<key>`).
+    pub key: String,
+    /// Declared element count.
+    pub numel: u64,
+}
+
+/// Longest storage key accepted (torch writes decimal numbers; the key is copied into every tensor built on it).
+pub const MAX_STORAGE_KEY: usize = 64;
+/// Longest numpy dtype code accepted (`<i8`, `float64`, …).
+pub const MAX_DTYPE_CODE: usize = 16;
+/// Bytes of copies allowed beyond the program's own length (see the module docs).
+pub const COPY_BUDGET_BASE: u64 = 64 << 10;
+
 /// A value built by the pickle program.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
@@ -76,17 +103,10 @@ pub enum Node {
     Set(Vec<Id>),
     /// An allow-listed global, not yet applied.
     Global(Global),
-    /// A storage reference from `BINPERSID`.
-    Storage {
-        /// Element type.
-        dtype: DType,
-        /// Record key (`data/<key>`).
-        key: String,
-        /// Declared element count.
-        numel: u64,
-    },
-    /// A tensor from `_rebuild_tensor_v2`, checked against its storage record.
-    Tensor(TensorMeta),
+    /// A storage reference from `BINPERSID` (boxed: it is rare, and keeps every node at 32 bytes).
+    Storage(Box<StorageRef>),
+    /// A tensor from `_rebuild_tensor_v2`, checked against its storage record (boxed, as `Storage`).
+    Tensor(Box<TensorMeta>),
     /// `numpy.dtype(code, …)`.
     NumpyDtype(String),
 }
@@ -106,7 +126,7 @@ impl Node {
             Node::Dict(_) => "dict",
             Node::Set(_) => "set",
             Node::Global(_) => "global",
-            Node::Storage { .. } => "storage",
+            Node::Storage(_) => "storage",
             Node::Tensor(_) => "tensor",
             Node::NumpyDtype(_) => "numpy dtype",
         }
@@ -129,6 +149,14 @@ impl Pickled {
     pub fn node(&self, id: Id) -> &Node {
         &self.nodes[id as usize]
     }
+    /// Number of nodes (ids are `0..len`).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+    /// Whether there are no nodes (never, for a parsed program: it has a root).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
 }
 
 /// Runs `program` under `limits`. `record_len(key)` gives the byte length of storage record `data/<key>`, if any.
@@ -147,6 +175,8 @@ pub fn unpickle(
         memo: HashMap::new(),
         limits,
         record_len,
+        copied: Cell::new(0),
+        copy_budget: program.len() as u64 + COPY_BUDGET_BASE,
     };
     let root = m.run()?;
     Ok(Pickled { nodes: m.nodes, root })
@@ -162,6 +192,9 @@ struct Machine<'a> {
     memo: HashMap<u32, Id>,
     limits: &'a Limits,
     record_len: &'a dyn Fn(&str) -> Option<u64>,
+    /// Bytes and ids copied by REDUCEs so far (a `Cell`: charged while the arguments are borrowed in place).
+    copied: Cell<u64>,
+    copy_budget: u64,
 }
 
 impl Machine<'_> {
@@ -170,6 +203,13 @@ impl Machine<'_> {
             offset: self.op_at,
             reason: reason.into(),
         }
+    }
+
+    /// Charges `bytes` of copying against the budget (see the module docs).
+    fn charge(&self, bytes: usize) -> Result<(), CodecError> {
+        let total = self.copied.get().saturating_add(bytes as u64);
+        self.copied.set(total);
+        Limits::check("bytes copied by pickle REDUCEs", total, self.copy_budget)
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], CodecError> {
@@ -282,9 +322,9 @@ impl Machine<'_> {
             other => Err(self.err(format!("{what} is a {}, expected a str", other.kind()))),
         }
     }
-    fn tuple_of(&self, id: Id, what: &str) -> Result<Vec<Id>, CodecError> {
+    fn tuple_of(&self, id: Id, what: &str) -> Result<&[Id], CodecError> {
         match &self.nodes[id as usize] {
-            Node::Tuple(t) => Ok(t.clone()),
+            Node::Tuple(t) => Ok(t),
             other => Err(self.err(format!("{what} is a {}, expected a tuple", other.kind()))),
         }
     }
@@ -432,16 +472,18 @@ impl Machine<'_> {
                 }
                 b'c' => {
                     let (module, name) = (self.line()?, self.line()?);
-                    self.global(&module, &name)?
+                    let global = self.resolve(&module, &name)?;
+                    self.push(Node::Global(global))?
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     let (module, name) = (
-                        self.str_of(module, "STACK_GLOBAL module")?.to_string(),
-                        self.str_of(name, "STACK_GLOBAL name")?.to_string(),
+                        self.str_of(module, "STACK_GLOBAL module")?,
+                        self.str_of(name, "STACK_GLOBAL name")?,
                     );
-                    self.global(&module, &name)?
+                    let global = self.resolve(module, name)?;
+                    self.push(Node::Global(global))?
                 }
                 b'Q' => {
                     let pid = self.pop()?;
@@ -491,20 +533,18 @@ impl Machine<'_> {
         }
     }
 
-    fn global(&mut self, module: &str, name: &str) -> Result<(), CodecError> {
-        match Global::resolve(module, name) {
-            Some(g) => self.push(Node::Global(g)),
-            None => Err(CodecError::ForbiddenGlobal {
-                offset: self.op_at,
-                name: format!("{module}.{name}"),
-            }),
-        }
+    fn resolve(&self, module: &str, name: &str) -> Result<Global, CodecError> {
+        Global::resolve(module, name).ok_or_else(|| CodecError::ForbiddenGlobal {
+            offset: self.op_at,
+            // Bounded: a name from the stack may be a large memoised string.
+            name: format!("{}.{}", clip(module), clip(name)),
+        })
     }
 
     /// `BINPERSID` with `('storage', <XStorage>, key, location, numel)`.
-    fn persistent(&mut self, pid: Id) -> Result<Node, CodecError> {
+    fn persistent(&self, pid: Id) -> Result<Node, CodecError> {
         let t = self.tuple_of(pid, "persistent id")?;
-        let [tag, class, key, _location, numel] = t[..] else {
+        let [tag, class, key, _location, numel] = *t else {
             return Err(self.err(format!("persistent id has {} fields, expected 5", t.len())));
         };
         if self.str_of(tag, "persistent id tag")? != "storage" {
@@ -513,7 +553,15 @@ impl Machine<'_> {
         let Node::Global(Global::Storage(dtype)) = self.nodes[class as usize] else {
             return Err(self.err("persistent id does not name a storage class"));
         };
-        let key = self.str_of(key, "storage key")?.to_string();
+        let key = self.str_of(key, "storage key")?;
+        if key.len() > MAX_STORAGE_KEY {
+            return Err(self.err(format!(
+                "storage key of {} bytes (at most {MAX_STORAGE_KEY})",
+                key.len()
+            )));
+        }
+        self.charge(key.len())?;
+        let key = key.to_string();
         let numel = u64::try_from(self.int(numel, "storage numel")?).map_err(|_| self.err("negative storage numel"))?;
         let len = (self.record_len)(&key).ok_or_else(|| self.err(format!("storage record data/{key} is missing")))?;
         let need = numel.checked_mul(dtype.size() as u64);
@@ -522,10 +570,10 @@ impl Machine<'_> {
                 "storage data/{key} declares {numel} {dtype:?} elements but its record holds {len} bytes"
             )));
         }
-        Ok(Node::Storage { dtype, key, numel })
+        Ok(Node::Storage(Box::new(StorageRef { dtype, key, numel })))
     }
 
-    fn reduce(&mut self, callable: Id, args: Id) -> Result<Node, CodecError> {
+    fn reduce(&self, callable: Id, args: Id) -> Result<Node, CodecError> {
         let Node::Global(g) = self.nodes[callable as usize] else {
             return Err(self.err(format!(
                 "REDUCE on a {} is not allowed",
@@ -534,40 +582,49 @@ impl Machine<'_> {
         };
         let args = self.tuple_of(args, "REDUCE arguments")?;
         match g {
-            Global::RebuildTensorV2 => self.rebuild_tensor(&args),
-            Global::OrderedDict => match args[..] {
+            Global::RebuildTensorV2 => self.rebuild_tensor(args),
+            Global::OrderedDict => match *args {
                 [] => Ok(Node::Dict(Vec::new())),
                 _ => Err(self.err("OrderedDict with arguments is not supported")),
             },
-            Global::Set => match args[..] {
+            Global::Set => match *args {
                 [items] => match &self.nodes[items as usize] {
-                    Node::List(l) | Node::Tuple(l) => Ok(Node::Set(l.clone())),
+                    Node::List(l) | Node::Tuple(l) => {
+                        self.charge(l.len() * size_of::<Id>())?;
+                        Ok(Node::Set(l.clone()))
+                    }
                     other => Err(self.err(format!("set() of a {}", other.kind()))),
                 },
                 [] => Ok(Node::Set(Vec::new())),
                 _ => Err(self.err("set() takes one argument")),
             },
             Global::CodecsEncode => {
-                let [s, enc] = args[..] else {
+                let [s, enc] = *args else {
                     return Err(self.err("_codecs.encode takes two arguments"));
                 };
                 if !matches!(self.str_of(enc, "encoding")?, "latin1" | "latin-1") {
                     return Err(self.err("_codecs.encode: only latin1 is supported"));
                 }
                 let s = self.str_of(s, "_codecs.encode text")?;
+                self.charge(s.len())?;
                 let bytes: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(c as u32).ok()).collect();
                 Ok(Node::Bytes(
                     bytes.ok_or_else(|| self.err("latin1 text has a character above U+00FF"))?,
                 ))
             }
             Global::NumpyDtype => {
-                let [code, ..] = args[..] else {
+                let [code, ..] = *args else {
                     return Err(self.err("numpy.dtype without arguments"));
                 };
-                Ok(Node::NumpyDtype(self.str_of(code, "numpy dtype code")?.to_string()))
+                let code = self.str_of(code, "numpy dtype code")?;
+                if code.len() > MAX_DTYPE_CODE {
+                    return Err(self.err(format!("numpy dtype code of {} bytes", code.len())));
+                }
+                self.charge(code.len())?;
+                Ok(Node::NumpyDtype(code.to_string()))
             }
             Global::NumpyScalar => {
-                let [dtype, data] = args[..] else {
+                let [dtype, data] = *args else {
                     return Err(self.err("numpy scalar takes two arguments"));
                 };
                 let Node::NumpyDtype(code) = &self.nodes[dtype as usize] else {
@@ -593,21 +650,26 @@ impl Machine<'_> {
         if !(4..=7).contains(&args.len()) {
             return Err(self.err(format!("_rebuild_tensor_v2 with {} arguments", args.len())));
         }
-        let Node::Storage { dtype, ref key, numel } = self.nodes[args[0] as usize] else {
+        let Node::Storage(ref storage) = self.nodes[args[0] as usize] else {
             return Err(self.err("_rebuild_tensor_v2: first argument is not a storage"));
         };
+        let StorageRef { dtype, ref key, numel } = **storage;
         let offset =
             u64::try_from(self.int(args[1], "storage offset")?).map_err(|_| self.err("negative storage offset"))?;
         let dims = |id: Id, what: &str| -> Result<Vec<u64>, CodecError> {
-            self.tuple_of(id, what)?
-                .into_iter()
-                .map(|d| u64::try_from(self.int(d, what)?).map_err(|_| self.err(format!("negative {what}"))))
+            let t = self.tuple_of(id, what)?;
+            if t.len() > MAX_DIMS {
+                return Err(self.err(format!("{what} has {} dimensions (at most {MAX_DIMS})", t.len())));
+            }
+            t.iter()
+                .map(|&d| u64::try_from(self.int(d, what)?).map_err(|_| self.err(format!("negative {what}"))))
                 .collect()
         };
         let (shape, stride) = (dims(args[2], "size")?, dims(args[3], "stride")?);
+        self.charge(key.len() + 16 * shape.len())?;
         let meta = TensorMeta::new(dtype, key.clone(), numel, offset, shape, stride)
             .map_err(|reason| self.err(format!("tensor on data/{key}: {reason}")))?;
-        Ok(Node::Tensor(meta))
+        Ok(Node::Tensor(Box::new(meta)))
     }
 }
 
@@ -639,4 +701,9 @@ fn numpy_scalar(code: &str, b: &[u8]) -> Option<Node> {
         "b1" => Some(Node::Bool(*b.first()? != 0)),
         _ => None,
     }
+}
+
+/// At most 80 characters of `s`, for error messages about names that may be large.
+fn clip(s: &str) -> &str {
+    &s[..s.floor_char_boundary(80)]
 }

@@ -97,6 +97,9 @@ impl DType {
     }
 }
 
+/// Most dimensions a tensor may have (torch has no fixed limit; Templar's tensors have at most three).
+pub const MAX_DIMS: usize = 16;
+
 /// A tensor view over a storage record, validated so that every element it addresses lies inside the storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorMeta {
@@ -124,8 +127,8 @@ impl TensorMeta {
         if shape.len() != stride.len() {
             return Err(format!("{} sizes but {} strides", shape.len(), stride.len()));
         }
-        if shape.len() > 16 {
-            return Err(format!("{} dimensions", shape.len()));
+        if shape.len() > MAX_DIMS {
+            return Err(format!("{} dimensions (at most {MAX_DIMS})", shape.len()));
         }
         let count = shape
             .iter()

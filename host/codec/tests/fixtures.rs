@@ -226,6 +226,12 @@ fn hostile_pickles_hit_limits_not_memory() {
             )
             .unwrap();
             w.write_all(&program).unwrap();
+            w.start_file(
+                "x/version",
+                zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
+            )
+            .unwrap();
+            w.write_all(b"3\n").unwrap();
             w.finish().unwrap().into_inner()
         };
         let limits = Limits {

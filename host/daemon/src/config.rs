@@ -46,7 +46,18 @@ pub struct DaemonConfig {
     pub policy_cache: String,
     /// Numeric backend: `cpu`, `wgpu`, `cuda` or `auto` (CUDA when present, else the CPU). The binary opens it.
     pub device: String,
+    /// Bound on a window's chain stage in seconds: `Timestamp::Now`, metagraph, commitments and the leader's posted
+    /// peer lists together. A stage that takes longer fails the window, which is retried.
+    pub chain_timeout_s: f64,
+    /// Bound in seconds on each call to the output bucket (the existing-aggregate check, the put, retention) and on
+    /// reading the leader's posted lists. A call that takes longer fails the window, which is retried.
+    pub storage_timeout_s: f64,
 }
+
+/// Largest `blocks_per_window` accepted (Templar: 7).
+pub const MAX_BLOCKS_PER_WINDOW: u32 = 100_000;
+/// Largest `max_backfill` accepted.
+pub const MAX_BACKFILL: u64 = 10_000;
 
 /// The values `device` accepts.
 pub const DEVICES: [&str; 4] = ["cpu", "wgpu", "cuda", "auto"];
@@ -116,21 +127,53 @@ impl Default for DaemonConfig {
             metrics: String::new(),
             policy_cache: String::new(),
             device: "auto".into(),
+            chain_timeout_s: 30.0,
+            storage_timeout_s: 120.0,
         }
     }
 }
 
-/// Parses an endpoint string: `r2:ACCOUNT`, `http(s)://…`, `file://PATH` or a path.
-pub fn parse_endpoint(s: &str) -> Endpoint {
+/// Parses an endpoint string: `r2:ACCOUNT`, `http(s)://HOST[:PORT]`, `file://PATH` or a directory path. Anything
+/// else that names a scheme (`s3://bucket`, `ftp://…`) or looks like `HOST:PORT` is an error, never a directory.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let unsupported = |what: &str| {
+        Err(format!(
+            "{s:?}: {what}; use http(s)://HOST:PORT for an S3-compatible server, r2:ACCOUNT_ID for Cloudflare R2, \
+             or a directory (file:///path or a path)"
+        ))
+    };
     if let Some(account) = s.strip_prefix("r2:") {
-        Endpoint::R2 {
-            account: account.to_string(),
+        if account.is_empty() || !account.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!("{s:?}: an R2 account id is letters and digits"));
         }
-    } else if s.starts_with("http://") || s.starts_with("https://") {
-        Endpoint::Url(s.trim_end_matches('/').to_string())
-    } else {
-        Endpoint::Local(PathBuf::from(s.strip_prefix("file://").unwrap_or(s)))
+        return Ok(Endpoint::R2 {
+            account: account.to_string(),
+        });
     }
+    if let Some((scheme, rest)) = s.split_once("://") {
+        return match scheme {
+            "http" | "https" if !rest.trim_end_matches('/').is_empty() => {
+                Ok(Endpoint::Url(s.trim_end_matches('/').to_string()))
+            }
+            "http" | "https" => unsupported("no host"),
+            "file" if rest.starts_with('/') => Ok(Endpoint::Local(PathBuf::from(rest))),
+            "file" => unsupported("a file:// URL needs an absolute path"),
+            other => unsupported(&format!("the scheme {other}:// is not supported")),
+        };
+    }
+    if s.is_empty() {
+        return unsupported("empty");
+    }
+    // `minio:9000`, `localhost:9000/x`: a forgotten http://, not a directory named so.
+    let head = s.split('/').next().unwrap_or(s);
+    if let Some((host, port)) = head.split_once(':')
+        && !host.is_empty()
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+    {
+        return unsupported("this looks like HOST:PORT without a scheme");
+    }
+    Ok(Endpoint::Local(PathBuf::from(s)))
 }
 
 impl DaemonConfig {
@@ -144,23 +187,49 @@ impl DaemonConfig {
         toml::from_str(text).map_err(|e| DaemonError::Config(e.to_string()))
     }
 
-    /// Checks values that the types do not.
+    /// Checks every key's value beyond its type, naming the key. (Policy settings are checked by running the
+    /// policies on their golden inputs with them, when the daemon loads them.)
     pub fn validate(&self) -> Result<(), DaemonError> {
         let bad = |m: String| Err(DaemonError::Config(m));
-        if self.blocks_per_window == 0 {
-            return bad("blocks_per_window must be at least 1".into());
+        if !(self.chain_url.starts_with("ws://") || self.chain_url.starts_with("wss://")) || self.chain_url.len() < 6 {
+            return bad(format!("chain_url {:?} must be a ws:// or wss:// URL", self.chain_url));
         }
-        if self.version.is_empty() || self.version.contains('/') {
+        if !(1..=MAX_BLOCKS_PER_WINDOW).contains(&self.blocks_per_window) {
             return bad(format!(
-                "version {:?} must be non-empty and contain no '/'",
+                "blocks_per_window {} must be in 1..={MAX_BLOCKS_PER_WINDOW}",
+                self.blocks_per_window
+            ));
+        }
+        let version_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+');
+        if self.version.is_empty() || self.version.len() > 64 || !self.version.chars().all(version_char) {
+            return bad(format!(
+                "version {:?} must be 1 to 64 letters, digits, '.', '_', '-' or '+' (it is part of object names)",
                 self.version
             ));
         }
-        if !(self.gather.timeout_s.is_finite() && self.gather.timeout_s > 0.0 && self.gather.timeout_s <= 3600.0) {
-            return bad(format!(
-                "gather.timeout_s {} must be in (0, 3600]",
-                self.gather.timeout_s
-            ));
+        if self.model.is_empty() {
+            return bad("model must name a preset or a model JSON file".into());
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return bad("state_dir must not be empty".into());
+        }
+        if !self.peer_endpoint.is_empty() {
+            parse_endpoint(&self.peer_endpoint).map_err(|e| DaemonError::Config(format!("peer_endpoint {e}")))?;
+        }
+        if !self.output.endpoint.is_empty() {
+            parse_endpoint(&self.output.endpoint).map_err(|e| DaemonError::Config(format!("output.endpoint {e}")))?;
+            if self.output.name.is_empty() {
+                return bad("output.name is empty".into());
+            }
+        }
+        for (key, value) in [
+            ("gather.timeout_s", self.gather.timeout_s),
+            ("chain_timeout_s", self.chain_timeout_s),
+            ("storage_timeout_s", self.storage_timeout_s),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= 3600.0) {
+                return bad(format!("{key} {value} must be in (0, 3600]"));
+            }
         }
         if self.gather.concurrency == 0 || self.gather.concurrency > 1024 {
             return bad(format!(
@@ -168,8 +237,18 @@ impl DaemonConfig {
                 self.gather.concurrency
             ));
         }
-        if self.max_backfill == 0 {
-            return bad("max_backfill must be at least 1".into());
+        if !(1..=MAX_BACKFILL).contains(&self.max_backfill) {
+            return bad(format!(
+                "max_backfill {} must be in 1..={MAX_BACKFILL}",
+                self.max_backfill
+            ));
+        }
+        if self.retention_windows < self.max_backfill {
+            return bad(format!(
+                "retention_windows {} must be at least max_backfill {}: a backfilled or retried window's aggregate \
+                 would otherwise be deleted by retention",
+                self.retention_windows, self.max_backfill
+            ));
         }
         if !self.metrics.is_empty() {
             self.metrics_addr()?;
@@ -195,9 +274,11 @@ impl DaemonConfig {
             .map_err(|e| DaemonError::Config(format!("metrics {:?}: {e}", self.metrics)))
     }
 
-    /// The peer endpoint override.
+    /// The peer endpoint override (`validate` has checked it parses).
     pub fn peer_endpoint(&self) -> Option<Endpoint> {
-        (!self.peer_endpoint.is_empty()).then(|| parse_endpoint(&self.peer_endpoint))
+        (!self.peer_endpoint.is_empty())
+            .then(|| parse_endpoint(&self.peer_endpoint).ok())
+            .flatten()
     }
 
     /// The output bucket: from `[output]` if its endpoint is set, else Templar's `R2_AGGREGATOR_*` variables
@@ -214,7 +295,8 @@ impl DaemonConfig {
             return Err(DaemonError::Config("output.name is empty".into()));
         }
         Ok(Bucket {
-            endpoint: parse_endpoint(&self.output.endpoint),
+            endpoint: parse_endpoint(&self.output.endpoint)
+                .map_err(|e| DaemonError::Config(format!("output.endpoint {e}")))?,
             name: self.output.name.clone(),
             access_key_id: self.output.access_key_id.clone(),
             secret: self.output.secret.clone(),
@@ -224,6 +306,16 @@ impl DaemonConfig {
     /// The per-peer gather limit.
     pub fn gather_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.gather.timeout_s)
+    }
+
+    /// The bound on a window's chain stage.
+    pub fn chain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.chain_timeout_s)
+    }
+
+    /// The bound on each output-bucket call and on the leader's posted lists.
+    pub fn storage_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.storage_timeout_s)
     }
 }
 
@@ -270,7 +362,71 @@ mod tests {
                 .contains("R2_AGGREGATOR")
         );
         assert_eq!(DaemonConfig::from_toml(&c.to_toml()).unwrap(), c, "round trip");
-        assert_eq!(parse_endpoint("r2:abc"), Endpoint::R2 { account: "abc".into() });
-        assert_eq!(parse_endpoint("file:///tmp/x"), Endpoint::Local("/tmp/x".into()));
+        assert_eq!(parse_endpoint("r2:abc"), Ok(Endpoint::R2 { account: "abc".into() }));
+        assert_eq!(parse_endpoint("file:///tmp/x"), Ok(Endpoint::Local("/tmp/x".into())));
+    }
+
+    #[test]
+    fn endpoints_that_are_not_directories_are_refused() {
+        assert_eq!(
+            parse_endpoint("https://s3.example.com/"),
+            Ok(Endpoint::Url("https://s3.example.com".into()))
+        );
+        assert_eq!(parse_endpoint("./store"), Ok(Endpoint::Local("./store".into())));
+        assert_eq!(parse_endpoint("/var/lib/x"), Ok(Endpoint::Local("/var/lib/x".into())));
+        for (text, needle) in [
+            ("ftp://host/x", "scheme ftp:// is not supported"),
+            ("s3://bucket", "scheme s3:// is not supported"),
+            ("minio:9000", "HOST:PORT without a scheme"),
+            ("localhost:9000/bucket", "HOST:PORT without a scheme"),
+            ("http://", "no host"),
+            ("file://relative", "absolute path"),
+            ("r2:", "R2 account id"),
+            ("", "empty"),
+        ] {
+            let e = parse_endpoint(text).unwrap_err();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_key_is_range_checked_and_named() {
+        let ok = DaemonConfig {
+            output: OutputBucket {
+                endpoint: "http://127.0.0.1:1".into(),
+                name: "b".into(),
+                ..OutputBucket::default()
+            },
+            ..DaemonConfig::default()
+        };
+        ok.validate().unwrap();
+        type Edit = Box<dyn Fn(&mut DaemonConfig)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            ("chain_url", Box::new(|c| c.chain_url = "http://x".into())),
+            ("blocks_per_window", Box::new(|c| c.blocks_per_window = 0)),
+            ("blocks_per_window", Box::new(|c| c.blocks_per_window = u32::MAX)),
+            ("version", Box::new(|c| c.version = "0.2.73/../x".into())),
+            ("version", Box::new(|c| c.version = String::new())),
+            ("model", Box::new(|c| c.model = String::new())),
+            ("state_dir", Box::new(|c| c.state_dir = PathBuf::new())),
+            ("max_backfill", Box::new(|c| c.max_backfill = 0)),
+            ("max_backfill", Box::new(|c| c.max_backfill = u64::MAX)),
+            ("retention_windows", Box::new(|c| c.retention_windows = 5)),
+            ("peer_endpoint", Box::new(|c| c.peer_endpoint = "s3://bucket".into())),
+            ("output.endpoint", Box::new(|c| c.output.endpoint = "ftp://x".into())),
+            ("output.name", Box::new(|c| c.output.name = String::new())),
+            ("gather.timeout_s", Box::new(|c| c.gather.timeout_s = f64::NAN)),
+            ("gather.concurrency", Box::new(|c| c.gather.concurrency = 0)),
+            ("chain_timeout_s", Box::new(|c| c.chain_timeout_s = -1.0)),
+            ("storage_timeout_s", Box::new(|c| c.storage_timeout_s = 1e9)),
+            ("metrics", Box::new(|c| c.metrics = "nine thousand".into())),
+            ("device", Box::new(|c| c.device = "tpu".into())),
+        ];
+        for (key, edit) in cases {
+            let mut c = ok.clone();
+            edit(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 }

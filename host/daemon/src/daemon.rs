@@ -1,12 +1,18 @@
 //! The window loop: closed windows from the head follower → time bounds → peer selection → gather → aggregate →
 //! put → report, one window at a time, oldest first, with state persisted after each.
+//!
+//! **No window is lost to a transient failure.** A window whose attempt fails (chain, storage, policy, a timeout)
+//! goes to a retry queue with backoff (2 s doubling to 30 s) and is tried again, oldest first, whenever no newly
+//! closed window is waiting, for as long as it lies within `max_backfill` windows of the newest closed one (older
+//! than that, its miners' uploads may be gone: it is then recorded failed with the last error). The queue is part of
+//! the persisted state, so a restart resumes it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aggregator_chain::{Chain, ChainError, HeadEvent, Metagraph, sync_block};
+use aggregator_chain::{Chain, ChainError, HeadEvent, Metagraph, sync_block, window_of};
 use aggregator_kernels::{Backend, Cpu};
 use aggregator_model::ModelSpec;
 use aggregator_policy::bindings::exports::templar::policy::peer_selection::SelectionInput;
@@ -29,6 +35,16 @@ use crate::{DaemonError, now_ms};
 
 /// The peers and policy state to keep after a window (none when it failed).
 type NextSelection = Option<(Vec<u16>, Vec<u8>)>;
+
+/// What the chain stage read for a window.
+struct Observed {
+    sync: u64,
+    timestamp: Option<u64>,
+    metagraph: Metagraph,
+    buckets: BTreeMap<u16, Bucket>,
+    latest: Option<(u64, aggregator_codec::PeerList)>,
+    previous: Option<(u64, aggregator_codec::PeerList)>,
+}
 
 /// How a window ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,29 +117,24 @@ impl WindowReport {
     }
 }
 
-/// The daemon's parts, built once.
-pub struct Daemon<C: Chain> {
+/// Everything the daemon loads before it needs the chain: the configuration (validated), the model, the policies
+/// (checked with the operator's settings), the output bucket, the persisted state, and the metrics. Loading this
+/// first lets configuration errors surface at once and `/metrics` serve while the chain is still out of reach.
+pub struct Prepared {
     config: DaemonConfig,
-    chain: C,
     policies: Arc<Policies>,
     clients: Clients,
     output: Arc<dyn ObjectStore>,
     model: Arc<ModelSpec>,
-    backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     state_file: StateFile,
     state: PersistedState,
-    reports: Option<mpsc::UnboundedSender<WindowReport>>,
 }
 
-fn pathbuf(s: &str) -> Option<PathBuf> {
-    (!s.is_empty()).then(|| PathBuf::from(s))
-}
-
-impl<C: Chain + 'static> Daemon<C> {
-    /// Loads the model, the policies, the output bucket and the persisted state.
-    pub fn new(config: DaemonConfig, chain: C, output: Bucket) -> Result<Self, DaemonError> {
+impl Prepared {
+    /// Validates `config`, loads the model, the policies, the output bucket and the persisted state.
+    pub fn load(config: DaemonConfig, output: Bucket) -> Result<Self, DaemonError> {
         config.validate()?;
         let model = ModelSpec::load(&config.model).map_err(|e| DaemonError::Config(format!("model: {e}")))?;
         let state_file = StateFile::open(&config.state_dir)?;
@@ -146,18 +157,123 @@ impl<C: Chain + 'static> Daemon<C> {
         let output = clients.get(&output)?;
         Ok(Self {
             config,
-            chain,
             policies: Arc::new(policies),
             clients,
             output,
             model: Arc::new(model),
-            backend: Arc::new(Cpu::new()),
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::default()),
             state_file,
             state,
-            reports: None,
         })
+    }
+
+    /// The metrics (to serve before the chain connects).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The health record.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// The persisted state as loaded.
+    pub fn state(&self) -> &PersistedState {
+        &self.state
+    }
+
+    /// Checks the persisted state against the chain's head block: a `last_processed` (or a queued retry) past the
+    /// window still open at `head` cannot be right (another chain's state, or an edited file). It is reported, reset
+    /// so that the daemon starts from the head as a fresh one would, and saved. (The open window itself is allowed:
+    /// `last_processed = w` is how a state says "start after window `w`", which the simulator uses.)
+    pub fn reconcile_with_head(&mut self, head: u64) {
+        let open = window_of(head, self.config.blocks_per_window);
+        let ahead = |w: u64| w > open;
+        let last_ahead = self.state.last_processed.is_some_and(ahead);
+        let retry_ahead = self.state.retry.iter().any(|&w| ahead(w));
+        if !last_ahead && !retry_ahead {
+            return;
+        }
+        tracing::warn!(
+            last_processed = self.state.last_processed.unwrap_or_default(),
+            retry = ?self.state.retry,
+            head,
+            open_window = open,
+            "state: windows past the chain's open window; this state belongs to another chain or was edited. \
+             Starting from the head as a fresh daemon would (the state file is rewritten)"
+        );
+        self.metrics.error("state_ahead_of_chain");
+        if last_ahead {
+            self.state.last_processed = None;
+        }
+        self.state.retry.retain(|&w| !ahead(w));
+        if let Err(e) = self.state_file.save(&self.state) {
+            tracing::error!(error = %e, "state: cannot save the reset state");
+        }
+    }
+}
+
+/// The daemon's parts, built once.
+pub struct Daemon<C: Chain> {
+    config: DaemonConfig,
+    chain: C,
+    policies: Arc<Policies>,
+    clients: Clients,
+    output: Arc<dyn ObjectStore>,
+    model: Arc<ModelSpec>,
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    state_file: StateFile,
+    state: PersistedState,
+    reports: Option<mpsc::UnboundedSender<WindowReport>>,
+}
+
+fn pathbuf(s: &str) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+/// A window waiting for another attempt.
+#[derive(Debug, Clone)]
+struct Retry {
+    /// Failed attempts so far (0 for a window queued by a previous run).
+    attempts: u32,
+    /// Not before this.
+    due: Instant,
+    /// The last attempt's error.
+    last_error: String,
+}
+
+/// Delay before retrying a window that has failed `attempts` times: 2 s doubling, at most 30 s.
+fn retry_delay(attempts: u32) -> Duration {
+    Duration::from_secs(2)
+        .saturating_mul(1 << attempts.saturating_sub(1).min(8))
+        .min(Duration::from_secs(30))
+}
+
+impl<C: Chain + 'static> Daemon<C> {
+    /// Loads the model, the policies, the output bucket and the persisted state.
+    pub fn new(config: DaemonConfig, chain: C, output: Bucket) -> Result<Self, DaemonError> {
+        Ok(Self::from_prepared(Prepared::load(config, output)?, chain))
+    }
+
+    /// The daemon from parts loaded beforehand.
+    pub fn from_prepared(p: Prepared, chain: C) -> Self {
+        Self {
+            config: p.config,
+            chain,
+            policies: p.policies,
+            clients: p.clients,
+            output: p.output,
+            model: p.model,
+            backend: Arc::new(Cpu::new()),
+            metrics: p.metrics,
+            health: p.health,
+            state_file: p.state_file,
+            state: p.state,
+            reports: None,
+        }
     }
 
     /// Runs the window step on `backend` instead of the CPU.
@@ -192,52 +308,118 @@ impl<C: Chain + 'static> Daemon<C> {
         self.policies.clone()
     }
 
-    /// Processes closed windows from `heads` until it ends or `shutdown` turns true. On shutdown the current
-    /// window gets `grace` to finish; after that it is abandoned (its output is then absent: puts are
-    /// all-or-nothing) and the state still names the previous window, so a restart redoes it.
+    /// Processes closed windows from `heads` until it ends or `shutdown` turns true: newly closed windows first,
+    /// then due retries, oldest first (see the module docs). On shutdown the current window gets `grace` to finish;
+    /// after that it is abandoned (its output is then absent: puts are all-or-nothing) and the state does not record
+    /// it, so a restart redoes it.
     pub async fn run(
         mut self,
         mut heads: mpsc::Receiver<HeadEvent>,
         mut shutdown: watch::Receiver<bool>,
         grace: Duration,
     ) -> Result<(), DaemonError> {
-        let mut queue: VecDeque<u64> = VecDeque::new();
+        let mut fresh: VecDeque<u64> = VecDeque::new();
+        let resumed = Instant::now();
+        let mut retries: BTreeMap<u64, Retry> = self
+            .state
+            .retry
+            .iter()
+            .map(|&w| {
+                let r = Retry {
+                    attempts: 0,
+                    due: resumed,
+                    last_error: "queued for retry by a previous run".into(),
+                };
+                (w, r)
+            })
+            .collect();
         let mut newest_closed = self.state.last_processed;
+        self.metrics.retry_queue(retries.len());
         loop {
-            if queue.is_empty() {
-                tokio::select! {
-                    changed = shutdown.changed() => if changed.is_err() {
-                        return Ok(());
-                    },
-                    ev = heads.recv() => match ev {
-                        Some(ev) => self.on_head(&ev, &mut queue, &mut newest_closed),
-                        None => return Ok(()),
-                    }
-                }
-            }
             while let Ok(ev) = heads.try_recv() {
-                self.on_head(&ev, &mut queue, &mut newest_closed);
+                self.on_head(&ev, &mut fresh, &mut newest_closed);
             }
             if *shutdown.borrow() {
                 tracing::info!("shutting down between windows");
                 return Ok(());
             }
-            let Some(w) = queue.pop_front() else { continue };
+            let now = Instant::now();
+            let next = fresh
+                .pop_front()
+                .or_else(|| retries.iter().find(|(_, r)| r.due <= now).map(|(&w, _)| w));
+            let Some(w) = next else {
+                let wake = retries.values().map(|r| r.due).min();
+                tokio::select! {
+                    changed = shutdown.changed() => if changed.is_err() {
+                        return Ok(());
+                    },
+                    ev = heads.recv() => match ev {
+                        Some(ev) => self.on_head(&ev, &mut fresh, &mut newest_closed),
+                        None => return Ok(()),
+                    },
+                    _ = async {
+                        match wake {
+                            Some(t) => tokio::time::sleep_until(t.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                }
+                continue;
+            };
+            let horizon = self.config.max_backfill;
+            if newest_closed.is_some_and(|n| n.saturating_sub(w) >= horizon)
+                && let Some(r) = retries.remove(&w)
+            {
+                let reason = format!(
+                    "given up after {} attempts: more than max_backfill ({horizon}) windows old, its uploads may be \
+                     gone; last error: {}",
+                    r.attempts, r.last_error
+                );
+                self.finish(WindowReport::new(w, WindowResult::Failed(reason)), None, &retries);
+                continue;
+            }
             self.metrics.progress(self.state.last_processed, newest_closed);
             let mut stop = shutdown.clone();
-            let abandoned = {
-                let work = self.process_with_retries(w);
+            let attempt = {
+                let work = self.process(w);
                 tokio::pin!(work);
                 tokio::select! {
-                    report = &mut work => Some(report),
+                    result = &mut work => Some(result),
                     _ = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => None,
                 }
             };
-            let Some(report) = abandoned else {
-                tracing::warn!(window = w, "shutdown: window abandoned; a restart processes it again");
-                return Ok(());
-            };
-            self.finish(report?)?;
+            match attempt {
+                None => {
+                    tracing::warn!(window = w, "shutdown: window abandoned; a restart processes it again");
+                    return Ok(());
+                }
+                Some(Ok((report, selection))) => {
+                    retries.remove(&w);
+                    self.finish(report, selection, &retries);
+                }
+                Some(Err(e)) => {
+                    self.metrics.error(e.kind());
+                    let attempts = retries.get(&w).map_or(0, |r| r.attempts) + 1;
+                    let delay = retry_delay(attempts);
+                    tracing::warn!(
+                        window = w,
+                        attempt = attempts,
+                        error = %e,
+                        retry_in_s = delay.as_secs_f64(),
+                        "window attempt failed; queued for retry"
+                    );
+                    retries.insert(
+                        w,
+                        Retry {
+                            attempts,
+                            due: Instant::now() + delay,
+                            last_error: e.to_string(),
+                        },
+                    );
+                    self.state.last_processed = self.state.last_processed.max(Some(w));
+                    self.save_state(&retries);
+                }
+            }
             self.metrics.progress(self.state.last_processed, newest_closed);
         }
     }
@@ -261,7 +443,18 @@ impl<C: Chain + 'static> Daemon<C> {
         }
     }
 
-    fn finish(&mut self, (report, selection): (WindowReport, NextSelection)) -> Result<(), DaemonError> {
+    /// Saves the state with the retry queue; a failure (a full disk) is logged and counted, never fatal: the state
+    /// in memory stays right, and the next save writes it.
+    fn save_state(&mut self, retries: &BTreeMap<u64, Retry>) {
+        self.state.retry = retries.keys().copied().collect();
+        self.metrics.retry_queue(retries.len());
+        if let Err(e) = self.state_file.save(&self.state) {
+            self.metrics.error("state");
+            tracing::error!(error = %e, "state: cannot save; kept in memory and saved again after the next window");
+        }
+    }
+
+    fn finish(&mut self, report: WindowReport, selection: NextSelection, retries: &BTreeMap<u64, Retry>) {
         self.metrics.window(report.result.label());
         self.metrics
             .peers(report.selected.len(), report.aggregated.len(), &report.skipped);
@@ -273,12 +466,21 @@ impl<C: Chain + 'static> Daemon<C> {
         for (kind, stats) in self.policies.stats() {
             self.metrics.policy_fallbacks(kind.interface(), stats.fallbacks);
         }
-        if let Some((peers, state)) = selection {
+        // A retried window older than the newest one processed leaves the selection state alone: the policy's
+        // state moves forward with the windows.
+        let newest = self.state.last_processed.is_none_or(|l| report.window >= l);
+        if newest && let Some((peers, state)) = selection {
             self.state.current_peers = peers;
             self.state.selection_state = hex::encode(state);
         }
-        self.state.last_processed = Some(report.window);
-        self.state_file.save(&self.state)?;
+        self.state.last_processed = self.state.last_processed.max(Some(report.window));
+        self.save_state(retries);
+        let skipped_peers = report
+            .skipped
+            .iter()
+            .map(|(uid, reason)| format!("{uid}: {reason}"))
+            .collect::<Vec<_>>()
+            .join("; ");
         match &report.result {
             WindowResult::Failed(reason) => tracing::error!(window = report.window, %reason, "window failed"),
             r => tracing::info!(
@@ -287,6 +489,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 selected = report.selected.len(),
                 aggregated = report.aggregated.len(),
                 skipped = report.skipped.len(),
+                skipped_peers = %skipped_peers,
                 gather_ms = report.gather.as_millis() as u64,
                 process_ms = report.process.as_millis() as u64,
                 put_ms = report.put.as_millis() as u64,
@@ -297,26 +500,6 @@ impl<C: Chain + 'static> Daemon<C> {
         if let Some(tx) = &self.reports {
             let _ = tx.send(report);
         }
-        Ok(())
-    }
-
-    async fn process_with_retries(&self, w: u64) -> Result<(WindowReport, NextSelection), DaemonError> {
-        const ATTEMPTS: u32 = 3;
-        let mut last = String::new();
-        for attempt in 1..=ATTEMPTS {
-            match self.process(w).await {
-                Ok(r) => return Ok(r),
-                Err(e) => {
-                    self.metrics.error(e.kind());
-                    tracing::warn!(window = w, attempt, error = %e, "window attempt failed");
-                    last = e.to_string();
-                    if attempt < ATTEMPTS {
-                        tokio::time::sleep(Duration::from_secs(2 * attempt as u64)).await;
-                    }
-                }
-            }
-        }
-        Ok((WindowReport::new(w, WindowResult::Failed(last)), None))
     }
 
     async fn metagraph(&self, block: u64) -> Result<Metagraph, ChainError> {
@@ -335,27 +518,10 @@ impl<C: Chain + 'static> Daemon<C> {
         })
     }
 
-    /// One window, start to end. Errors are transient failures (chain, policy, storage) worth a retry.
-    async fn process(&self, w: u64) -> Result<(WindowReport, NextSelection), DaemonError> {
+    /// The chain stage: `Timestamp::Now` at the sync block, metagraph, commitments (uid → bucket) and the leader's
+    /// posted peer lists (bounded by `storage_timeout_s`; unreadable lists are logged and taken as absent).
+    async fn observe(&self, w: u64) -> Result<Observed, DaemonError> {
         let cfg = &self.config;
-        let key = ObjectPath::from(aggregate_key(w, &cfg.version));
-        let mut report = WindowReport::new(w, WindowResult::AlreadyStored);
-        match self.output.head(&key).await {
-            Ok(meta) => {
-                tracing::info!(
-                    window = w,
-                    bytes = meta.size,
-                    "aggregate already stored; not writing it again"
-                );
-                return Ok((report, None));
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(DaemonError::Storage(format!("{key}: {e}"))),
-        }
-        self.policies.begin_window();
-
-        // Chain and policies.
-        let started = Instant::now();
         let sync = sync_block(w, cfg.blocks_per_window);
         let timestamp = match self.chain.timestamp_ms(sync).await {
             Ok(ts) => Some(ts),
@@ -372,20 +538,76 @@ impl<C: Chain + 'static> Daemon<C> {
             .iter()
             .filter_map(|(uid, c)| Some((*uid, self.peer_bucket(&c.text)?)))
             .collect();
-        let (latest, previous) = match metagraph.leader().and_then(|l| buckets.get(&l.uid)) {
-            Some(bucket) => match self.clients.get(bucket) {
-                Ok(store) => posted_lists(store.as_ref(), &cfg.version).await.unwrap_or_else(|e| {
-                    self.metrics.error("peer_list");
-                    tracing::warn!(window = w, error = %e, "cannot read the leader's peer lists");
-                    (None, None)
-                }),
+        let storage = cfg.storage_timeout();
+        let (latest, previous) = match metagraph.leader().and_then(|l| buckets.get(&l.uid).map(|b| (l.uid, b))) {
+            Some((leader, bucket)) => match self.clients.get(bucket) {
+                Ok(store) => match posted_lists(store.as_ref(), &cfg.version, storage).await {
+                    Ok(lists) => lists,
+                    Err(e) => {
+                        self.metrics.error("peer_list");
+                        tracing::warn!(window = w, leader, error = %e, "cannot read the leader's peer lists");
+                        (None, None)
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(window = w, error = %e, "leader bucket");
+                    self.metrics.error("peer_list");
+                    tracing::warn!(window = w, leader, error = %e, "leader bucket");
                     (None, None)
                 }
             },
-            None => (None, None),
+            None => {
+                tracing::warn!(window = w, "no leader with a bucket commitment: no posted peer lists");
+                (None, None)
+            }
         };
+        Ok(Observed {
+            sync,
+            timestamp,
+            metagraph,
+            buckets,
+            latest,
+            previous,
+        })
+    }
+
+    /// One window, start to end. Errors are transient failures (chain, policy, storage, a timeout) worth a retry.
+    async fn process(&self, w: u64) -> Result<(WindowReport, NextSelection), DaemonError> {
+        let cfg = &self.config;
+        let key = ObjectPath::from(aggregate_key(w, &cfg.version));
+        let mut report = WindowReport::new(w, WindowResult::AlreadyStored);
+        let storage = cfg.storage_timeout();
+        match tokio::time::timeout(storage, self.output.head(&key)).await {
+            Ok(Ok(meta)) => {
+                tracing::info!(
+                    window = w,
+                    bytes = meta.size,
+                    "aggregate already stored; not writing it again"
+                );
+                return Ok((report, None));
+            }
+            Ok(Err(object_store::Error::NotFound { .. })) => {}
+            Ok(Err(e)) => return Err(DaemonError::Storage(format!("{key}: {e}"))),
+            Err(_) => return Err(DaemonError::Storage(format!("{key}: no answer within {storage:?}"))),
+        }
+        self.policies.begin_window();
+
+        // Chain and policies.
+        let started = Instant::now();
+        let Observed {
+            sync,
+            timestamp,
+            metagraph,
+            buckets,
+            latest,
+            previous,
+        } = tokio::time::timeout(cfg.chain_timeout(), self.observe(w))
+            .await
+            .map_err(|_| {
+                ChainError::Timeout(format!(
+                    "window {w}'s chain stage (over chain_timeout_s = {})",
+                    cfg.chain_timeout_s
+                ))
+            })??;
         let posted = |l: Option<(u64, aggregator_codec::PeerList)>| {
             l.map(|(_, l)| PostedList {
                 peers: l.peers,
@@ -440,6 +662,15 @@ impl<C: Chain + 'static> Daemon<C> {
                 tracing::warn!(window = w, policy = kind.interface(), error = %e, "policy failed; a fallback answered");
             }
         }
+        if let Some(e) = &selection.state_reset {
+            self.metrics.policy_state_reset(PolicyKind::PeerSelection.interface());
+            tracing::warn!(
+                window = w,
+                policy = %selection.policy,
+                error = %e,
+                "the peer-selection policy refused its saved state; it was called again with an empty state"
+            );
+        }
         let bounds = Bounds {
             not_before_ms: bounds.value.not_before_ms,
             not_after_ms: bounds.value.not_after_ms,
@@ -448,7 +679,11 @@ impl<C: Chain + 'static> Daemon<C> {
         report.bounds = (bounds.not_before_ms, bounds.not_after_ms);
         report.selected = selection.peers.clone();
         report.chain = started.elapsed();
-        tracing::info!(window = w, peers = ?selection.peers, note = %selection.note, "peers selected");
+        if selection.peers.is_empty() {
+            tracing::warn!(window = w, note = %selection.note, "the peer-selection policy selected no peers");
+        } else {
+            tracing::info!(window = w, peers = ?selection.peers, note = %selection.note, "peers selected");
+        }
 
         // Gather.
         let started = Instant::now();
@@ -517,21 +752,31 @@ impl<C: Chain + 'static> Daemon<C> {
         };
         let started = Instant::now();
         let len = bytes.len() as u64;
-        put(self.output.as_ref(), key.as_ref(), bytes.into(), &PutOptions::default())
-            .await
-            .map_err(|e| DaemonError::Storage(e.to_string()))?;
+        // A put cut by the timeout is dropped mid-way: a single PUT never completes, a multipart upload is never
+        // completed (and expires with the bucket's lifecycle rules): the object is complete or absent.
+        tokio::time::timeout(
+            storage,
+            put(self.output.as_ref(), key.as_ref(), bytes.into(), &PutOptions::default()),
+        )
+        .await
+        .map_err(|_| DaemonError::Storage(format!("{key}: put not done within {storage:?}")))?
+        .map_err(|e| DaemonError::Storage(e.to_string()))?;
         report.put = started.elapsed();
         report.output_bytes = len;
         report.result = WindowResult::Stored;
-        if let Err(e) = delete_old_aggregates(
+        let retention = delete_old_aggregates(
             self.output.as_ref(),
             &cfg.version,
             w.saturating_sub(cfg.retention_windows),
-        )
-        .await
-        {
+        );
+        let failed = match tokio::time::timeout(storage, retention).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {storage:?}")),
+        };
+        if let Some(error) = failed {
             self.metrics.error("retention");
-            tracing::warn!(window = w, error = %e, "retention");
+            tracing::warn!(window = w, %error, "retention");
         }
         Ok((report, next))
     }

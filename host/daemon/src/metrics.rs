@@ -51,6 +51,8 @@ pub struct Metrics {
     lag: Gauge,
     output_bytes: Counter,
     head: Gauge,
+    retry_queue: Gauge,
+    policy_state_resets: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -76,6 +78,8 @@ impl Metrics {
             lag: Gauge::default(),
             output_bytes: Counter::default(),
             head: Gauge::default(),
+            retry_queue: Gauge::default(),
+            policy_state_resets: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,6 +126,16 @@ impl Metrics {
         registry.register("lag_windows", "Closed windows not processed yet", m.lag.clone());
         registry.register("output_bytes", "Bytes of aggregates stored", m.output_bytes.clone());
         registry.register("head_block", "The newest chain head seen", m.head.clone());
+        registry.register(
+            "retry_queue_windows",
+            "Failed windows waiting for a retry (redone while within max_backfill of the newest closed window)",
+            m.retry_queue.clone(),
+        );
+        registry.register(
+            "policy_state_resets",
+            "Policy calls repeated with an empty state because every policy refused the saved one, by slot",
+            m.policy_state_resets.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -180,6 +194,16 @@ impl Metrics {
     /// Sets the newest head.
     pub fn head(&self, block: u64) {
         self.head.set(block as i64);
+    }
+
+    /// Sets the number of windows waiting for a retry.
+    pub fn retry_queue(&self, windows: usize) {
+        self.retry_queue.set(windows as i64);
+    }
+
+    /// Counts a policy state reset.
+    pub fn policy_state_reset(&self, slot: &str) {
+        self.policy_state_resets.get_or_create(&l(slot)).inc();
     }
 
     /// The text exposition.

@@ -404,9 +404,12 @@ impl Network {
             pool,
         });
 
-        // The first simulated window starts after the present one; the leader posts its list for it.
+        // The first simulated window starts after the present one; the leader posts its list for it. A daemon starts
+        // after window `first - 1` (see `seed_daemon_state`), so that window must be open already: a state may not
+        // claim a window the chain has not reached.
         let first = (devnet.head() / bpw + 1).max(2);
         let last = first + options.windows - 1;
+        wait_for_block(&devnet, (first - 1) * bpw).await;
         let leader = clients.get(&world.writer_buckets[&LEADER_UID])?;
         // Two lists, as a validator that has been running a while has: a starting aggregator takes the previous one
         // (templar-default, spec §4.4), later ones switch at their first effective window.
@@ -528,6 +531,7 @@ impl Network {
             model: options.model.clone(),
             state_dir: self.data_dir.join("state"),
             max_backfill: options.windows + 2,
+            retention_windows: (options.windows + 2).max(100),
             peer_endpoint: endpoint_string(&self.endpoint),
             output: OutputBucket {
                 endpoint: endpoint_string(&self.output.endpoint),
@@ -564,6 +568,15 @@ impl Network {
             devnet.shutdown().await;
         }
     }
+
+    /// Stops the miners where they are (a simulation that ended early) and the devnet.
+    pub async fn abort(self) {
+        self.miners.abort();
+        let _ = self.miners.await;
+        if let Ok(devnet) = Arc::try_unwrap(self.devnet) {
+            devnet.shutdown().await;
+        }
+    }
 }
 
 /// Runs a simulation to its end.
@@ -574,7 +587,11 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
         }
     };
     let network = Network::start(&options).await?;
-    let (first, bpw) = (network.first_window, options.blocks_per_window as u64);
+    let (first, last, bpw) = (
+        network.first_window,
+        network.last_window,
+        options.blocks_per_window as u64,
+    );
     network.seed_daemon_state()?;
     let config = network.daemon_config();
     let output = network.output.clone();
@@ -590,14 +607,21 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
         stop_rx,
         Some(report_tx),
     );
+    // Every way out of the collector (all windows reported, the daemon gone, a validator error, no report in time)
+    // signals the daemon to stop, and what was collected is kept and printed.
     let collect = async {
         let mut reports = Vec::new();
         let started = Instant::now();
         let deadline = Duration::from_secs(120 + 4 * bpw * options.block_time.as_secs().max(1));
+        let mut error = None;
         while reports.len() < options.windows as usize {
             match tokio::time::timeout(deadline, report_rx.recv()).await {
                 Ok(Some(r)) => {
-                    if r.window < first {
+                    // Only the simulated windows, one report each (a window is reported once, when it ends).
+                    if r.window < first
+                        || r.window > last
+                        || reports.iter().any(|p: &WindowReport| p.window == r.window)
+                    {
                         continue;
                     }
                     say(format!(
@@ -610,13 +634,18 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
                         (r.gather + r.process + r.put).as_secs_f64(),
                         started.elapsed().as_secs_f64()
                     ));
-                    validator.on_window(&r).await?;
                     reports.push(r);
+                    // A retried window can be reported after newer ones; the validator applies them in order.
+                    let validated = validator.catch_up(&reports).await;
+                    if let Err(e) = validated {
+                        error = Some(sim_err(format!("the simulated validator: {e}")));
+                        break;
+                    }
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    let _ = stop_tx.send(true);
-                    return Err(sim_err(format!("no window report within {deadline:?}")));
+                    error = Some(sim_err(format!("no window report within {deadline:?}")));
+                    break;
                 }
             }
         }
@@ -625,14 +654,19 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
             None => String::new(),
         };
         let _ = stop_tx.send(true);
-        Ok((reports, metrics_text))
+        (reports, metrics_text, error)
     };
-    let (daemon_result, collected) = tokio::join!(daemon, collect);
-    daemon_result?;
-    let (reports, metrics_text) = collected?;
-    if reports.len() < options.windows as usize {
-        return Err(sim_err("the daemon stopped before every window was processed"));
-    }
+    let (daemon_result, (mut reports, metrics_text, collect_error)) = tokio::join!(daemon, collect);
+    reports.sort_by_key(|r| r.window);
+    let error = match (daemon_result, collect_error) {
+        (Err(e), _) | (Ok(()), Some(e)) => Some(e),
+        (Ok(()), None) if reports.len() < options.windows as usize => Some(sim_err(format!(
+            "the daemon stopped after {} of {} windows",
+            reports.len(),
+            options.windows
+        ))),
+        (Ok(()), None) => None,
+    };
     let outcome = SimOutcome {
         data_dir: network.data_dir.clone(),
         first_window: first,
@@ -643,11 +677,21 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
         metrics_text,
         validator_dir: validator.dir.clone(),
     };
-    network.stop().await;
+    if error.is_some() {
+        network.abort().await;
+    } else {
+        network.stop().await;
+    }
     if options.verbose {
         print_table(&outcome);
     }
-    Ok(outcome)
+    match error {
+        Some(e) => {
+            say(format!("sim: stopped early: {e}"));
+            Err(e)
+        }
+        None => Ok(outcome),
+    }
 }
 
 /// `GET /metrics` over plain HTTP/1.0 (the simulator's own check; a tiny client, not worth a dependency).
@@ -740,6 +784,14 @@ impl Validator {
             first,
             lose: options.lose.clone(),
         })
+    }
+
+    /// Applies every reported window that follows the last applied one, in order.
+    async fn catch_up(&mut self, reports: &[WindowReport]) -> Result<(), DaemonError> {
+        while let Some(r) = reports.iter().find(|r| r.window == self.ckpt.window + 1) {
+            self.on_window(r).await?;
+        }
+        Ok(())
     }
 
     async fn on_window(&mut self, r: &WindowReport) -> Result<(), DaemonError> {

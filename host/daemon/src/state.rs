@@ -17,7 +17,14 @@ pub struct PersistedState {
     pub current_peers: Vec<u16>,
     /// The peer-selection policy's opaque state, hex.
     pub selection_state: String,
+    /// Windows that failed and wait for a retry, oldest first (redone while inside `max_backfill` of the newest
+    /// closed window).
+    #[serde(default)]
+    pub retry: Vec<u64>,
 }
+
+/// Most windows a state file may list for retry (far above any `max_backfill` in use).
+pub const MAX_RETRY_WINDOWS: usize = 10_000;
 
 /// The state file in a directory.
 #[derive(Debug, Clone)]
@@ -49,6 +56,15 @@ impl StateFile {
         let text = std::fs::read_to_string(&self.path).map_err(|e| err(e.to_string()))?;
         let state: PersistedState = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         hex::decode(&state.selection_state).map_err(|e| err(format!("selection_state: {e}")))?;
+        if state.retry.len() > MAX_RETRY_WINDOWS {
+            return Err(err(format!(
+                "retry: {} windows (at most {MAX_RETRY_WINDOWS})",
+                state.retry.len()
+            )));
+        }
+        if !state.retry.is_sorted_by(|a, b| a < b) {
+            return Err(err("retry: windows must be increasing".into()));
+        }
         Ok(state)
     }
 
@@ -79,11 +95,33 @@ mod tests {
             last_processed: Some(41),
             current_peers: vec![1, 2],
             selection_state: "01ff".into(),
+            retry: vec![38, 40],
         };
         f.save(&s).unwrap();
         assert_eq!(f.load().unwrap(), s);
         std::fs::write(dir.join("state.json"), "{\"last_processed\": ").unwrap();
         assert!(f.load().unwrap_err().to_string().contains("state.json"));
+        // A state file from before the retry queue still loads.
+        std::fs::write(
+            dir.join("state.json"),
+            r#"{"last_processed": 7, "current_peers": [], "selection_state": ""}"#,
+        )
+        .unwrap();
+        assert_eq!(f.load().unwrap().last_processed, Some(7));
+        for (text, needle) in [
+            (
+                r#"{"last_processed": 7, "current_peers": [], "selection_state": "zz"}"#,
+                "selection_state",
+            ),
+            (
+                r#"{"last_processed": 7, "current_peers": [], "selection_state": "", "retry": [5, 5]}"#,
+                "retry",
+            ),
+        ] {
+            std::fs::write(dir.join("state.json"), text).unwrap();
+            let e = f.load().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -39,6 +39,16 @@ pub enum PolicyError {
         /// The failure.
         reason: String,
     },
+    /// The component refuses the operator's policy settings (its golden input fails with them as its config).
+    #[error("policy {policy} ({interface}) refuses the [policy.settings]: {reason}")]
+    Settings {
+        /// `name version`.
+        policy: String,
+        /// The policy interface.
+        interface: &'static str,
+        /// Its error, which names the setting.
+        reason: String,
+    },
     /// The component failed on one of the host's golden inputs.
     #[error("{origin}: golden input {case}: {reason}")]
     Golden {

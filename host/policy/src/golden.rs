@@ -94,3 +94,50 @@ pub(crate) fn check(engine: &PolicyEngine, l: &Loaded) -> Result<(), PolicyError
     }
     Ok(())
 }
+
+/// Runs `kind`'s golden input with the operator's `settings` as its config: a policy that refuses them (a value it
+/// cannot parse) would fail every call, so it is refused at load time, naming the policy and its reason.
+pub(crate) fn check_settings(
+    engine: &PolicyEngine,
+    l: &Loaded,
+    kind: PolicyKind,
+    settings: &[(String, String)],
+) -> Result<(), PolicyError> {
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let result = match kind {
+        PolicyKind::PeerSelection => engine
+            .select(
+                l,
+                &SelectionInput {
+                    config: settings.to_vec(),
+                    ..selection_input(256)
+                },
+            )
+            .map(drop),
+        PolicyKind::TimeBounds => engine
+            .bounds(
+                l,
+                &BoundsInput {
+                    config: settings.to_vec(),
+                    ..bounds_input()
+                },
+            )
+            .map(drop),
+        PolicyKind::CatchupVerification => engine
+            .verify(
+                l,
+                &VerifyInput {
+                    config: settings.to_vec(),
+                    ..verify_input()
+                },
+            )
+            .map(drop),
+    };
+    result.map_err(|e| PolicyError::Settings {
+        policy: l.label(),
+        interface: kind.interface(),
+        reason: e.to_string(),
+    })
+}

@@ -57,6 +57,8 @@ pub struct Outcome<R> {
     pub logs: Vec<PolicyLog>,
     /// Fuel used.
     pub fuel_used: u64,
+    /// When every policy refused the saved `state` and the call was made again with an empty one: the refusal.
+    pub state_reset: Option<PolicyError>,
 }
 
 /// What happened to a watched component.
@@ -133,6 +135,7 @@ impl Slot {
             fallback,
             logs: c.logs,
             fuel_used: c.fuel_used,
+            state_reset: None,
         };
         let current = self.current.load_full();
         let error = match f(&current) {
@@ -167,7 +170,8 @@ pub struct Policies {
 
 impl Policies {
     /// Loads the embedded default and every configured component. A configured component that fails to load is an
-    /// error: the operator asked for it.
+    /// error: the operator asked for it. So is one that fails its golden inputs with the operator's settings (a
+    /// setting it cannot parse, say): it would fail every call.
     pub fn new(engine: PolicyEngine, config: PolicyConfig) -> Result<Self, PolicyError> {
         let default = engine.load(EMBEDDED_DEFAULT, "embedded:templar-default")?;
         let mut slots = Vec::new();
@@ -187,6 +191,7 @@ impl Policies {
                     (loaded, Some(hex(&Sha256::digest(&wasm))))
                 }
             };
+            crate::golden::check_settings(&engine, &current, kind, &config.settings)?;
             slots.push(Slot {
                 kind,
                 current: ArcSwap::new(current),
@@ -222,11 +227,26 @@ impl Policies {
         self.slot(kind).current.load_full()
     }
 
-    /// Selects the peers for a window (the operator settings replace `input.config`).
+    /// Selects the peers for a window (the operator settings replace `input.config`). When every policy fails with
+    /// a non-empty saved `state` (one a new policy version does not recognise, say), the call is made once more with
+    /// an empty state, so that a bad state cannot fail every window; the outcome then names the refusal in
+    /// `state_reset`.
     pub fn select_peers(&self, mut input: SelectionInput) -> Result<Outcome<Selection>, PolicyError> {
         input.config = self.settings.clone();
-        self.slot(PolicyKind::PeerSelection)
-            .call(|l| self.engine.select(l, &input))
+        let slot = self.slot(PolicyKind::PeerSelection);
+        match slot.call(|l| self.engine.select(l, &input)) {
+            Err(refused) if !input.state.is_empty() => {
+                input.state.clear();
+                match slot.call(|l| self.engine.select(l, &input)) {
+                    Ok(mut outcome) => {
+                        outcome.state_reset = Some(refused);
+                        Ok(outcome)
+                    }
+                    Err(_) => Err(refused),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Computes a window's upload time bounds.
@@ -255,14 +275,14 @@ impl Policies {
             }
             *lock(&slot.seen_hash) = Some(hash);
             let result = self.engine.load(&wasm, &path.display().to_string()).and_then(|l| {
-                if l.provides(slot.kind) {
-                    Ok(l)
-                } else {
-                    Err(PolicyError::NotProvided {
+                if !l.provides(slot.kind) {
+                    return Err(PolicyError::NotProvided {
                         policy: l.label(),
                         interface: slot.kind.interface(),
-                    })
+                    });
                 }
+                crate::golden::check_settings(&self.engine, &l, slot.kind, &self.settings)?;
+                Ok(l)
             });
             match result {
                 Ok(loaded) => {

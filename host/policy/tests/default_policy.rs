@@ -296,3 +296,60 @@ fn catch_up_metrics_and_verdict() {
     let mismatch = common::engine().verify(&default(), &input(vec![s(3, &[1.0, 2.0], &[1.0])], lr, vec![]));
     assert!(matches!(mismatch, Err(PolicyError::Rejected { message, .. }) if message.contains("#3")));
 }
+
+#[test]
+fn a_saved_state_every_policy_refuses_is_dropped_for_that_call_and_named() {
+    use aggregator_policy::{Policies, PolicyConfig};
+    let policies = Policies::new(common::engine().clone(), PolicyConfig::default()).unwrap();
+    let input = SelectionInput {
+        chain: chain(100),
+        neurons: vec![],
+        current: vec![],
+        latest: Some(list(&[4, 5], 101)),
+        previous: Some(list(&[1, 2], 99)),
+        state: vec![0xde, 0xad, 0xbe, 0xef],
+        config: vec![],
+    };
+    let out = policies.select_peers(input.clone()).unwrap();
+    assert_eq!(out.value.peers, [1, 2], "{}", out.value.note);
+    let refused = out.state_reset.expect("the state was reset").to_string();
+    assert!(
+        refused.contains("state of 4 bytes is not templar-default's"),
+        "{refused}"
+    );
+    // A state the policy reads is kept, and nothing is reset.
+    let again = policies
+        .select_peers(SelectionInput {
+            state: out.value.state,
+            current: out.value.peers,
+            ..input
+        })
+        .unwrap();
+    assert!(again.state_reset.is_none());
+}
+
+#[test]
+fn settings_a_policy_cannot_parse_refuse_it_at_load_time() {
+    use aggregator_policy::{Policies, PolicyConfig};
+    for (key, value, interface) in [
+        ("time_window_delta_seconds", "abc", "time-bounds"),
+        ("time_window_delta_seconds", "-100", "time-bounds"),
+        ("peer_replacement_frequency", "often", "peer-selection"),
+        ("sync_max_steps_behind", "x", "catchup-verification"),
+    ] {
+        let config = PolicyConfig {
+            settings: vec![(key.into(), value.into())],
+            ..Default::default()
+        };
+        let e = Policies::new(common::engine().clone(), config)
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value:?} was accepted"))
+            .to_string();
+        assert!(e.contains(key) && e.contains(value) && e.contains(interface), "{e}");
+    }
+    let fine = PolicyConfig {
+        settings: vec![("time_window_delta_seconds".into(), "4".into())],
+        ..Default::default()
+    };
+    Policies::new(common::engine().clone(), fine).unwrap();
+}

@@ -85,9 +85,12 @@ fn misbehaving_calls_are_contained_and_fall_back_to_the_default() {
         };
         let policies = Policies::new(common::engine().clone(), config).unwrap();
         assert_eq!(policies.current(PolicyKind::PeerSelection).name, "hostile");
+        // A window after start-up: the policy has peers, and misbehaves.
+        let mut input = selection_input(256);
+        input.current = vec![1, 2, 3];
         let t = Instant::now();
         let out = policies
-            .select_peers(selection_input(256))
+            .select_peers(input)
             .unwrap_or_else(|e| panic!("{mode}: no fallback: {e}"));
         let took = t.elapsed();
         let cause = out

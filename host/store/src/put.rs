@@ -1,5 +1,8 @@
 //! Writing the server's own objects, retention, and reading the leader's posted lists.
 
+use std::future::Future;
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -141,8 +144,34 @@ async fn get_small(store: &dyn ObjectStore, path: &Path) -> Result<Option<Bytes>
     r.bytes().await.map(Some).map_err(|e| err(e.to_string()))
 }
 
-/// The leader's newest and previous peer lists (`peers_{N}_v{V}.json`, by `N`), each with its `N`.
+/// The leader's newest and previous peer lists (`peers_{N}_v{V}.json`, by `N`), each with its `N`; the listing and
+/// both reads together take at most `timeout` (a bucket that accepts connections and never answers is an error
+/// after it, not a stall).
 pub async fn posted_lists(
+    store: &dyn ObjectStore,
+    version: &str,
+    timeout: Duration,
+) -> Result<(Option<(u64, PeerList)>, Option<(u64, PeerList)>), StoreError> {
+    within(store, "peers_*", timeout, read_posted_lists(store, version)).await
+}
+
+/// Fails with the bucket and key after `timeout`.
+async fn within<T>(
+    store: &dyn ObjectStore,
+    key: &str,
+    timeout: Duration,
+    f: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| {
+        Err(StoreError::Object {
+            bucket: format!("{store}"),
+            key: key.to_string(),
+            reason: format!("no answer within {timeout:?}"),
+        })
+    })
+}
+
+async fn read_posted_lists(
     store: &dyn ObjectStore,
     version: &str,
 ) -> Result<(Option<(u64, PeerList)>, Option<(u64, PeerList)>), StoreError> {
@@ -162,10 +191,14 @@ pub async fn posted_lists(
     Ok((it.next(), it.next()))
 }
 
-/// The leader's `start_window_v{V}.json`, if present.
-pub async fn start_window(store: &dyn ObjectStore, version: &str) -> Result<Option<i64>, StoreError> {
+/// The leader's `start_window_v{V}.json`, if present, read within `timeout`.
+pub async fn start_window(
+    store: &dyn ObjectStore,
+    version: &str,
+    timeout: Duration,
+) -> Result<Option<i64>, StoreError> {
     let path = Path::from(format!("start_window_v{version}.json"));
-    match get_small(store, &path).await? {
+    match within(store, path.as_ref(), timeout, get_small(store, &path)).await? {
         None => Ok(None),
         Some(b) => StartWindow::from_json(&b)
             .map(|s| Some(s.start_window))

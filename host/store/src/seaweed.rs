@@ -76,9 +76,12 @@ pub struct BucketAccess {
     pub reader: Option<(String, String)>,
 }
 
-/// A running `weed mini`; killed (and its data removed) on drop.
+/// A running `weed mini`; killed (and its data removed) on drop. It can be stopped and started again on the same
+/// ports with the same data, as an outage.
 pub struct SeaweedFs {
-    child: Child,
+    child: Option<Child>,
+    command: Vec<std::ffi::OsString>,
+    first_bucket: String,
     dir: PathBuf,
     endpoint: String,
 }
@@ -105,9 +108,7 @@ impl SeaweedFs {
             .map_err(|e| setup(e.to_string()))?;
         let (s3, master, volume, filer, admin) = (free_port()?, free_port()?, free_port()?, free_port()?, free_port()?);
         let names: Vec<&str> = buckets.iter().map(|b| b.name.as_str()).collect();
-        let log = File::create(dir.join("weed.log")).map_err(|e| setup(e.to_string()))?;
-        let stderr = log.try_clone().map_err(|e| setup(e.to_string()))?;
-        let child = Command::new(weed)
+        let command: Vec<std::ffi::OsString> = Command::new(weed)
             .arg("mini")
             .arg(format!("-dir={}", dir.join("data").display()))
             .args([
@@ -129,17 +130,51 @@ impl SeaweedFs {
             .arg(format!("-admin.port={admin}"))
             .arg(format!("-s3.config={}", config.display()))
             .arg(format!("-bucket={}", names.join(",")))
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .map_err(|e| setup(format!("{}: {e}", weed.display())))?;
-        let sw = SeaweedFs {
-            child,
+            .get_args()
+            .map(|a| a.to_os_string())
+            .collect();
+        let mut sw = SeaweedFs {
+            child: None,
+            command: std::iter::once(weed.as_os_str().to_os_string())
+                .chain(command)
+                .collect(),
+            first_bucket: names.first().copied().unwrap_or("ready").to_string(),
             dir: dir.to_path_buf(),
             endpoint: format!("http://127.0.0.1:{s3}"),
         };
-        sw.wait_ready(names.first().copied().unwrap_or("ready")).await?;
+        sw.resume().await?;
         Ok(sw)
+    }
+
+    /// Kills the server (SIGKILL), keeping its data: an outage until [`SeaweedFs::resume`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again (a no-op while it runs) on the same ports with the same data, and waits until it
+    /// answers.
+    pub async fn resume(&mut self) -> Result<(), StoreError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("weed.log"))
+            .map_err(|e| setup(e.to_string()))?;
+        let stderr = log.try_clone().map_err(|e| setup(e.to_string()))?;
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .map_err(|e| setup(format!("{:?}: {e}", self.command[0])))?;
+        self.child = Some(child);
+        let first = self.first_bucket.clone();
+        self.wait_ready(&first).await
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -178,8 +213,7 @@ impl SeaweedFs {
 
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

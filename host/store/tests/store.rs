@@ -364,11 +364,15 @@ async fn put_large_and_retention(b: &dyn Backend) {
         StartWindow { start_window: 7 }.to_json(),
     )
     .await;
-    let (latest, previous) = aggregator_store::posted_lists(store.as_ref(), VERSION).await.unwrap();
+    let (latest, previous) = aggregator_store::posted_lists(store.as_ref(), VERSION, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(latest.map(|(w, l)| (w, l.peers)), Some((100, vec![1, 2])));
     assert_eq!(previous.map(|(w, l)| (w, l.peers)), Some((99, vec![2, 3])));
     assert_eq!(
-        aggregator_store::start_window(store.as_ref(), VERSION).await.unwrap(),
+        aggregator_store::start_window(store.as_ref(), VERSION, Duration::from_secs(30))
+            .await
+            .unwrap(),
         Some(7)
     );
 }
@@ -381,4 +385,40 @@ async fn put_retention_and_lists_on_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_retention_and_lists_on_a_local_directory() {
     put_large_and_retention(&local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posted_lists_and_start_window_from_an_unanswering_bucket_end_at_their_timeout() {
+    // Accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let bucket = Bucket {
+        endpoint: Endpoint::Url(format!("http://{addr}")),
+        name: "leader".into(),
+        access_key_id: "k".into(),
+        secret: "s".into(),
+    };
+    let store = Clients::new(ClientSettings::default()).get(&bucket).unwrap();
+    let limit = Duration::from_millis(1500);
+    let started = std::time::Instant::now();
+    let e = aggregator_store::posted_lists(store.as_ref(), VERSION, limit)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no answer within") && e.contains("peers_"), "{e}");
+    let e = aggregator_store::start_window(store.as_ref(), VERSION, limit)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no answer within") && e.contains("start_window_v0.2.73.json"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }

@@ -17,11 +17,15 @@ fn archive(pickle: &[u8]) -> Vec<u8> {
     let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     w.start_file("f/data.pkl", opts).unwrap();
     w.write_all(pickle).unwrap();
+    w.start_file("f/byteorder", opts).unwrap();
+    w.write_all(b"little").unwrap();
     for key in 0..48 {
-        // Storages of 256 bytes: enough for any tensor of the tiny model's gradients (4 x 32 x 2 bytes).
+        // Storages of 1 KiB: enough for any tensor of the tiny model's gradients (4 x 32 x 4 bytes).
         w.start_file(format!("f/data/{key}"), opts).unwrap();
         w.write_all(&[(key as u8).wrapping_mul(37); 1024]).unwrap();
     }
+    w.start_file("f/version", opts).unwrap();
+    w.write_all(b"3\n").unwrap();
     w.finish().unwrap().into_inner()
 }
 

@@ -1,4 +1,5 @@
-//! A peer selector that passes its checks, then misbehaves when its config says `misbehave = …`.
+//! A peer selector that passes its checks, then misbehaves when its config says `misbehave = …` and it already has
+//! peers (`current` is not empty): the host's golden inputs (start-up, no peers yet) never show it, real windows do.
 
 wit_bindgen::generate!({ path: "../../../../../wit", world: "peer-selector" });
 
@@ -35,7 +36,7 @@ impl PeerSelection for Hostile {
         let mode = input
             .config
             .iter()
-            .find(|(k, _)| k == "misbehave")
+            .find(|(k, _)| k == "misbehave" && !input.current.is_empty())
             .map(|(_, v)| v.as_str())
             .unwrap_or("");
         match mode {
