@@ -5,17 +5,28 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "build/wasm_target.rs"]
+mod wasm_target;
+
 /// The components this crate embeds: (package, wasm file stem, env var the crate reads).
 const COMPONENTS: [(&str, &str, &str); 2] = [
     ("templar-default", "templar_default", "TEMPLAR_DEFAULT_WASM"),
     ("example-rotation", "example_rotation", "EXAMPLE_ROTATION_WASM"),
 ];
 
+/// The target the components are built for.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
 fn main() {
+    // First, and in well under a second: is the target's standard library installed? Machines that set
+    // `RUSTUP_AUTO_INSTALL=0` install the pinned toolchain without the targets `rust-toolchain.toml` lists, and the
+    // nested build below would otherwise fail only after the whole dependency graph has compiled.
+    check_wasm_target();
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest.join("../..");
     let components = root.join("components");
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rerun-if-changed=build/wasm_target.rs");
     for p in ["Cargo.toml", "Cargo.lock", "templar-default", "example-rotation"] {
         println!("cargo:rerun-if-changed={}", components.join(p).display());
     }
@@ -68,5 +79,17 @@ fn main() {
         let wasm = target_dir.join("wasm32-wasip2/release").join(format!("{stem}.wasm"));
         assert!(Path::new(&wasm).is_file(), "{} was not built", wasm.display());
         println!("cargo:rustc-env={var}={}", wasm.display());
+    }
+}
+
+/// Fails the build at once, naming the one command that fixes it, when the wasm32-wasip2 standard library is not
+/// installed for the toolchain that builds this crate.
+fn check_wasm_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    if let Some(error) = wasm_target::missing_target(&rustc, WASM_TARGET, toolchain.as_deref()) {
+        // cargo shows a failed build script's stderr; one line, so it is the first thing read.
+        eprintln!("{error}");
+        std::process::exit(1);
     }
 }

@@ -89,6 +89,11 @@ pub fn check_finite(field: &'static str, vals: &[f32]) -> Result<(), KernelError
 /// Deterministic by construction: squares are summed in f64 over 8 fixed lanes (element `e` into lane `e % 8`),
 /// the lanes are added in a fixed tree, and the square root is rounded once to f32. The result is independent of
 /// thread count and ISA, and is the correctly rounded norm for all practical inputs.
+///
+/// Overflow follows the reference, which sums the squares in float32 (`torch.norm` of a float32 tensor): where the
+/// sum of squares is past `f32::MAX` the norm is `inf` (so Templar's normalised values are all ±0), although the f64
+/// sum is finite. (A sum within float32 rounding of `f32::MAX` may round either way in the reference, depending on
+/// its summation order; the sum of squares here is compared once, rounded to f32.)
 pub fn l2_norm(vals: &[f32]) -> f32 {
     let mut lanes = [0f64; 8];
     let mut chunks = vals.chunks_exact(8);
@@ -101,6 +106,9 @@ pub fn l2_norm(vals: &[f32]) -> f32 {
         *l += v as f64 * v as f64;
     }
     let s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    if (s as f32).is_infinite() {
+        return f32::INFINITY;
+    }
     s.sqrt() as f32
 }
 
@@ -169,4 +177,27 @@ pub fn usable<'a>(layout: &ParamLayout, peers: &[Contribution<'a>]) -> Result<Ve
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn norm_overflows_where_a_float32_sum_of_squares_does() {
+        // One square past f32::MAX, and a sum past it with every square finite: inf, as torch.norm in float32.
+        assert_eq!(l2_norm(&[2e19, 0.0]), f32::INFINITY);
+        assert_eq!(l2_norm(&[4e18; 32]), f32::INFINITY);
+        // Large but representable: the correctly rounded norm.
+        assert_eq!(l2_norm(&[1e18; 32]), (32f64.sqrt() * 1e18) as f32);
+        // Squares that underflow float32 still give their (tiny) norm, which the +1e-8 then swamps.
+        assert!(l2_norm(&[1e-30; 4]) > 0.0);
+        let mut out = vec![0.0; 3];
+        normalise_into(&[4e18, -3e19, 0.5], &mut out);
+        assert_eq!(out, [0.0, -0.0, 0.0]);
+        assert!(
+            out[1].is_sign_negative() && out[0].is_sign_positive(),
+            "v / inf keeps the sign"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use aggregator_codec::{Gradient, GradientMetadata, SparseParam};
 use aggregator_kernels::Cpu;
 use aggregator_model::ModelSpec;
 use aggregator_store::seaweed::{BucketAccess, SeaweedFs, install};
-use aggregator_store::{Bounds, Bucket, ClientSettings, Clients, GatherOptions, PeerRequest, gradient_key};
+use aggregator_store::{Bounds, Bucket, ClientSettings, Clients, GatherOptions, PeerRequest, keys};
 use anyhow::{Context, bail};
 use object_store::ObjectStoreExt;
 
@@ -94,7 +94,7 @@ async fn run(args: GatherArgs, model: Arc<ModelSpec>) -> anyhow::Result<()> {
         };
         let bytes = g.to_bytes(&model)?;
         file_bytes = bytes.len() as u64;
-        let key = gradient_key(WINDOW, p as u16, VERSION);
+        let key = keys::gradient(WINDOW, p as u16, VERSION);
         clients
             .get(bucket)?
             .put(&key.as_str().into(), bytes.into())
@@ -136,8 +136,8 @@ async fn run(args: GatherArgs, model: Arc<ModelSpec>) -> anyhow::Result<()> {
         let gathered =
             aggregator_store::gather(&clients, WINDOW, VERSION, &peers, bounds, model.clone(), &options).await;
         let (wall, cpu_s) = (t0.elapsed(), (usage().cpu - u0.cpu).as_secs_f64());
-        if let Some(bad) = gathered.iter().find(|g| g.outcome.label() != "ok") {
-            bail!("peer {} was not gathered: {:?}", bad.uid, bad.outcome.label());
+        if let Some((uid, Err(reason))) = gathered.iter().map(|g| (g.uid, &g.outcome)).find(|(_, o)| o.is_err()) {
+            bail!("peer {uid} was not gathered: {reason}");
         }
         let total: u64 = gathered.iter().map(|g| g.bytes).sum();
         drop(gathered);

@@ -243,7 +243,7 @@ pub fn bench(args: BenchCatchupArgs) -> anyhow::Result<()> {
         let bytes = agg.to_bytes()?;
         rt.block_on(put(
             store.as_ref(),
-            &format!("aggregator-{w}-v0.2.73.pt"),
+            &aggregator_store::keys::aggregate(w, "0.2.73"),
             bytes.into(),
             &PutOptions::default(),
         ))?;

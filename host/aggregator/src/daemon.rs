@@ -68,8 +68,14 @@ pub struct RunArgs {
     /// Time-bounds component (.wasm).
     #[arg(long, env = "AGGREGATOR_TIME_BOUNDS")]
     time_bounds: Option<String>,
-    /// Policy setting `key=value` (repeatable), e.g. time_window_delta_seconds=10.
-    #[arg(long = "policy-setting", value_name = "KEY=VALUE")]
+    /// Policy setting `key=value` (repeatable; the environment variable takes `k=v,k2=v2`), e.g.
+    /// time_window_delta_seconds=10.
+    #[arg(
+        long = "policy-setting",
+        value_name = "KEY=VALUE",
+        env = "AGGREGATOR_POLICY_SETTINGS",
+        value_delimiter = ','
+    )]
     policy_settings: Vec<String>,
     /// Catch-up verification component (.wasm).
     #[arg(long, env = "AGGREGATOR_CATCHUP_VERIFICATION")]
@@ -86,9 +92,14 @@ pub struct RunArgs {
     /// Bound on each output-bucket call and on reading the leader's posted lists, in seconds.
     #[arg(long, env = "AGGREGATOR_STORAGE_TIMEOUT_S")]
     storage_timeout_s: Option<f64>,
+    /// Validate the configuration (file, flags, environment), print it as TOML with the secret redacted, and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
-fn merge(args: RunArgs) -> anyhow::Result<DaemonConfig> {
+/// The configuration from the file, then the flags and environment variables (clap gives a flag precedence over its
+/// variable), then `device` (the global `--device` / `AGGREGATOR_DEVICE`), validated.
+fn merge(args: &RunArgs, device: Option<crate::DeviceKind>) -> anyhow::Result<DaemonConfig> {
     let mut c = match &args.config {
         Some(p) => {
             DaemonConfig::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
@@ -98,8 +109,8 @@ fn merge(args: RunArgs) -> anyhow::Result<DaemonConfig> {
     };
     macro_rules! set {
         ($($field:ident).+ = $value:expr) => {
-            if let Some(v) = $value {
-                c.$($field).+ = v;
+            if let Some(v) = &$value {
+                c.$($field).+ = v.clone();
             }
         };
     }
@@ -131,19 +142,28 @@ fn merge(args: RunArgs) -> anyhow::Result<DaemonConfig> {
             .with_context(|| format!("--policy-setting {kv:?}: expected KEY=VALUE"))?;
         c.policy.settings.insert(k.trim().to_string(), v.trim().to_string());
     }
+    if let Some(d) = device {
+        c.device = <crate::DeviceKind as clap::ValueEnum>::to_possible_value(&d)
+            .map_or_else(|| c.device.clone(), |v| v.get_name().to_string());
+    }
     c.validate()?;
     Ok(c)
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(args: RunArgs, device: Option<crate::DeviceKind>) -> anyhow::Result<()> {
-    let config = merge(args)?;
-    // Flag or environment first, then the file's `device` (validated by `merge`).
-    let device = match device {
-        Some(d) => d,
-        None => <crate::DeviceKind as clap::ValueEnum>::from_str(&config.device, false)
-            .map_err(|e| anyhow::anyhow!("device {:?}: {e}", config.device))?,
-    };
+    let config = merge(&args, device)?;
+    if args.check_config {
+        let mut shown = config.clone();
+        if !shown.output.secret.is_empty() {
+            shown.output.secret = "<redacted>".into();
+        }
+        print!("{}", shown.to_toml());
+        return Ok(());
+    }
+    // Flag or environment first, then the file's `device` (both in `config.device`, validated by `merge`).
+    let device = <crate::DeviceKind as clap::ValueEnum>::from_str(&config.device, false)
+        .map_err(|e| anyhow::anyhow!("device {:?}: {e}", config.device))?;
     let numeric = device.open()?;
     let output = config.output_bucket(|k| std::env::var(k).ok())?;
     tracing::info!(model = %config.model, netuid = config.netuid, chain = %config.chain_url, output = ?output, "starting");

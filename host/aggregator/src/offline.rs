@@ -81,13 +81,10 @@ pub struct AggregateArgs {
     gradients: Vec<PathBuf>,
 }
 
-/// `(window, uid, version)` from `gradient-{w}-{uid}-v{V}.pt`.
+/// `(window, uid, version)` from a file named as a gradient object.
 fn parse_name(path: &Path) -> Option<(i64, u16, String)> {
-    let name = path.file_name()?.to_str()?;
-    let rest = name.strip_prefix("gradient-")?.strip_suffix(".pt")?;
-    let (w, rest) = rest.split_once('-')?;
-    let (uid, v) = rest.split_once("-v")?;
-    Some((w.parse().ok()?, uid.parse().ok()?, v.to_string()))
+    let (w, uid, v) = aggregator_store::keys::parse_gradient(path.file_name()?.to_str()?)?;
+    Some((i64::try_from(w).ok()?, uid, v.to_string()))
 }
 
 fn read_gradient(
@@ -168,7 +165,15 @@ pub fn aggregate(args: AggregateArgs, device: DeviceKind) -> anyhow::Result<Exit
             return Ok(ExitCode::from(1));
         }
     };
-    let bytes = result.file.to_bytes()?;
+    let Some(file) = &result.file else {
+        eprintln!(
+            "error: window {}: none of the {} selected peers has a valid gradient; no file written",
+            args.window,
+            peers.len()
+        );
+        return Ok(ExitCode::from(1));
+    };
+    let bytes = file.to_bytes()?;
     let tmp = args.out.with_extension("pt.partial");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming to {}", args.out.display()))?;
@@ -177,10 +182,10 @@ pub fn aggregate(args: AggregateArgs, device: DeviceKind) -> anyhow::Result<Exit
         args.out.display(),
         bytes.len(),
         args.window,
-        result.file.params.len(),
+        file.params.len(),
         result.valid_uids,
-        result.file.skipped_uids,
-        result.file.success_rate
+        file.skipped_uids,
+        file.success_rate
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -160,7 +160,9 @@ async fn sigkill_mid_window_then_restart_backfills_once() {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     names.sort();
-    let expected: Vec<String> = (first..=last).map(|w| format!("aggregator-{w}-v0.2.73.pt")).collect();
+    let expected: Vec<String> = (first..=last)
+        .map(|w| aggregator_store::keys::aggregate(w, "0.2.73"))
+        .collect();
     let mut expected_sorted = expected.clone();
     expected_sorted.sort();
     assert_eq!(
@@ -289,7 +291,7 @@ exec "$AGGREGATOR" --log-format json run --config "$CONFIG""#;
         .expect("unshare (util-linux) runs the daemon in its own mount namespace");
     let pid = d.id();
     let store = in_namespace(pid, &full.join("store").join(sim::OUTPUT_BUCKET));
-    let stored = |w: u64| store.join(format!("aggregator-{w}-v0.2.73.pt")).is_file();
+    let stored = |w: u64| store.join(aggregator_store::keys::aggregate(w, "0.2.73")).is_file();
     let started = Instant::now();
     while !stored(first) {
         assert!(
@@ -345,12 +347,14 @@ exec "$AGGREGATOR" --log-format json run --config "$CONFIG""#;
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     names.sort();
-    let mut expected: Vec<String> = (first..=last).map(|w| format!("aggregator-{w}-v0.2.73.pt")).collect();
+    let mut expected: Vec<String> = (first..=last)
+        .map(|w| aggregator_store::keys::aggregate(w, "0.2.73"))
+        .collect();
     expected.sort();
     assert_eq!(names, expected, "one file per window, no partial or temporary file");
     let model = ModelSpec::preset("tiny").unwrap();
     for w in first..=last {
-        let bytes = std::fs::read(store.join(format!("aggregator-{w}-v0.2.73.pt"))).unwrap();
+        let bytes = std::fs::read(store.join(aggregator_store::keys::aggregate(w, "0.2.73"))).unwrap();
         let agg = Aggregate::read(&bytes, Some(&model), &Limits::default()).unwrap();
         assert_eq!((agg.window, agg.success_rate), (w as i64, 1.0), "window {w}");
     }

@@ -206,7 +206,7 @@ pub async fn catch_up(
     for w in ckpt.window + 1..=to {
         let started = Instant::now();
         let lr = config.schedule.lr_at(Schedule::step_of(w, ckpt.start_window));
-        let key = format!("aggregator-{w}-v{}.pt", config.version);
+        let key = aggregator_store::keys::aggregate(w, &config.version);
         let tries = if w == to { config.last_window_tries.max(1) } else { 1 };
         let mut bytes = None;
         for attempt in 1..=tries {
@@ -228,7 +228,7 @@ pub async fn catch_up(
         ckpt.window = w;
         let mut verdict = None;
         if let (Applied::Applied(_), Some(store), Some(policies)) = (&applied, debug, policies) {
-            let key = format!("debug-{w}-{}-v{}.pt", config.leader_uid, config.version);
+            let key = aggregator_store::keys::debug(w, config.leader_uid, &config.version);
             if let Some(b) = get(store, &key, 64 << 20, config.read_timeout).await? {
                 match DebugDict::read(&b, &Limits::default()) {
                     Ok(d) => {

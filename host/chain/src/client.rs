@@ -13,7 +13,7 @@ use subxt::rpcs::client::{ReconnectingRpcClient, RpcClient};
 use subxt::utils::AccountId32;
 use subxt::{OnlineClient, PolkadotConfig};
 
-use crate::metagraph::{Commitments, Metagraph, Neuron};
+use crate::metagraph::{Commitments, DefaultedField, Metagraph, Neuron};
 use crate::{Chain, ChainError};
 
 /// The chain's client type.
@@ -204,14 +204,35 @@ impl Chain for SubtensorClient {
                 .transpose()
                 .map_err(|e| decode_err(what("Incentive"), e))?
                 .unwrap_or_default();
-            // TaoWeight is a fraction of u64::MAX (Subtensor's get_tao_weight); absent on old runtimes.
-            let tao_weight = match at
-                .storage()
-                .try_fetch(storage::<(), u64>("SubtensorModule", "TaoWeight"), ())
-                .await
-            {
-                Ok(Some(v)) => v.decode().map(|w| w as f64 / u64::MAX as f64).unwrap_or(0.0),
-                _ => 0.0,
+            // TaoWeight is a fraction of u64::MAX (Subtensor's get_tao_weight). A runtime without the item (old
+            // runtimes) has weight 0; a failed read is an error (the window is retried), not a silent 0; a value
+            // that does not decode is taken as 0, logged and reported in `defaulted` (the daemon counts it).
+            let mut defaulted = Vec::new();
+            let has_tao_weight = at
+                .metadata_ref()
+                .pallet_by_name("SubtensorModule")
+                .and_then(|p| p.storage())
+                .is_some_and(|s| s.entry_by_name("TaoWeight").is_some());
+            let tao_weight = if has_tao_weight {
+                let fetched = at
+                    .storage()
+                    .try_fetch(storage::<(), u64>("SubtensorModule", "TaoWeight"), ())
+                    .await
+                    .map_err(rpc_err(what("TaoWeight")))?;
+                match fetched.map(|v| v.decode()).transpose() {
+                    Ok(w) => w.map_or(0.0, |w| w as f64 / u64::MAX as f64),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        tracing::warn!(block = number, field = "TaoWeight", %reason, "chain value unreadable; taken as 0");
+                        defaulted.push(DefaultedField {
+                            field: "TaoWeight",
+                            reason,
+                        });
+                        0.0
+                    }
+                }
+            } else {
+                0.0
             };
 
             let at = &at;
@@ -256,6 +277,7 @@ impl Chain for SubtensorClient {
                 netuid,
                 block: number,
                 neurons,
+                defaulted,
             })
         })
         .await

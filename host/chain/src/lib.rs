@@ -21,7 +21,7 @@ use thiserror::Error;
 pub use client::{Client, ClientConfig, SubtensorClient};
 pub use commitment::{CommitmentError, Data, Registration};
 pub use follow::{Backoff, HeadEvent, follow_heads};
-pub use metagraph::{Commitments, Committed, Metagraph, Neuron, SkippedCommitment};
+pub use metagraph::{Commitments, Committed, DefaultedField, Metagraph, Neuron, SkippedCommitment};
 pub use window::{Closed, WindowTracker, sync_block, window_of};
 
 /// Chain read errors; each names what was being read.

@@ -36,6 +36,18 @@ pub struct Metagraph {
     pub block: u64,
     /// Neurons by ascending uid.
     pub neurons: Vec<Neuron>,
+    /// Chain values that were present but unreadable and were taken as their neutral value (already logged by the
+    /// client; the daemon counts them). A failed read is an error instead, never an entry here.
+    pub defaulted: Vec<DefaultedField>,
+}
+
+/// A chain value that could not be decoded and was taken as its neutral value (0), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultedField {
+    /// The storage item (`TaoWeight`).
+    pub field: &'static str,
+    /// The decode error.
+    pub reason: String,
 }
 
 impl Metagraph {
@@ -142,6 +154,7 @@ mod tests {
             netuid: 3,
             block: 1,
             neurons: vec![neuron(0, 5), neuron(1, 9), neuron(2, 9)],
+            defaulted: vec![],
         };
         assert_eq!(m.leader().map(|n| n.uid), Some(1));
         assert!(Metagraph::default().leader().is_none());

@@ -25,5 +25,9 @@ for f in list(src.glob("*.pt")) + list(src.glob("bad/*.pt")):
 PY
 fi
 python3 seeds.py "$target" "corpus/$target"
-exec cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=256 -timeout=10 \
+# ASan keeps up to 256 MB of freed memory resident (its quarantine), which counts against -rss_limit_mb and after a
+# minute or two trips it with no input at fault (the fuzzer's own bookkeeping then allocates past the limit). A small
+# quarantine keeps the RSS limit about what one input costs; -malloc_limit_mb catches any single large allocation.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=16}"
+exec cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=256 -malloc_limit_mb=256 -timeout=10 \
   -print_final_stats=1

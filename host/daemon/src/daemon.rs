@@ -20,10 +20,10 @@ use aggregator_policy::bindings::exports::templar::policy::time_bounds::BoundsIn
 use aggregator_policy::bindings::templar::policy::types::{ChainView, Neuron, PostedList};
 use aggregator_policy::{Policies, PolicyConfig, PolicyEngine, PolicyKind, PolicyLimits};
 use aggregator_store::{
-    Bounds, Bucket, ClientSettings, Clients, GatherOptions, PeerRequest, PutOptions, aggregate_key,
-    delete_old_aggregates, gather, posted_lists, put,
+    Bounds, Bucket, ClientSettings, Clients, GatherOptions, PeerRequest, PutOptions, SkipReason, delete_old_aggregates,
+    gather, keys, posted_lists, put,
 };
-use aggregator_window::{WindowError, aggregate_window, python_utc_now};
+use aggregator_window::{PeerInput, aggregate_window, python_utc_now};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::{mpsc, watch};
@@ -82,8 +82,8 @@ pub struct WindowReport {
     pub selected: Vec<u16>,
     /// Uids aggregated.
     pub aggregated: Vec<u16>,
-    /// Uids skipped with reasons.
-    pub skipped: Vec<(u16, String)>,
+    /// Uids skipped with reasons, in selection order.
+    pub skipped: Vec<(u16, SkipReason)>,
     /// Upload time bounds (unix ms).
     pub bounds: (u64, u64),
     /// Time spent on chain reads and policies.
@@ -228,6 +228,7 @@ pub struct Daemon<C: Chain> {
     state_file: StateFile,
     state: PersistedState,
     reports: Option<mpsc::UnboundedSender<WindowReport>>,
+    retry_base: Duration,
 }
 
 fn pathbuf(s: &str) -> Option<PathBuf> {
@@ -246,10 +247,14 @@ struct Retry {
 }
 
 /// Delay before retrying a window that has failed `attempts` times: 2 s doubling, at most 30 s.
-fn retry_delay(attempts: u32) -> Duration {
-    Duration::from_secs(2)
-        .saturating_mul(1 << attempts.saturating_sub(1).min(8))
-        .min(Duration::from_secs(30))
+/// The first retry's delay; each further attempt doubles it, up to [`RETRY_MAX`].
+pub const RETRY_BASE: Duration = Duration::from_secs(2);
+/// The longest delay between two attempts at a window.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+fn retry_delay(base: Duration, attempts: u32) -> Duration {
+    base.saturating_mul(1 << attempts.saturating_sub(1).min(8))
+        .min(RETRY_MAX.max(base))
 }
 
 impl<C: Chain + 'static> Daemon<C> {
@@ -273,6 +278,7 @@ impl<C: Chain + 'static> Daemon<C> {
             state_file: p.state_file,
             state: p.state,
             reports: None,
+            retry_base: RETRY_BASE,
         }
     }
 
@@ -285,6 +291,13 @@ impl<C: Chain + 'static> Daemon<C> {
     /// Sends every window's report to `tx` too (the simulator prints them).
     pub fn with_reports(mut self, tx: mpsc::UnboundedSender<WindowReport>) -> Self {
         self.reports = Some(tx);
+        self
+    }
+
+    /// Retries a failed window after `base` (then doubling, up to [`RETRY_MAX`]) instead of [`RETRY_BASE`]: for tests
+    /// of the loop that should not wait seconds.
+    pub fn with_retry_backoff(mut self, base: Duration) -> Self {
+        self.retry_base = base;
         self
     }
 
@@ -400,7 +413,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 Some(Err(e)) => {
                     self.metrics.error(e.kind());
                     let attempts = retries.get(&w).map_or(0, |r| r.attempts) + 1;
-                    let delay = retry_delay(attempts);
+                    let delay = retry_delay(self.retry_base, attempts);
                     tracing::warn!(
                         window = w,
                         attempt = attempts,
@@ -510,8 +523,17 @@ impl<C: Chain + 'static> Daemon<C> {
         }
     }
 
-    fn peer_bucket(&self, text: &str) -> Option<Bucket> {
-        let b = Bucket::from_commitment(text).ok()?;
+    /// The bucket of a commitment that passed Templar's rule; one that does not parse is logged with its uid and
+    /// hotkey and counted (`commitments_skipped{label="bucket"}`), and the peer has no bucket.
+    fn peer_bucket(&self, uid: u16, hotkey: &str, text: &str) -> Option<Bucket> {
+        let b = match Bucket::from_commitment(text) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(uid, hotkey, reason = %e, "commitment skipped: not a bucket");
+                self.metrics.commitments_skipped("bucket", 1);
+                return None;
+            }
+        };
         Some(match self.config.peer_endpoint() {
             Some(e) => b.at(e),
             None => b,
@@ -532,11 +554,19 @@ impl<C: Chain + 'static> Daemon<C> {
             }
         };
         let metagraph = self.metagraph(sync).await?;
+        for d in &metagraph.defaulted {
+            self.metrics.chain_value_defaulted(d.field);
+        }
         let commitments = self.chain.commitments(&metagraph).await?;
+        // (each skip at the chain read was logged there with its hotkey and reason)
+        self.metrics.commitments_skipped("rule", commitments.skipped.len());
         let buckets: BTreeMap<u16, Bucket> = commitments
             .by_uid
             .iter()
-            .filter_map(|(uid, c)| Some((*uid, self.peer_bucket(&c.text)?)))
+            .filter_map(|(uid, c)| {
+                let hotkey = metagraph.by_uid(*uid).map_or("?", |n| n.hotkey_ss58.as_str());
+                Some((*uid, self.peer_bucket(*uid, hotkey, &c.text)?))
+            })
             .collect();
         let storage = cfg.storage_timeout();
         let (latest, previous) = match metagraph.leader().and_then(|l| buckets.get(&l.uid).map(|b| (l.uid, b))) {
@@ -573,7 +603,7 @@ impl<C: Chain + 'static> Daemon<C> {
     /// One window, start to end. Errors are transient failures (chain, policy, storage, a timeout) worth a retry.
     async fn process(&self, w: u64) -> Result<(WindowReport, NextSelection), DaemonError> {
         let cfg = &self.config;
-        let key = ObjectPath::from(aggregate_key(w, &cfg.version));
+        let key = ObjectPath::from(keys::aggregate(w, &cfg.version));
         let mut report = WindowReport::new(w, WindowResult::AlreadyStored);
         let storage = cfg.storage_timeout();
         match tokio::time::timeout(storage, self.output.head(&key)).await {
@@ -711,31 +741,28 @@ impl<C: Chain + 'static> Daemon<C> {
         )
         .await;
         report.gather = started.elapsed();
-        let inputs: Vec<(u16, aggregator_window::PeerInput)> =
-            gathered.into_iter().map(|g| (g.uid, g.outcome.into_input())).collect();
+        let inputs: Vec<(u16, PeerInput<SkipReason>)> = gathered
+            .into_iter()
+            .map(|g| {
+                let input = match g.outcome {
+                    Ok(gradient) => PeerInput::Valid(*gradient),
+                    Err(reason) => PeerInput::Skipped(reason),
+                };
+                (g.uid, input)
+            })
+            .collect();
 
         // Aggregate (CPU-bound: off the async threads).
         let started = Instant::now();
         let (model, backend, version) = (self.model.clone(), self.backend.clone(), cfg.version.clone());
         let aggregated = tokio::task::spawn_blocking(move || {
-            let agg = aggregate_window(&model, backend.as_ref(), w as i64, &version, &inputs, python_utc_now());
-            match agg {
-                Ok(a) => {
-                    let bytes = a.file.to_bytes().map_err(|e| DaemonError::Internal(e.to_string()))?;
-                    Ok((Some(bytes), a.valid_uids, a.skipped))
-                }
-                Err(WindowError::NoValidPeers { .. }) => {
-                    let skipped = inputs
-                        .into_iter()
-                        .filter_map(|(uid, i)| match i {
-                            aggregator_window::PeerInput::Skipped(r) => Some((uid, r)),
-                            aggregator_window::PeerInput::Valid(_) => None,
-                        })
-                        .collect();
-                    Ok((None, vec![], skipped))
-                }
-                Err(e) => Err(DaemonError::Internal(e.to_string())),
-            }
+            let a = aggregate_window(&model, backend.as_ref(), w as i64, &version, &inputs, python_utc_now())
+                .map_err(|e| DaemonError::Internal(e.to_string()))?;
+            let bytes = match &a.file {
+                Some(file) => Some(file.to_bytes().map_err(|e| DaemonError::Internal(e.to_string()))?),
+                None => None,
+            };
+            Ok::<_, DaemonError>((bytes, a.valid_uids, a.skipped))
         })
         .await
         .map_err(|e| DaemonError::Internal(e.to_string()))??;

@@ -24,7 +24,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 pub use config::{DaemonConfig, GatherConfig, OutputBucket, PolicyFiles, parse_endpoint};
-pub use daemon::{Daemon, Prepared, WindowReport, WindowResult};
+pub use daemon::{Daemon, Prepared, RETRY_BASE, RETRY_MAX, WindowReport, WindowResult};
 pub use state::{PersistedState, StateFile};
 
 /// Daemon errors.

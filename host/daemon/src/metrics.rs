@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use aggregator_store::SkipReason;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
@@ -53,6 +54,8 @@ pub struct Metrics {
     head: Gauge,
     retry_queue: Gauge,
     policy_state_resets: Family<Label, Counter>,
+    commitments_skipped: Family<Label, Counter>,
+    chain_values_defaulted: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +83,8 @@ impl Metrics {
             head: Gauge::default(),
             retry_queue: Gauge::default(),
             policy_state_resets: Family::default(),
+            commitments_skipped: Family::default(),
+            chain_values_defaulted: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +141,17 @@ impl Metrics {
             "Policy calls repeated with an empty state because every policy refused the saved one, by slot",
             m.policy_state_resets.clone(),
         );
+        registry.register(
+            "commitments_skipped",
+            "Bucket commitments not used, by stage (label: rule = Templar's rule at the chain read, bucket = the \
+             128 characters do not parse as a bucket)",
+            m.commitments_skipped.clone(),
+        );
+        registry.register(
+            "chain_values_defaulted",
+            "Chain values present but undecodable and taken as 0, by storage item (label: TaoWeight)",
+            m.chain_values_defaulted.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -145,17 +161,28 @@ impl Metrics {
     }
 
     /// Records a window's peers.
-    pub fn peers(&self, selected: usize, aggregated: usize, skipped: &[(u16, String)]) {
+    pub fn peers(&self, selected: usize, aggregated: usize, skipped: &[(u16, SkipReason)]) {
         self.peers_selected.inc_by(selected as u64);
         self.peers_aggregated.inc_by(aggregated as u64);
         for (_, reason) in skipped {
-            // The label is the reason's kind (before the first ':'), keeping cardinality bounded.
-            let kind = reason.split(':').next().unwrap_or(reason).trim();
-            self.peers_skipped.get_or_create(&l(kind)).inc();
+            // The label is the reason's kind (a closed set), keeping cardinality bounded.
+            self.peers_skipped.get_or_create(&l(reason.kind().label())).inc();
         }
         if selected > 0 {
             self.success_rate.set(aggregated as f64 / selected as f64);
         }
+    }
+
+    /// Counts `n` commitments skipped at `stage` (`rule` or `bucket`).
+    pub fn commitments_skipped(&self, stage: &str, n: usize) {
+        if n > 0 {
+            self.commitments_skipped.get_or_create(&l(stage)).inc_by(n as u64);
+        }
+    }
+
+    /// Counts a chain value taken as 0 because it did not decode.
+    pub fn chain_value_defaulted(&self, field: &str) {
+        self.chain_values_defaulted.get_or_create(&l(field)).inc();
     }
 
     /// Records a stage's duration.

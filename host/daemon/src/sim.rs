@@ -19,7 +19,7 @@ use aggregator_codec::{Gradient, GradientMetadata, PeerList, SparseParam, StartW
 use aggregator_devnet::{Devnet, DevnetConfig, Neuron as DevNeuron, Timestamps};
 use aggregator_kernels::Cpu;
 use aggregator_model::ModelSpec;
-use aggregator_store::{Bucket, ClientSettings, Clients, Endpoint, PutOptions, gradient_key, put, size_cap};
+use aggregator_store::{Bucket, ClientSettings, Clients, Endpoint, PutOptions, SkipKind, keys, put, size_cap};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
@@ -55,14 +55,14 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The skip reasons the aggregator may report for it (the outcome label before any `:`).
-    pub fn expected_reasons(self) -> &'static [&'static str] {
+    /// The skip reasons the aggregator may report for it.
+    pub fn expected_reasons(self) -> &'static [SkipKind] {
         match self {
-            Fault::Early => &["too-early"],
-            Fault::Late => &["missing", "too-late"],
-            Fault::Missing => &["missing"],
-            Fault::Malformed => &["malformed"],
-            Fault::Oversized => &["too-large"],
+            Fault::Early => &[SkipKind::TooEarly],
+            Fault::Late => &[SkipKind::Missing, SkipKind::TooLate],
+            Fault::Missing => &[SkipKind::Missing],
+            Fault::Malformed => &[SkipKind::Malformed],
+            Fault::Oversized => &[SkipKind::TooLarge],
         }
     }
 }
@@ -187,9 +187,9 @@ fn sim_err(e: impl std::fmt::Display) -> DaemonError {
     DaemonError::Internal(format!("simulator: {e}"))
 }
 
-/// One miner's compressed gradient, through the miner-side code (block DCT + top-k) on a seeded random dense
-/// gradient.
-fn miner_gradient(model: &ModelSpec, cpu: &Cpu, seed: u64, window: u64) -> Result<Vec<u8>, DaemonError> {
+/// A simulated miner's honest upload for `window`: every parameter of `model` from uniform noise in `[-1, 1)` seeded
+/// by `seed`, DCT-top-k compressed on `cpu`, as `gradient-{w}-{uid}-v{V}.pt` bytes.
+pub fn miner_gradient(model: &ModelSpec, cpu: &Cpu, seed: u64, window: u64) -> Result<Vec<u8>, DaemonError> {
     let params = model
         .params
         .par_iter()
@@ -243,7 +243,7 @@ impl World {
             Ok(s) => s,
             Err(e) => return tracing::error!(uid, error = %e, "sim miner: bucket"),
         };
-        let key = gradient_key(w, uid, VERSION);
+        let key = keys::gradient(w, uid, VERSION);
         if let Err(e) = put(store.as_ref(), &key, bytes.into(), &PutOptions::default()).await {
             tracing::error!(uid, window = w, error = %e, "sim miner: upload failed");
         }
@@ -423,7 +423,7 @@ impl Network {
             };
             put(
                 leader.as_ref(),
-                &format!("peers_{n}_v{VERSION}.json"),
+                &keys::peer_list(n, VERSION),
                 list.to_json().into(),
                 &PutOptions::default(),
             )
@@ -431,7 +431,7 @@ impl Network {
         }
         put(
             leader.as_ref(),
-            &format!("start_window_v{VERSION}.json"),
+            &keys::start_window(VERSION),
             StartWindow {
                 // The validator applies every window from `first` on (spec §7.2: start_window + 1 onwards).
                 start_window: first as i64 - 1,
@@ -717,7 +717,7 @@ fn print_table(o: &SimOutcome) {
         let skipped: Vec<String> = r
             .skipped
             .iter()
-            .map(|(u, why)| format!("{u}: {}", why.split(':').next().unwrap_or(why)))
+            .map(|(u, why)| format!("{u}: {}", why.kind()))
             .collect();
         println!(
             "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9.2} {:>10.2} {:>8.2} {:>12}  {}",
@@ -800,7 +800,7 @@ impl Validator {
         if w != self.ckpt.window + 1 {
             return Ok(());
         }
-        let key = object_store::path::Path::from(aggregator_store::aggregate_key(w, VERSION));
+        let key = object_store::path::Path::from(keys::aggregate(w, VERSION));
         if self.lose.contains(&(w - self.first)) {
             let _ = self.output.delete(&key).await;
         }
@@ -832,7 +832,7 @@ impl Validator {
         let bytes = debug.to_bytes().map_err(sim_err)?;
         put(
             self.leader.as_ref(),
-            &format!("debug-{w}-{LEADER_UID}-v{VERSION}.pt"),
+            &keys::debug(w, LEADER_UID, VERSION),
             bytes.into(),
             &PutOptions::default(),
         )

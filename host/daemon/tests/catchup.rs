@@ -114,7 +114,7 @@ async fn catch_up_equals_the_live_validator_and_detects_tampering() {
         .data_dir
         .join("store")
         .join(sim::OUTPUT_BUCKET)
-        .join(format!("aggregator-{tampered}-v0.2.73.pt"));
+        .join(aggregator_store::keys::aggregate(tampered, "0.2.73"));
     let mut agg = Aggregate::read(&std::fs::read(&path).unwrap(), Some(&model), &Limits::default()).unwrap();
     agg.params[0].1[0] ^= 0xff;
     std::fs::write(&path, agg.to_bytes().unwrap()).unwrap();

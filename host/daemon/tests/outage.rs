@@ -160,14 +160,11 @@ async fn a_storage_outage_of_30_s_loses_no_window() {
         .try_collect()
         .await
         .unwrap();
-    names.retain(|n| {
-        n.strip_prefix("aggregator-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|w| w.parse::<u64>().ok())
-            .is_none_or(|w| (first..=last).contains(&w))
-    });
+    names.retain(|n| aggregator_store::keys::parse_aggregate(n, "0.2.73").is_none_or(|w| (first..=last).contains(&w)));
     names.sort();
-    let mut expected: Vec<String> = (first..=last).map(|w| format!("aggregator-{w}-v0.2.73.pt")).collect();
+    let mut expected: Vec<String> = (first..=last)
+        .map(|w| aggregator_store::keys::aggregate(w, "0.2.73"))
+        .collect();
     expected.sort();
     assert_eq!(names, expected);
     net.stop().await;

@@ -16,7 +16,7 @@ fn hot_swap_under_concurrent_calls() {
         common::guest("hostile", &["selfcheck-spin"]),
     );
     let dir = common::scratch("hotswap");
-    let path = dir.join("selector.wasm");
+    let path = dir.path().join("selector.wasm");
     common::install(&path, &v1);
     let config = PolicyConfig {
         peer_selection: Some(path.clone()),
@@ -104,7 +104,7 @@ fn hot_swap_under_concurrent_calls() {
 #[test]
 fn the_watcher_stages_changes_and_refuses_a_candidate_that_reads_files() {
     let dir = common::scratch("watcher");
-    let path = dir.join("selector.wasm");
+    let path = dir.path().join("selector.wasm");
     common::install(&path, &common::guest("hostile", &[]));
     let config = PolicyConfig {
         peer_selection: Some(path.clone()),

@@ -58,7 +58,7 @@ fn a_self_check_that_never_ends_is_stopped_and_refused() {
 #[test]
 fn misbehaving_calls_are_contained_and_fall_back_to_the_default() {
     let dir = common::scratch("sandbox");
-    let path = dir.join("hostile.wasm");
+    let path = dir.path().join("hostile.wasm");
     common::install(&path, &common::guest("hostile", &[]));
     type Expect = fn(&PolicyError) -> bool;
     let cases: [(&str, Expect); 5] = [

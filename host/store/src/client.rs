@@ -108,13 +108,3 @@ impl Clients {
         Ok(Arc::new(store))
     }
 }
-
-/// `gradient-{w}-{uid}-v{V}.pt`.
-pub fn gradient_key(window: u64, uid: u16, version: &str) -> String {
-    format!("gradient-{window}-{uid}-v{version}.pt")
-}
-
-/// `aggregator-{w}-v{V}.pt`.
-pub fn aggregate_key(window: u64, version: &str) -> String {
-    format!("aggregator-{window}-v{version}.pt")
-}

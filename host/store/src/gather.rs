@@ -10,12 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aggregator_codec::{Gradient, Limits};
 use aggregator_model::ModelSpec;
-use aggregator_window::PeerInput;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::{Bucket, Clients, gradient_key};
+use crate::{Bucket, Clients, SkipReason, keys};
 
 /// Valid upload times, in ms since the Unix epoch (inclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,79 +55,13 @@ pub struct PeerRequest {
     pub bucket: Option<Bucket>,
 }
 
-/// What happened to one peer.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Downloaded, decoded and validated.
-    Ok(Box<Gradient>),
-    /// No object by the deadline.
-    Missing,
-    /// Uploaded before the lower bound.
-    TooEarly {
-        /// `LastModified` in ms.
-        last_modified_ms: u64,
-    },
-    /// Uploaded after the upper bound.
-    TooLate {
-        /// `LastModified` in ms.
-        last_modified_ms: u64,
-    },
-    /// Larger than the model's gradient can be.
-    TooLarge {
-        /// Object size.
-        size: u64,
-        /// The cap.
-        cap: u64,
-    },
-    /// Not a valid gradient for the model.
-    Malformed(String),
-    /// The peer's storage did not answer in time.
-    Timeout,
-    /// The peer's storage refused or failed (credentials, network, …).
-    StorageError(String),
-    /// No valid bucket commitment.
-    NoBucket,
-}
-
-impl Outcome {
-    /// Short label for reports and metrics: `ok`, `missing`, `too-early`, `too-late`, `too-large`, `malformed`,
-    /// `timeout`, `storage-error`, `no-bucket`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Ok(_) => "ok",
-            Outcome::Missing => "missing",
-            Outcome::TooEarly { .. } => "too-early",
-            Outcome::TooLate { .. } => "too-late",
-            Outcome::TooLarge { .. } => "too-large",
-            Outcome::Malformed(_) => "malformed",
-            Outcome::Timeout => "timeout",
-            Outcome::StorageError(_) => "storage-error",
-            Outcome::NoBucket => "no-bucket",
-        }
-    }
-
-    /// The window step's input: the gradient, or the skip reason.
-    pub fn into_input(self) -> PeerInput {
-        let reason = match self {
-            Outcome::Ok(g) => return PeerInput::Valid(*g),
-            Outcome::TooEarly { last_modified_ms } => format!("too-early: uploaded at {last_modified_ms} ms"),
-            Outcome::TooLate { last_modified_ms } => format!("too-late: uploaded at {last_modified_ms} ms"),
-            Outcome::TooLarge { size, cap } => format!("too-large: {size} bytes, cap {cap}"),
-            Outcome::Malformed(r) => format!("malformed: {r}"),
-            Outcome::StorageError(r) => format!("storage-error: {r}"),
-            other => other.label().to_string(),
-        };
-        PeerInput::Skipped(reason)
-    }
-}
-
 /// A peer's outcome with what it cost.
 #[derive(Debug)]
 pub struct Gathered {
     /// The uid.
     pub uid: u16,
-    /// What happened.
-    pub outcome: Outcome,
+    /// The decoded and validated gradient, or why the peer is skipped.
+    pub outcome: Result<Box<Gradient>, SkipReason>,
     /// Bytes downloaded.
     pub bytes: u64,
     /// Time spent on this peer.
@@ -163,11 +96,11 @@ pub async fn gather(
             async move {
                 let started = Instant::now();
                 let (outcome, bytes) = match &p.bucket {
-                    None => (Outcome::NoBucket, 0),
+                    None => (Err(SkipReason::NoBucket), 0),
                     Some(bucket) => match clients.get(bucket) {
-                        Err(e) => (Outcome::StorageError(e.to_string()), 0),
+                        Err(e) => (Err(storage_error(e)), 0),
                         Ok(store) => {
-                            let key = Path::from(gradient_key(window, p.uid, version));
+                            let key = Path::from(keys::gradient(window, p.uid, version));
                             fetch(store.as_ref(), &key, bounds, cap, model, options).await
                         }
                     },
@@ -197,72 +130,77 @@ async fn fetch(
     cap: u64,
     model: Arc<ModelSpec>,
     o: &GatherOptions,
-) -> (Outcome, u64) {
+) -> (Result<Box<Gradient>, SkipReason>, u64) {
     let deadline = Instant::now() + o.timeout;
     let mut tried_after_bounds = false;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return (Outcome::Timeout, 0);
+            return (Err(SkipReason::Timeout), 0);
         }
         if now_ms() > bounds.not_after_ms {
             if tried_after_bounds {
-                return (Outcome::Missing, 0);
+                return (Err(SkipReason::Missing), 0);
             }
             tried_after_bounds = true;
         }
         let meta = match tokio::time::timeout(remaining, store.head(key)).await {
-            Err(_) => return (Outcome::Timeout, 0),
+            Err(_) => return (Err(SkipReason::Timeout), 0),
             Ok(Err(object_store::Error::NotFound { .. })) => {
                 tokio::time::sleep(o.poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
                 continue;
             }
-            Ok(Err(e)) => return (Outcome::StorageError(e.to_string()), 0),
+            Ok(Err(e)) => return (Err(storage_error(e)), 0),
             Ok(Ok(meta)) => meta,
         };
         let last_modified_ms = meta.last_modified.timestamp_millis().max(0) as u64;
         if last_modified_ms < bounds.not_before_ms {
-            return (Outcome::TooEarly { last_modified_ms }, 0);
+            return (Err(SkipReason::TooEarly { last_modified_ms }), 0);
         }
         if last_modified_ms > bounds.not_after_ms {
-            return (Outcome::TooLate { last_modified_ms }, 0);
+            return (Err(SkipReason::TooLate { last_modified_ms }), 0);
         }
         if meta.size > cap {
-            return (Outcome::TooLarge { size: meta.size, cap }, 0);
+            return (Err(SkipReason::TooLarge { size: meta.size, cap }), 0);
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let body = match tokio::time::timeout(remaining, download(store, key, cap)).await {
-            Err(_) => return (Outcome::Timeout, 0),
-            Ok(Err(outcome)) => return (outcome, 0),
+            Err(_) => return (Err(SkipReason::Timeout), 0),
+            Ok(Err(reason)) => return (Err(reason), 0),
             Ok(Ok(body)) => body,
         };
         let n = body.len() as u64;
         let limits = Limits::for_gradient(model.sparse_bytes() as u64);
         let decoded = tokio::task::spawn_blocking(move || Gradient::read(&body, &model, &limits)).await;
         return match decoded {
-            Ok(Ok(g)) => (Outcome::Ok(Box::new(g)), n),
-            Ok(Err(e)) => (Outcome::Malformed(e.to_string()), n),
-            Err(e) => (Outcome::Malformed(format!("decoder failed: {e}")), n),
+            Ok(Ok(g)) => (Ok(Box::new(g)), n),
+            Ok(Err(e)) => (Err(SkipReason::Malformed { detail: e.to_string() }), n),
+            Err(e) => (
+                Err(SkipReason::Malformed {
+                    detail: format!("decoder failed: {e}"),
+                }),
+                n,
+            ),
         };
     }
 }
 
 /// GET with a size cap enforced on the bytes actually received (the HEAD size may lie).
-async fn download(store: &dyn ObjectStore, key: &Path, cap: u64) -> Result<Vec<u8>, Outcome> {
+async fn download(store: &dyn ObjectStore, key: &Path, cap: u64) -> Result<Vec<u8>, SkipReason> {
     let result = store.get(key).await.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => Outcome::Missing,
-        e => Outcome::StorageError(e.to_string()),
+        object_store::Error::NotFound { .. } => SkipReason::Missing,
+        e => storage_error(e),
     })?;
     let declared = result.meta.size;
     if declared > cap {
-        return Err(Outcome::TooLarge { size: declared, cap });
+        return Err(SkipReason::TooLarge { size: declared, cap });
     }
     let mut body = Vec::with_capacity(declared as usize);
     let mut stream = result.into_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Outcome::StorageError(e.to_string()))?;
+        let chunk = chunk.map_err(storage_error)?;
         if (body.len() + chunk.len()) as u64 > cap {
-            return Err(Outcome::TooLarge {
+            return Err(SkipReason::TooLarge {
                 size: (body.len() + chunk.len()) as u64,
                 cap,
             });
@@ -270,4 +208,8 @@ async fn download(store: &dyn ObjectStore, key: &Path, cap: u64) -> Result<Vec<u
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+fn storage_error(e: impl std::fmt::Display) -> SkipReason {
+    SkipReason::StorageError { detail: e.to_string() }
 }

@@ -6,11 +6,14 @@ mod bucket;
 mod client;
 mod error;
 mod gather;
+pub mod keys;
 mod put;
 pub mod seaweed;
+mod skip;
 
 pub use bucket::{Bucket, COMMITMENT_LEN, Endpoint};
-pub use client::{ClientSettings, Clients, aggregate_key, gradient_key};
+pub use client::{ClientSettings, Clients};
 pub use error::StoreError;
-pub use gather::{Bounds, GatherOptions, Gathered, Outcome, PeerRequest, gather, size_cap};
+pub use gather::{Bounds, GatherOptions, Gathered, PeerRequest, gather, size_cap};
 pub use put::{PutOptions, delete_old_aggregates, posted_lists, put, start_window};
+pub use skip::{SkipKind, SkipReason};

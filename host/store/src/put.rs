@@ -10,7 +10,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use aggregator_codec::{MAX_JSON_BYTES, PeerList, StartWindow};
 
-use crate::StoreError;
+use crate::{StoreError, keys};
 
 /// How large objects are uploaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,15 +73,13 @@ pub async fn put(store: &dyn ObjectStore, key: &str, bytes: Bytes, o: &PutOption
 
 /// The window of `key` if it is exactly `{prefix}{window}{suffix}` (the version is matched literally, unlike
 /// Templar's unescaped regex).
-fn window_of(key: &str, prefix: &str, suffix: &str) -> Option<u64> {
-    let w = key.strip_prefix(prefix)?.strip_suffix(suffix)?;
-    if w.is_empty() || !w.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    w.parse().ok()
-}
-
-async fn windows(store: &dyn ObjectStore, prefix: &str, suffix: &str) -> Result<Vec<(u64, Path)>, StoreError> {
+/// The root keys that `parse` accepts, with the number it reads from each, by that number. `prefix` only names the
+/// listing in errors.
+async fn windows(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    parse: impl Fn(&str) -> Option<u64>,
+) -> Result<Vec<(u64, Path)>, StoreError> {
     // object_store prefixes are whole path segments, and Templar's keys sit flat at the bucket root: list the bucket
     // and match each key exactly.
     let listed: Vec<_> = store.list(None).try_collect().await.map_err(|e| StoreError::Object {
@@ -91,7 +89,7 @@ async fn windows(store: &dyn ObjectStore, prefix: &str, suffix: &str) -> Result<
     })?;
     let mut found: Vec<(u64, Path)> = listed
         .into_iter()
-        .filter_map(|m| window_of(m.location.as_ref(), prefix, suffix).map(|w| (w, m.location)))
+        .filter_map(|m| parse(m.location.as_ref()).map(|w| (w, m.location)))
         .collect();
     // Some stores (a local directory) list in no particular order.
     found.sort_by_key(|(w, _)| *w);
@@ -106,7 +104,7 @@ pub async fn delete_old_aggregates(
     keep_from: u64,
 ) -> Result<Vec<String>, StoreError> {
     let mut deleted = Vec::new();
-    for (w, path) in windows(store, "aggregator-", &format!("-v{version}.pt")).await? {
+    for (w, path) in windows(store, keys::AGGREGATE_PREFIX, |k| keys::parse_aggregate(k, version)).await? {
         if w >= keep_from {
             continue;
         }
@@ -152,7 +150,13 @@ pub async fn posted_lists(
     version: &str,
     timeout: Duration,
 ) -> Result<(Option<(u64, PeerList)>, Option<(u64, PeerList)>), StoreError> {
-    within(store, "peers_*", timeout, read_posted_lists(store, version)).await
+    within(
+        store,
+        &format!("{}*", keys::PEER_LIST_PREFIX),
+        timeout,
+        read_posted_lists(store, version),
+    )
+    .await
 }
 
 /// Fails with the bucket and key after `timeout`.
@@ -175,7 +179,7 @@ async fn read_posted_lists(
     store: &dyn ObjectStore,
     version: &str,
 ) -> Result<(Option<(u64, PeerList)>, Option<(u64, PeerList)>), StoreError> {
-    let found = windows(store, "peers_", &format!("_v{version}.json")).await?;
+    let found = windows(store, keys::PEER_LIST_PREFIX, |k| keys::parse_peer_list(k, version)).await?;
     let mut lists = Vec::new();
     for (w, path) in found.iter().rev().take(2) {
         if let Some(bytes) = get_small(store, path).await? {
@@ -197,7 +201,7 @@ pub async fn start_window(
     version: &str,
     timeout: Duration,
 ) -> Result<Option<i64>, StoreError> {
-    let path = Path::from(format!("start_window_v{version}.json"));
+    let path = Path::from(keys::start_window(version));
     match within(store, path.as_ref(), timeout, get_small(store, &path)).await? {
         None => Ok(None),
         Some(b) => StartWindow::from_json(&b)
@@ -207,32 +211,5 @@ pub async fn start_window(
                 key: path.to_string(),
                 reason: e.to_string(),
             }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::window_of;
-
-    #[test]
-    fn keys_match_exactly() {
-        assert_eq!(
-            window_of("aggregator-100203-v0.2.73.pt", "aggregator-", "-v0.2.73.pt"),
-            Some(100203)
-        );
-        assert_eq!(
-            window_of("aggregator-100203-v0x2x73.pt", "aggregator-", "-v0.2.73.pt"),
-            None,
-            "dots are literal"
-        );
-        assert_eq!(window_of("aggregator--v0.2.73.pt", "aggregator-", "-v0.2.73.pt"), None);
-        assert_eq!(
-            window_of("aggregator-1-2-v0.2.73.pt", "aggregator-", "-v0.2.73.pt"),
-            None
-        );
-        assert_eq!(
-            window_of("peers_100200_v0.2.73.json", "peers_", "_v0.2.73.json"),
-            Some(100200)
-        );
     }
 }

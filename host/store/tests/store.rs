@@ -12,7 +12,7 @@ use aggregator_codec::{Gradient, GradientMetadata, PeerList, SparseParam, StartW
 use aggregator_kernels::Cpu;
 use aggregator_model::ModelSpec;
 use aggregator_store::{
-    Bounds, Bucket, ClientSettings, Clients, Endpoint, GatherOptions, Outcome, PeerRequest, PutOptions,
+    Bounds, Bucket, ClientSettings, Clients, Endpoint, GatherOptions, PeerRequest, PutOptions, SkipReason,
 };
 use aggregator_window::{PeerInput, aggregate_window};
 use bytes::Bytes;
@@ -93,13 +93,14 @@ impl Backend for S3 {
     }
 }
 
-struct Local(PathBuf);
+/// A local-directory backend in a scratch directory removed with it.
+struct Local(tempfile::TempDir);
 impl Backend for Local {
     fn writer(&self, b: &str) -> Bucket {
-        Bucket::local(&self.0, b)
+        Bucket::local(self.0.path(), b)
     }
     fn reader(&self, b: &str) -> Bucket {
-        Bucket::local(&self.0, b)
+        Bucket::local(self.0.path(), b)
     }
     fn with_credentials(&self) -> bool {
         false
@@ -130,9 +131,12 @@ async fn seaweed() -> S3 {
 }
 
 fn local() -> Local {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("store-local-{}-{}", std::process::id(), now_ms()));
-    Local(dir)
+    Local(
+        tempfile::Builder::new()
+            .prefix("store-local-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap(),
+    )
 }
 
 fn clients() -> Clients {
@@ -157,7 +161,7 @@ async fn upload(clients: &Clients, bucket: &Bucket, key: &str, bytes: Vec<u8>) {
 async fn gather_faults(b: &dyn Backend) {
     let model = Arc::new(ModelSpec::preset("tiny").unwrap());
     let c = clients();
-    let key = |uid| aggregator_store::gradient_key(WINDOW, uid, VERSION);
+    let key = |uid| aggregator_store::keys::gradient(WINDOW, uid, VERSION);
     let good: Vec<u16> = vec![0, 1, 2, 3, 4, 5, 14];
     let files: Vec<Vec<u8>> = (0..15u64).map(|uid| gradient_file(&model, uid)).collect();
     // Never answers: a peer whose storage holds the connection open.
@@ -202,7 +206,8 @@ async fn gather_faults(b: &dyn Backend) {
         ..Default::default()
     };
     let gathered = aggregator_store::gather(&c, WINDOW, VERSION, &peers, bounds, model.clone(), &options).await;
-    let labels: Vec<(u16, &str)> = gathered.iter().map(|g| (g.uid, g.outcome.label())).collect();
+    let label = |o: &Result<Box<Gradient>, SkipReason>| o.as_ref().map_or_else(|r| r.kind().label(), |_| "ok");
+    let labels: Vec<(u16, &str)> = gathered.iter().map(|g| (g.uid, label(&g.outcome))).collect();
     let mut expected: Vec<(u16, &str)> = (0..15u16)
         .map(|uid| {
             let l = match uid {
@@ -226,7 +231,7 @@ async fn gather_faults(b: &dyn Backend) {
     assert_eq!(labels, expected);
     let malformed = gathered.iter().find(|g| g.uid == 10).unwrap();
     assert!(
-        matches!(&malformed.outcome, Outcome::Malformed(r) if r.contains("vals[11] = NaN")),
+        matches!(&malformed.outcome, Err(SkipReason::Malformed { detail }) if detail.contains("vals[11] = NaN")),
         "{:?}",
         malformed.outcome
     );
@@ -239,22 +244,31 @@ async fn gather_faults(b: &dyn Backend) {
 
     // The good peers are aggregated, exactly as from the files themselves.
     let ok_uids: Vec<u16> = labels.iter().filter(|(_, l)| *l == "ok").map(|(u, _)| *u).collect();
-    let inputs: Vec<(u16, PeerInput)> = gathered.into_iter().map(|g| (g.uid, g.outcome.into_input())).collect();
+    let inputs: Vec<(u16, PeerInput<SkipReason>)> = gathered
+        .into_iter()
+        .map(|g| {
+            (
+                g.uid,
+                g.outcome.map_or_else(PeerInput::Skipped, |g| PeerInput::Valid(*g)),
+            )
+        })
+        .collect();
     let window = aggregate_window(&model, &Cpu::new(), WINDOW as i64, VERSION, &inputs, "t".into()).unwrap();
     assert_eq!(window.valid_uids, ok_uids);
-    assert_eq!(window.file.success_rate, ok_uids.len() as f64 / 15.0);
-    let direct: Vec<(u16, PeerInput)> = (0..15u16)
+    let file = window.file.expect("valid peers");
+    assert_eq!(file.success_rate, ok_uids.len() as f64 / 15.0);
+    let direct: Vec<(u16, PeerInput<&str>)> = (0..15u16)
         .map(|uid| {
             let input = if ok_uids.contains(&uid) {
                 PeerInput::Valid(Gradient::read(&files[uid as usize], &model, &Default::default()).unwrap())
             } else {
-                PeerInput::Skipped("x".into())
+                PeerInput::Skipped("x")
             };
             (uid, input)
         })
         .collect();
     let independent = aggregate_window(&model, &Cpu::new(), WINDOW as i64, VERSION, &direct, "t".into()).unwrap();
-    assert_eq!(window.file.params, independent.file.params);
+    assert_eq!(file.params, independent.file.expect("valid peers").params);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +290,7 @@ async fn put_large_and_retention(b: &dyn Backend) {
     let mut big = vec![0u8; 150_000_000];
     rng.fill(&mut big[..]);
     let big = Bytes::from(big);
-    let key = aggregator_store::aggregate_key(WINDOW, VERSION);
+    let key = aggregator_store::keys::aggregate(WINDOW, VERSION);
     aggregator_store::put(store.as_ref(), &key, big.clone(), &PutOptions::default())
         .await
         .unwrap();
@@ -305,7 +319,7 @@ async fn put_large_and_retention(b: &dyn Backend) {
     }
     // Retention: only this server's aggregates of older windows go.
     for w in 1..=10u64 {
-        upload(&c, &results, &aggregator_store::aggregate_key(w, VERSION), vec![1]).await;
+        upload(&c, &results, &aggregator_store::keys::aggregate(w, VERSION), vec![1]).await;
     }
     for other in [
         "aggregator-5-v0.2.74.pt",
@@ -319,7 +333,9 @@ async fn put_large_and_retention(b: &dyn Backend) {
         .await
         .unwrap();
     deleted.sort();
-    let mut want: Vec<String> = (1..8u64).map(|w| aggregator_store::aggregate_key(w, VERSION)).collect();
+    let mut want: Vec<String> = (1..8u64)
+        .map(|w| aggregator_store::keys::aggregate(w, VERSION))
+        .collect();
     want.sort();
     assert_eq!(deleted, want);
     use futures::TryStreamExt;
@@ -333,7 +349,7 @@ async fn put_large_and_retention(b: &dyn Backend) {
     left.sort();
     let mut expect: Vec<String> = [8u64, 9, 10, WINDOW]
         .iter()
-        .map(|&w| aggregator_store::aggregate_key(w, VERSION))
+        .map(|&w| aggregator_store::keys::aggregate(w, VERSION))
         .collect();
     expect.extend(
         [

@@ -67,3 +67,16 @@ fn a_tampered_vector_fails() {
     assert_eq!(failed[0].name, "agg_64x64");
     assert!(failed[0].failures[0].contains("element 60"), "{:?}", failed[0].failures);
 }
+
+/// This project's own vectors, from Templar's code under torch (`host/vectors/gen/overflow.py`): a peer whose float32
+/// sum of squares overflows (norm `inf`, normalised values 0), nearly does, or underflows.
+#[test]
+fn norm_overflow_cases_match_the_reference() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/overflow");
+    for cpu in [Cpu::new(), Cpu::with_isa(Isa::Baseline)] {
+        let outcomes = aggregator_vectors::check_dir(&dir, &cpu).expect("overflow vectors load");
+        assert_eq!(outcomes.len(), 4);
+        let failed = aggregator_vectors::failures(&outcomes);
+        assert!(failed.is_empty(), "on {}:\n{}", cpu.isa().name(), failed.join("\n"));
+    }
+}

@@ -7,26 +7,20 @@ use aggregator_model::ModelSpec;
 use rayon::prelude::*;
 use thiserror::Error;
 
-/// A selected peer's gradient for the window, or why it cannot be used.
+/// A selected peer's gradient for the window, or why it cannot be used. The reason `R` is the caller's (the daemon's
+/// typed skip reason, the offline command's text): this step only carries it from input to result, in peer order.
 #[derive(Debug)]
-pub enum PeerInput {
+pub enum PeerInput<R> {
     /// Decoded and validated against the model.
     Valid(Gradient),
     /// Skipped: missing, outside the time bounds, malformed, … (the reason is reported).
-    Skipped(String),
+    Skipped(R),
 }
 
-/// Why a window produced no aggregate.
+/// Why the step failed (a bug in the caller or the numeric core, never a peer's fault: peers' faults are skip
+/// reasons, and "no valid peers" is a [`WindowAggregate`] without a file).
 #[derive(Debug, Error)]
 pub enum WindowError {
-    /// No selected peer had a valid gradient (Templar's gather returns `None`; nothing is written).
-    #[error("window {window}: none of the {peers} selected peers has a valid gradient")]
-    NoValidPeers {
-        /// The window.
-        window: i64,
-        /// Number of selected peers.
-        peers: usize,
-    },
     /// A gradient does not match the model it is aggregated for.
     #[error("uid {uid}: {reason}")]
     Mismatch {
@@ -47,13 +41,14 @@ pub enum WindowError {
 
 /// The result of one window.
 #[derive(Debug)]
-pub struct WindowAggregate {
-    /// The file payload.
-    pub file: Aggregate,
+pub struct WindowAggregate<R> {
+    /// The file payload; `None` when no selected peer had a valid gradient (Templar's gather returns `None` and
+    /// nothing is written).
+    pub file: Option<Aggregate>,
     /// Uids aggregated, in peer order.
     pub valid_uids: Vec<u16>,
     /// Uids skipped with their reasons, in peer order.
-    pub skipped: Vec<(u16, String)>,
+    pub skipped: Vec<(u16, R)>,
 }
 
 /// `datetime.now(timezone.utc).isoformat()`: `YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00`.
@@ -73,14 +68,14 @@ pub fn python_utc_now() -> String {
 /// As Templar 0.2.73: `success_rate = valid / len(peers)`; `skipped_uids` lists the invalid peers in order; per
 /// parameter, the valid peers that sent it are normalised (whole-tensor L2 norm + 1e-8) and merged (scatter-mean,
 /// inverse DCT, sign, 1-bit pack); a parameter no valid peer sent is left out of the file.
-pub fn aggregate_window(
+pub fn aggregate_window<R: Clone>(
     model: &ModelSpec,
     backend: &dyn Backend,
     window: i64,
     version: &str,
-    peers: &[(u16, PeerInput)],
+    peers: &[(u16, PeerInput<R>)],
     timestamp: String,
-) -> Result<WindowAggregate, WindowError> {
+) -> Result<WindowAggregate<R>, WindowError> {
     let (mut valid, mut skipped) = (Vec::new(), Vec::new());
     for (uid, input) in peers {
         match input {
@@ -99,9 +94,10 @@ pub fn aggregate_window(
         }
     }
     if valid.is_empty() {
-        return Err(WindowError::NoValidPeers {
-            window,
-            peers: peers.len(),
+        return Ok(WindowAggregate {
+            file: None,
+            valid_uids: vec![],
+            skipped,
         });
     }
     let mut scratch: Vec<Vec<f32>> = vec![Vec::new(); valid.len()];
@@ -140,7 +136,7 @@ pub fn aggregate_window(
         global_step: 0,
     };
     Ok(WindowAggregate {
-        file,
+        file: Some(file),
         valid_uids: valid.iter().map(|(u, _)| *u).collect(),
         skipped,
     })

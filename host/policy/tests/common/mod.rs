@@ -61,11 +61,12 @@ pub fn engine() -> &'static PolicyEngine {
     ENGINE.get_or_init(|| PolicyEngine::new(PolicyLimits::default(), None).expect("engine"))
 }
 
-/// A scratch directory for this test binary.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("policy-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory under the target's tmp folder, removed when dropped.
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("policy-{name}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
 }
 
 /// Writes `bytes` to `path` atomically (what an operator's deploy should do).

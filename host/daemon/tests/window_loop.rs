@@ -1,0 +1,327 @@
+//! The window loop (`Daemon::run`) on an in-memory chain fake and local-directory buckets: no devnet, no WebSocket,
+//! no S3 server, so each case runs in well under a second once the policies are compiled (they are cached across
+//! the cases in the target's tmp folder). The real chain client and storage are tested elsewhere (`host/chain`,
+//! `host/store`, the e2e and outage tests); here the loop's own decisions are: a missing timestamp, a missing leader
+//! list, a failed put retried, backfill order, an aggregate that already exists.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aggregator_chain::{Chain, ChainError, Closed, Commitments, Committed, HeadEvent, Metagraph, Neuron};
+use aggregator_codec::PeerList;
+use aggregator_daemon::sim::{self, VERSION};
+use aggregator_daemon::{Daemon, DaemonConfig, GatherConfig, OutputBucket, PolicyFiles, WindowReport, WindowResult};
+use aggregator_kernels::Cpu;
+use aggregator_model::ModelSpec;
+use aggregator_store::{Bucket, ClientSettings, Clients, PutOptions, keys, put};
+use tokio::sync::{mpsc, watch};
+
+const BPW: u32 = 10;
+const PEERS: u16 = 3;
+const NETUID: u16 = 3;
+
+/// A chain whose every answer is fixed by the test: neurons 0..=PEERS (uid 0, the leader, has the highest stake),
+/// each committed to its simulated bucket, and `Timestamp::Now` = `timestamp_ms` at every block (or an error).
+struct FakeChain {
+    timestamp_ms: Option<u64>,
+}
+
+impl Chain for FakeChain {
+    async fn head(&self) -> Result<u64, ChainError> {
+        Ok(1_000)
+    }
+
+    async fn timestamp_ms(&self, block: u64) -> Result<u64, ChainError> {
+        self.timestamp_ms.ok_or_else(|| ChainError::Rpc {
+            what: format!("Timestamp::Now at {block}"),
+            reason: "the fake has no timestamps".into(),
+        })
+    }
+
+    async fn metagraph(&self, netuid: u16, block: Option<u64>) -> Result<Metagraph, ChainError> {
+        let neurons = (0..=PEERS)
+            .map(|uid| Neuron {
+                uid,
+                hotkey: [uid as u8; 32],
+                hotkey_ss58: format!("hotkey-{uid}"),
+                stake: if uid == 0 { 1_000_000 } else { 10 },
+                incentive: 0.0,
+            })
+            .collect();
+        Ok(Metagraph {
+            netuid,
+            block: block.unwrap_or(1_000),
+            neurons,
+            defaulted: vec![],
+        })
+    }
+
+    async fn commitments(&self, metagraph: &Metagraph) -> Result<Commitments, ChainError> {
+        let by_uid = metagraph
+            .neurons
+            .iter()
+            .map(|n| {
+                let c = Committed {
+                    hotkey: n.hotkey,
+                    text: sim::commitment(n.uid),
+                    block: 1,
+                };
+                (n.uid, c)
+            })
+            .collect();
+        Ok(Commitments {
+            by_uid,
+            skipped: vec![],
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// One case's world: peer buckets and the output bucket in local directories, removed with it.
+struct World {
+    dir: tempfile::TempDir,
+    clients: Clients,
+    model: ModelSpec,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("window-loop-")
+                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .unwrap(),
+            clients: Clients::new(ClientSettings::default()),
+            model: ModelSpec::preset("tiny").unwrap(),
+        }
+    }
+
+    fn peers_root(&self) -> std::path::PathBuf {
+        self.dir.path().join("peers")
+    }
+
+    fn output(&self) -> Bucket {
+        Bucket::local(self.dir.path().join("out"), "out")
+    }
+
+    async fn upload(&self, bucket: &Bucket, key: &str, bytes: Vec<u8>) {
+        let store = self.clients.get(bucket).unwrap();
+        put(store.as_ref(), key, bytes.into(), &PutOptions::default())
+            .await
+            .unwrap();
+    }
+
+    /// The leader's two posted lists, as a validator that has run a while has them (sync windows `first - 2` and
+    /// `first - 1`; a starting aggregator takes the older one): every miner.
+    async fn post_lists(&self, first: u64) {
+        let leader = Bucket::local(self.peers_root(), &sim::bucket_name(0));
+        for (n, initial) in [(first - 2, true), (first - 1, false)] {
+            let list = PeerList {
+                peers: (1..=PEERS).collect(),
+                weights: None,
+                initial_selection: initial,
+                sync_window: n as i64,
+                first_effective_window: n as i64 + 1,
+            };
+            self.upload(&leader, &keys::peer_list(n, VERSION), list.to_json().into())
+                .await;
+        }
+    }
+
+    /// Every miner's honest gradient for `w`.
+    async fn gradients(&self, w: u64) {
+        for uid in 1..=PEERS {
+            let bytes = sim::miner_gradient(&self.model, &Cpu::new(), 7 + uid as u64, w).unwrap();
+            let bucket = Bucket::local(self.peers_root(), &sim::bucket_name(uid));
+            self.upload(&bucket, &keys::gradient(w, uid, VERSION), bytes).await;
+        }
+    }
+
+    fn config(&self, last_processed: u64) -> DaemonConfig {
+        let state_dir = self.dir.path().join("state");
+        aggregator_daemon::StateFile::open(&state_dir)
+            .unwrap()
+            .save(&aggregator_daemon::PersistedState {
+                last_processed: Some(last_processed),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut settings = BTreeMap::new();
+        settings.insert("time_window_delta_seconds".to_string(), "600".to_string());
+        DaemonConfig {
+            chain_url: "ws://127.0.0.1:9".into(),
+            netuid: NETUID,
+            blocks_per_window: BPW,
+            version: VERSION.into(),
+            model: "tiny".into(),
+            state_dir,
+            peer_endpoint: self.peers_root().display().to_string(),
+            output: OutputBucket {
+                endpoint: self.dir.path().join("out").display().to_string(),
+                name: "out".into(),
+                ..Default::default()
+            },
+            gather: GatherConfig {
+                timeout_s: 2.0,
+                concurrency: 4,
+            },
+            policy: PolicyFiles {
+                settings,
+                ..Default::default()
+            },
+            // Compiled once for all the cases (and all runs).
+            policy_cache: Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("window-loop-policy-cache")
+                .display()
+                .to_string(),
+            ..DaemonConfig::default()
+        }
+    }
+}
+
+/// Runs the loop on `chain` from `last_processed`, announcing `closed` in one head event, until `n` reports have
+/// come; asserts the windows took under 3 s (after start-up) and returns the reports.
+async fn run(world: &World, chain: FakeChain, last_processed: u64, closed: Vec<u64>, n: usize) -> Vec<WindowReport> {
+    let daemon = Daemon::new(world.config(last_processed), chain, world.output()).unwrap();
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel();
+    let daemon = daemon
+        .with_reports(report_tx)
+        .with_retry_backoff(Duration::from_millis(20));
+    let (head_tx, head_rx) = mpsc::channel(4);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(daemon.run(head_rx, stop_rx, Duration::from_secs(5)));
+    let newest = *closed.iter().max().unwrap();
+    let block = (newest + 1) * BPW as u64;
+    head_tx
+        .send(HeadEvent {
+            block,
+            window: newest + 1,
+            closed: Closed {
+                windows: closed,
+                skipped: 0,
+            },
+        })
+        .await
+        .unwrap();
+    let mut reports = Vec::new();
+    let started = Instant::now();
+    while reports.len() < n {
+        let r = tokio::time::timeout(Duration::from_secs(20), report_rx.recv())
+            .await
+            .expect("a report within 20 s")
+            .expect("the loop is running");
+        reports.push(r);
+    }
+    let took = started.elapsed();
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(took < Duration::from_secs(3), "{n} windows took {took:?}");
+    eprintln!("{n} window(s) in {took:?}");
+    reports
+}
+
+fn stored(world: &World, w: u64) -> bool {
+    world
+        .dir
+        .path()
+        .join("out/out")
+        .join(keys::aggregate(w, VERSION))
+        .is_file()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_without_a_chain_timestamp_uses_the_fallback_bounds() {
+    let world = World::new();
+    world.post_lists(10).await;
+    world.gradients(10).await;
+    let reports = run(&world, FakeChain { timestamp_ms: None }, 9, vec![10], 1).await;
+    let r = &reports[0];
+    assert_eq!(r.result, WindowResult::Stored, "{r:?}");
+    assert_eq!(r.aggregated, vec![1, 2, 3]);
+    // templar-default's fallback: now ± 30 min.
+    let now = now_ms();
+    assert!(
+        r.bounds.0 < now && r.bounds.1 > now && r.bounds.1 - r.bounds.0 == 3_600_000,
+        "{:?}",
+        r.bounds
+    );
+    assert!(stored(&world, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_without_a_leader_list_selects_nobody_and_writes_nothing() {
+    let world = World::new();
+    world.gradients(10).await;
+    let chain = FakeChain {
+        timestamp_ms: Some(now_ms() - 1_000),
+    };
+    let reports = run(&world, chain, 9, vec![10], 1).await;
+    let r = &reports[0];
+    assert_eq!(r.result, WindowResult::NoValidPeers, "{r:?}");
+    assert!(r.selected.is_empty());
+    assert!(!stored(&world, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_put_is_retried_and_stored_once_it_can_be() {
+    let world = World::new();
+    world.post_lists(10).await;
+    world.gradients(10).await;
+    // A directory where the aggregate's file goes: the put fails (for root too) until it is removed.
+    let blocker = world.dir.path().join("out/out").join(keys::aggregate(10, VERSION));
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let remover = {
+        let blocker = blocker.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            std::fs::remove_dir_all(&blocker).unwrap();
+        })
+    };
+    let chain = FakeChain {
+        timestamp_ms: Some(now_ms() - 1_000),
+    };
+    let reports = run(&world, chain, 9, vec![10], 1).await;
+    remover.await.unwrap();
+    assert_eq!(reports[0].result, WindowResult::Stored, "{:?}", reports[0]);
+    assert!(stored(&world, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfilled_windows_are_processed_oldest_first() {
+    let world = World::new();
+    world.post_lists(10).await;
+    for w in 10..=12 {
+        world.gradients(w).await;
+    }
+    let chain = FakeChain {
+        timestamp_ms: Some(now_ms() - 1_000),
+    };
+    let reports = run(&world, chain, 9, vec![10, 11, 12], 3).await;
+    let order: Vec<u64> = reports.iter().map(|r| r.window).collect();
+    assert_eq!(order, vec![10, 11, 12]);
+    assert!(reports.iter().all(|r| r.result == WindowResult::Stored), "{reports:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_aggregate_is_not_written_again() {
+    let world = World::new();
+    world.post_lists(10).await;
+    world.gradients(10).await;
+    world
+        .upload(&world.output(), &keys::aggregate(10, VERSION), b"earlier".to_vec())
+        .await;
+    let chain = FakeChain {
+        timestamp_ms: Some(now_ms() - 1_000),
+    };
+    let reports = run(&world, chain, 9, vec![10], 1).await;
+    assert_eq!(reports[0].result, WindowResult::AlreadyStored);
+    let bytes = std::fs::read(world.dir.path().join("out/out").join(keys::aggregate(10, VERSION))).unwrap();
+    assert_eq!(bytes, b"earlier", "untouched");
+}
