@@ -130,8 +130,7 @@ impl World {
                 sync_window: n as i64,
                 first_effective_window: n as i64 + 1,
             };
-            self.upload(&leader, &keys::peer_list(n, VERSION), list.to_json().into())
-                .await;
+            self.upload(&leader, &keys::peer_list(n, VERSION), list.to_json()).await;
         }
     }
 
@@ -196,32 +195,36 @@ async fn run(world: &World, chain: FakeChain, last_processed: u64, closed: Vec<u
         .with_retry_backoff(Duration::from_millis(20));
     let (head_tx, head_rx) = mpsc::channel(4);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(daemon.run(head_rx, stop_rx, Duration::from_secs(5)));
     let newest = *closed.iter().max().unwrap();
     let block = (newest + 1) * BPW as u64;
-    head_tx
-        .send(HeadEvent {
-            block,
-            window: newest + 1,
-            closed: Closed {
-                windows: closed,
-                skipped: 0,
-            },
-        })
-        .await
-        .unwrap();
-    let mut reports = Vec::new();
-    let started = Instant::now();
-    while reports.len() < n {
-        let r = tokio::time::timeout(Duration::from_secs(20), report_rx.recv())
+    // The loop and the driver in one task (the loop's future is not `Send` for every lifetime, which `spawn` needs).
+    let drive = async {
+        head_tx
+            .send(HeadEvent {
+                block,
+                window: newest + 1,
+                closed: Closed {
+                    windows: closed,
+                    skipped: 0,
+                },
+            })
             .await
-            .expect("a report within 20 s")
-            .expect("the loop is running");
-        reports.push(r);
-    }
-    let took = started.elapsed();
-    stop_tx.send(true).unwrap();
-    task.await.unwrap().unwrap();
+            .unwrap();
+        let mut reports = Vec::new();
+        let started = Instant::now();
+        while reports.len() < n {
+            let r = tokio::time::timeout(Duration::from_secs(20), report_rx.recv())
+                .await
+                .expect("a report within 20 s")
+                .expect("the loop is running");
+            reports.push(r);
+        }
+        let took = started.elapsed();
+        stop_tx.send(true).unwrap();
+        (reports, took)
+    };
+    let (result, (reports, took)) = tokio::join!(daemon.run(head_rx, stop_rx, Duration::from_secs(5)), drive);
+    result.unwrap();
     assert!(took < Duration::from_secs(3), "{n} windows took {took:?}");
     eprintln!("{n} window(s) in {took:?}");
     reports
