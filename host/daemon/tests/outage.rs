@@ -167,7 +167,9 @@ async fn a_storage_outage_of_30_s_loses_no_window() {
         .collect();
     expected.sort();
     assert_eq!(names, expected);
+    let dir = net.data_dir.clone();
     net.stop().await;
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +214,9 @@ async fn an_unanswering_leader_bucket_costs_at_most_the_storage_timeout() {
     }
     let windows: Vec<u64> = reports.iter().map(|r| r.window).collect();
     assert_eq!(windows, [first, first + 1, first + 2], "the daemon keeps up");
+    let dir = net.data_dir.clone();
     net.stop().await;
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +264,9 @@ async fn state_ahead_of_the_chain_and_an_unknown_policy_state_are_reset() {
     );
     assert!(state.retry.is_empty(), "{state:?}");
     assert_ne!(state.selection_state, "deadbeef");
+    let dir = net.data_dir.clone();
     net.stop().await;
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
