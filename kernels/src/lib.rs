@@ -20,6 +20,7 @@
 mod backend;
 mod basis;
 mod cpu;
+mod device;
 mod error;
 mod fastdct;
 mod layout;
@@ -30,6 +31,7 @@ mod sparse;
 pub use backend::Backend;
 pub use basis::DctBasis;
 pub use cpu::{Cpu, Isa};
+pub use device::Device;
 pub use error::{KernelError, check_len};
 pub use layout::{MAX_TOTALK, ParamLayout, split};
 pub use pack::{pack_signs, unpack_signs};

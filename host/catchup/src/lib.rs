@@ -12,7 +12,7 @@ mod schedule;
 use aggregator_codec::{Aggregate, DebugDict, Limits};
 use aggregator_model::ModelSpec;
 use aggregator_policy::Policies;
-use aggregator_policy::bindings::exports::templar::policy::catchup_verification::{ParamSample, Verdict, VerifyInput};
+use aggregator_policy::kinds::catchup_verification::{ParamSample, Verdict, VerifyInput};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use rayon::prelude::*;

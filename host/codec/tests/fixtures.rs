@@ -1,13 +1,13 @@
 //! The codec against the reference files of Templar 0.2.73 (`shared/fixtures/templar-0.2.73`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use aggregator_codec::{Aggregate, CodecError, DebugDict, Gradient, Limits, PeerList, PtFile, StartWindow};
-use aggregator_model::ModelSpec;
 
 /// Counts live and peak heap bytes, so tests can assert that hostile files are read in bounded memory.
 struct Counting;
@@ -35,17 +35,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     MEASURE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/templar-0.2.73")
-}
-fn read(name: &str) -> Vec<u8> {
-    std::fs::read(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-fn model() -> ModelSpec {
-    ModelSpec::load(dir().join("model.json").to_str().unwrap()).unwrap()
-}
+use common::{aggregate_name, debug_name, dir, gradient_name, model, read};
+
 fn limits() -> Limits {
-    Limits::for_gradient(model().sparse_bytes() as u64)
+    common::gradient_limits()
 }
 
 #[test]
@@ -53,7 +46,7 @@ fn good_gradients_decode_and_validate() {
     let _serial = serial();
     let m = model();
     for uid in [3, 7, 11] {
-        let g = Gradient::read(&read(&format!("gradient-100203-{uid}-v0.2.73.pt")), &m, &limits()).unwrap();
+        let g = Gradient::read(&read(&gradient_name(uid)), &m, &limits()).unwrap();
         assert!(
             g.params.iter().all(Option::is_some),
             "uid {uid}: every parameter present"
@@ -65,7 +58,7 @@ fn good_gradients_decode_and_validate() {
         assert_eq!((first.idxs.len(), first.vals.len()), (4 * 32, 4 * 32));
     }
     assert_eq!(
-        read_grad("gradient-100203-3-v0.2.73.pt").metadata.pages_info[0],
+        read_grad(&gradient_name(3)).metadata.pages_info[0],
         ("CC-MAIN-2023-14".to_string(), 1790857, "train".to_string())
     );
 }
@@ -78,8 +71,8 @@ fn read_grad(name: &str) -> Gradient {
 fn deflated_archive_reads_the_same() {
     let _serial = serial();
     assert_eq!(
-        read_grad("deflated_gradient-100203-3-v0.2.73.pt"),
-        read_grad("gradient-100203-3-v0.2.73.pt")
+        read_grad(&format!("deflated_{}", gradient_name(3))),
+        read_grad(&gradient_name(3))
     );
 }
 
@@ -87,19 +80,19 @@ fn deflated_archive_reads_the_same() {
 fn reference_aggregate_debug_and_json_decode() {
     let _serial = serial();
     let m = model();
-    let a = Aggregate::read(&read("aggregator-100203-v0.2.73.pt"), Some(&m), &Limits::default()).unwrap();
+    let a = Aggregate::read(&read(&aggregate_name()), Some(&m), &Limits::default()).unwrap();
     assert_eq!(a.params.len(), m.params.len());
     assert_eq!(
         (a.window, a.version.as_str(), a.skipped_uids.as_slice(), a.success_rate),
         (100203, "0.2.73", &[19i64][..], 0.75)
     );
     assert!(a.timestamp.ends_with("+00:00"));
-    let d = DebugDict::read(&read("debug-100203-1-v0.2.73.pt"), &Limits::default()).unwrap();
+    let d = DebugDict::read(&read(&debug_name(1)), &Limits::default()).unwrap();
     assert_eq!(d.values.len(), m.params.len());
     assert!(d.values.iter().all(|(_, v)| v.len() == 2));
     assert_eq!(d.successful_peers, Some(vec![3, 7, 11]));
     assert_eq!(d.skipped_peers, Some(vec![19]));
-    let peers = read("peers_100200_v0.2.73.json");
+    let peers = read(&aggregator_store::keys::peer_list(100200, common::VERSION));
     let list = PeerList::from_json(&peers).unwrap();
     assert_eq!(list.peers, [3, 7, 11, 19]);
     assert_eq!(list.first_effective_window, 100200);
@@ -109,7 +102,7 @@ fn reference_aggregate_debug_and_json_decode() {
         "re-serialised byte for byte, Python separators included"
     );
     assert_eq!(
-        StartWindow::from_json(&read("start_window_v0.2.73.json"))
+        StartWindow::from_json(&read(&aggregator_store::keys::start_window(common::VERSION)))
             .unwrap()
             .start_window,
         100000
@@ -120,14 +113,14 @@ fn reference_aggregate_debug_and_json_decode() {
 fn write_read_round_trips() {
     let _serial = serial();
     let m = model();
-    let g = read_grad("gradient-100203-7-v0.2.73.pt");
+    let g = read_grad(&gradient_name(7));
     let bytes = g.to_bytes(&m).unwrap();
     assert_eq!(Gradient::read(&bytes, &m, &limits()).unwrap(), g);
     assert_eq!(g.to_bytes(&m).unwrap(), bytes, "writing is deterministic");
-    let a = Aggregate::read(&read("aggregator-100203-v0.2.73.pt"), Some(&m), &Limits::default()).unwrap();
+    let a = Aggregate::read(&read(&aggregate_name()), Some(&m), &Limits::default()).unwrap();
     let back = Aggregate::read(&a.to_bytes().unwrap(), Some(&m), &Limits::default()).unwrap();
     assert_eq!(back, a);
-    let d = DebugDict::read(&read("debug-100203-1-v0.2.73.pt"), &Limits::default()).unwrap();
+    let d = DebugDict::read(&read(&debug_name(1)), &Limits::default()).unwrap();
     assert_eq!(DebugDict::read(&d.to_bytes().unwrap(), &Limits::default()).unwrap(), d);
     // Our files use the `archive/` root and keep every parameter's bytes.
     let ours = a.to_bytes().unwrap();

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use aggregator_codec::{Aggregate, CodecError, DebugDict, Gradient, Limits, PtFile};
 use aggregator_model::ModelSpec;
 
@@ -424,24 +426,15 @@ fn rename_in_place(mut bytes: Vec<u8>, from: &str, to: &str) -> Vec<u8> {
     bytes
 }
 
-fn fixture(name: &str) -> Vec<u8> {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/templar-0.2.73");
-    std::fs::read(dir.join(name)).unwrap()
-}
-
 #[test]
 fn archives_torch_refuses_are_refused() {
     let _serial = MEASURE.lock().unwrap_or_else(|p| p.into_inner());
-    let m = ModelSpec::load(
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/templar-0.2.73/model.json")
-            .to_str()
-            .unwrap(),
-    )
-    .unwrap();
-    let limits = Limits::for_gradient(m.sparse_bytes() as u64);
-    let good = fixture("gradient-100203-3-v0.2.73.pt");
-    let root = "temp_gradient-100203-3-v0.2.73";
+    let m = common::model();
+    let limits = common::gradient_limits();
+    let name = common::gradient_name(3);
+    let good = common::read(&name);
+    let root = format!("temp_{}", name.trim_end_matches(".pt"));
+    let root = root.as_str();
     Gradient::read(&good, &m, &limits).expect("the fixture reads");
     Gradient::read(&rezip(&good, |n, d| vec![(n.into(), d.into())]), &m, &limits).expect("a plain re-zip reads");
 

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use aggregator_codec::{DebugDict, Gradient, Limits};
-use aggregator_model::ModelSpec;
+mod common;
+
+use aggregator_codec::{DebugDict, Gradient};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -24,28 +25,18 @@ fn python_check(kind: &str, file: &Path) {
 
 #[test]
 fn python_loads_our_gradient_and_debug_files() {
-    let fixtures = root().join("../shared/fixtures/templar-0.2.73");
-    let model = ModelSpec::load(fixtures.join("model.json").to_str().unwrap()).unwrap();
-    let limits = Limits::for_gradient(model.sparse_bytes() as u64);
+    let model = common::model();
+    let limits = common::gradient_limits();
     let dir = std::env::var_os("AGGREGATOR_KEEP_PT")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("codec-python-{}", std::process::id())));
     std::fs::create_dir_all(&dir).unwrap();
-    let g = Gradient::read(
-        &std::fs::read(fixtures.join("gradient-100203-3-v0.2.73.pt")).unwrap(),
-        &model,
-        &limits,
-    )
-    .unwrap();
-    let gradient = dir.join("gradient-100203-3-v0.2.73.pt");
+    let g = Gradient::read(&common::read(&common::gradient_name(3)), &model, &limits).unwrap();
+    let gradient = dir.join(common::gradient_name(3));
     std::fs::write(&gradient, g.to_bytes(&model).unwrap()).unwrap();
     python_check("gradient", &gradient);
-    let d = DebugDict::read(
-        &std::fs::read(fixtures.join("debug-100203-1-v0.2.73.pt")).unwrap(),
-        &limits,
-    )
-    .unwrap();
-    let debug = dir.join("debug-100203-1-v0.2.73.pt");
+    let d = DebugDict::read(&common::read(&common::debug_name(1)), &limits).unwrap();
+    let debug = dir.join(common::debug_name(1));
     std::fs::write(&debug, d.to_bytes().unwrap()).unwrap();
     python_check("debug", &debug);
     if std::env::var_os("AGGREGATOR_KEEP_PT").is_none() {

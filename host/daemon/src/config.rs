@@ -1,56 +1,80 @@
-//! The daemon's configuration: a TOML file whose every key is also a flag and an environment variable (the binary
-//! merges them: flag > environment > file > default). Templar's `R2_AGGREGATOR_*` names set the output bucket.
+//! The daemon's configuration: one type, [`DaemonConfig`], from which the TOML keys (serde), the flags and the
+//! environment variables (clap) all derive, so that a key cannot exist in one form only. Precedence: flag >
+//! environment > file > default ([`ConfigArgs::apply`] lays the command line over the file). Templar's
+//! `R2_AGGREGATOR_*` names set the output bucket. The `device` key's flag is the binary's global `--device`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use aggregator_kernels::Device;
+use aggregator_policy::PolicyKind;
 use aggregator_store::{Bucket, Endpoint};
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 use crate::DaemonError;
 
 /// Everything the daemon needs to run.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// Subtensor WebSocket endpoint.
+    #[arg(long, env = "AGGREGATOR_CHAIN_URL", required = false)]
     pub chain_url: String,
     /// The subnet.
+    #[arg(long, env = "AGGREGATOR_NETUID", required = false)]
     pub netuid: u16,
     /// Blocks per window (Templar: 7).
+    #[arg(long, env = "AGGREGATOR_BLOCKS_PER_WINDOW", required = false)]
     pub blocks_per_window: u32,
     /// Templar version in object names (`aggregator-{w}-v{V}.pt`).
+    #[arg(long, env = "AGGREGATOR_VERSION", required = false)]
     pub version: String,
     /// Model preset (`tiny`, `small`, `templar-1b`) or a model JSON file.
+    #[arg(long, env = "AGGREGATOR_MODEL", required = false)]
     pub model: String,
     /// Where the last processed window and the policies' state are kept.
+    #[arg(long, env = "AGGREGATOR_STATE_DIR", required = false)]
     pub state_dir: PathBuf,
     /// At most this many missed windows are backfilled after a restart or a stall (the newest ones).
+    #[arg(long, env = "AGGREGATOR_MAX_BACKFILL", required = false)]
     pub max_backfill: u64,
     /// Aggregates older than this many windows are deleted from the output bucket (Templar: 100).
+    #[arg(long, env = "AGGREGATOR_RETENTION_WINDOWS", required = false)]
     pub retention_windows: u64,
     /// Where peers' buckets live: empty for R2 (the commitment's account), an `http(s)://` S3 URL, or a local
     /// directory (`file:///path` or a plain path) for self-hosted networks and the simulator.
+    #[arg(long, env = "AGGREGATOR_PEER_ENDPOINT", required = false)]
     pub peer_endpoint: String,
     /// The output bucket (else `R2_AGGREGATOR_*`).
+    #[command(flatten)]
     pub output: OutputBucket,
     /// Gathering.
+    #[command(flatten)]
     pub gather: GatherConfig,
     /// Policy components and their settings.
+    #[command(flatten)]
     pub policy: PolicyFiles,
     /// Prometheus `/metrics` and `/healthz` address (empty: off).
+    #[arg(long, env = "AGGREGATOR_METRICS", required = false)]
     pub metrics: String,
     /// Compiled-policy cache directory (empty: `state_dir/policy-cache`).
+    #[arg(long, env = "AGGREGATOR_POLICY_CACHE", required = false)]
     pub policy_cache: String,
-    /// Numeric backend: `cpu`, `wgpu`, `cuda` or `auto` (CUDA when present, else the CPU). The binary opens it.
-    pub device: String,
+    /// Numeric backend: `cpu`, `wgpu`, `cuda` or `auto` (CUDA when present, else the CPU). The binary opens it;
+    /// its flag and variable are the binary's global `--device` and `AGGREGATOR_DEVICE`.
+    #[arg(skip)]
+    #[serde(with = "text")]
+    pub device: Device,
     /// Bound on a window's chain stage in seconds: `Timestamp::Now`, metagraph, commitments and the leader's posted
     /// peer lists together. A stage that takes longer fails the window, which is retried.
+    #[arg(long, env = "AGGREGATOR_CHAIN_TIMEOUT_S", required = false)]
     pub chain_timeout_s: f64,
     /// Bound in seconds on each call to the output bucket (the existing-aggregate check, the put, retention) and on
     /// reading the leader's posted lists. A call that takes longer fails the window, which is retried.
+    #[arg(long, env = "AGGREGATOR_STORAGE_TIMEOUT_S", required = false)]
     pub storage_timeout_s: f64,
 }
 
@@ -59,30 +83,65 @@ pub const MAX_BLOCKS_PER_WINDOW: u32 = 100_000;
 /// Largest `max_backfill` accepted.
 pub const MAX_BACKFILL: u64 = 10_000;
 
-/// The values `device` accepts.
-pub const DEVICES: [&str; 4] = ["cpu", "wgpu", "cuda", "auto"];
-
 /// The output bucket.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputBucket {
-    /// `r2:ACCOUNT`, an `http(s)://` S3 URL, or a local directory; empty: from `R2_AGGREGATOR_*`.
+    /// Output bucket endpoint: `r2:ACCOUNT`, an `http(s)://` S3 URL, or a local directory; empty: from
+    /// `R2_AGGREGATOR_*`.
+    #[arg(
+        id = "output_endpoint",
+        long = "output-endpoint",
+        env = "AGGREGATOR_OUTPUT_ENDPOINT",
+        required = false
+    )]
     pub endpoint: String,
-    /// Bucket name.
+    /// Output bucket name.
+    #[arg(
+        id = "output_name",
+        long = "output-name",
+        env = "AGGREGATOR_OUTPUT_NAME",
+        required = false
+    )]
     pub name: String,
-    /// Write access key id.
+    /// Output bucket write access key id.
+    #[arg(
+        id = "output_access_key_id",
+        long = "output-access-key-id",
+        env = "AGGREGATOR_OUTPUT_ACCESS_KEY_ID",
+        required = false
+    )]
     pub access_key_id: String,
-    /// Write secret.
+    /// Output bucket write secret (prefer the environment or the file).
+    #[arg(
+        id = "output_secret",
+        long = "output-secret",
+        env = "AGGREGATOR_OUTPUT_SECRET",
+        hide_env_values = true,
+        required = false
+    )]
     pub secret: String,
 }
 
 /// Gathering settings.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatherConfig {
-    /// Per-peer time limit in seconds.
+    /// Per-peer gather time limit in seconds.
+    #[arg(
+        id = "gather_timeout_s",
+        long = "gather-timeout-s",
+        env = "AGGREGATOR_GATHER_TIMEOUT_S",
+        required = false
+    )]
     pub timeout_s: f64,
     /// Peers fetched at once.
+    #[arg(
+        id = "gather_concurrency",
+        long = "gather-concurrency",
+        env = "AGGREGATOR_GATHER_CONCURRENCY",
+        required = false
+    )]
     pub concurrency: usize,
 }
 
@@ -97,16 +156,191 @@ impl Default for GatherConfig {
 
 /// Policy components (empty: the embedded `templar-default`) and the settings passed to each call.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct PolicyFiles {
-    /// Peer-selection component.
-    pub peer_selection: String,
-    /// Time-bounds component.
-    pub time_bounds: String,
-    /// Catch-up verification component.
-    pub catchup_verification: String,
+    /// The component per policy kind, one key per kind named as [`PolicyKind::key`] (`peer_selection = "x.wasm"`;
+    /// empty: the embedded default). Any other key in `[policy]` is an error naming it.
+    #[serde(flatten)]
+    pub components: Components,
     /// `key = "value"` settings (e.g. `time_window_delta_seconds`, `peer_replacement_frequency`).
     pub settings: BTreeMap<String, String>,
+}
+
+/// `--policy-setting KEY=VALUE` (repeatable; `AGGREGATOR_POLICY_SETTINGS` takes `k=v,k2=v2`) and one flag per
+/// policy kind (`--peer-selection FILE`, `AGGREGATOR_PEER_SELECTION`), generated from [`PolicyKind::ALL`]; flags
+/// add to the file's settings and replace its components.
+impl Args for PolicyFiles {
+    fn augment_args(cmd: Command) -> Command {
+        let cmd = cmd.arg(
+            Arg::new("policy_settings")
+                .long("policy-setting")
+                .value_name("KEY=VALUE")
+                .env("AGGREGATOR_POLICY_SETTINGS")
+                .value_delimiter(',')
+                .action(ArgAction::Append)
+                .value_parser(parse_setting)
+                .help("Policy setting KEY=VALUE (repeatable), e.g. time_window_delta_seconds=10"),
+        );
+        PolicyKind::ALL.into_iter().fold(cmd, |cmd, kind| {
+            cmd.arg(
+                Arg::new(kind.key())
+                    .long(kind.interface())
+                    .value_name("FILE")
+                    .env(format!("AGGREGATOR_{}", kind.key().to_uppercase()))
+                    .help(format!(
+                        "The {} policy component (.wasm; default: embedded)",
+                        kind.interface()
+                    )),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for PolicyFiles {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut p = PolicyFiles::default();
+        p.update_from_arg_matches(m)?;
+        Ok(p)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        if let Some(pairs) = m.get_many::<(String, String)>("policy_settings") {
+            self.settings.extend(pairs.cloned());
+        }
+        for kind in PolicyKind::ALL {
+            if let Some(file) = m.get_one::<String>(&kind.key()) {
+                self.components.set(kind, file.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_setting(kv: &str) -> Result<(String, String), String> {
+    let (k, v) = kv
+        .split_once('=')
+        .ok_or_else(|| format!("{kv:?}: expected KEY=VALUE"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+/// The command line's layer of the configuration: the flags and environment variables actually given (nothing for
+/// an absent one, so that the file's value stays), laid over a configuration by [`ConfigArgs::apply`]. Its flags
+/// are [`DaemonConfig`]'s own (clap derives them from the same fields serde reads from the file).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigArgs(ArgMatches);
+
+impl FromArgMatches for ConfigArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Self(m.clone()))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        self.0 = m.clone();
+        Ok(())
+    }
+}
+
+impl Args for ConfigArgs {
+    fn augment_args(cmd: Command) -> Command {
+        DaemonConfig::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        DaemonConfig::augment_args_for_update(cmd)
+    }
+}
+
+impl ConfigArgs {
+    /// Sets every key given by flag or environment variable in `config`; the others keep their value.
+    pub fn apply(&self, config: &mut DaemonConfig) -> Result<(), DaemonError> {
+        config
+            .update_from_arg_matches(&self.0)
+            .map_err(|e| DaemonError::Config(e.to_string()))
+    }
+}
+
+/// Serde for a key whose type parses itself (`FromStr`) and prints itself (`Display`), as a TOML string.
+mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The component file per policy kind: every kind is a key (an absent one is empty), so that adding a kind to the
+/// policy crate adds its key here, its flag and its environment variable without a change in this crate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Components(BTreeMap<PolicyKind, String>);
+
+impl Components {
+    /// The kinds with a configured file, and the file.
+    pub fn iter(&self) -> impl Iterator<Item = (PolicyKind, &str)> {
+        self.0.iter().map(|(k, f)| (*k, f.as_str()))
+    }
+
+    /// The file for `kind` (empty: the embedded default).
+    pub fn get(&self, kind: PolicyKind) -> &str {
+        self.0.get(&kind).map_or("", String::as_str)
+    }
+
+    /// Sets the file for `kind` (empty: the embedded default; the entry is removed, so that equal configurations
+    /// compare equal however they were written).
+    pub fn set(&mut self, kind: PolicyKind, file: impl Into<String>) {
+        let file = file.into();
+        if file.is_empty() {
+            self.0.remove(&kind);
+        } else {
+            self.0.insert(kind, file);
+        }
+    }
+}
+
+impl Serialize for Components {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(PolicyKind::ALL.len()))?;
+        for kind in PolicyKind::ALL {
+            m.serialize_entry(&kind.key(), self.get(kind))?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Components {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        let mut out = BTreeMap::new();
+        for (key, file) in raw {
+            let kind = PolicyKind::from_key(&key).ok_or_else(|| {
+                let known: Vec<String> = PolicyKind::ALL.iter().map(|k| k.key()).collect();
+                serde::de::Error::custom(format!(
+                    "unknown field `{key}` in [policy], expected `settings` or one of {}",
+                    known.join(", ")
+                ))
+            })?;
+            if !file.is_empty() {
+                out.insert(kind, file);
+            }
+        }
+        Ok(Components(out))
+    }
 }
 
 impl Default for DaemonConfig {
@@ -126,7 +360,7 @@ impl Default for DaemonConfig {
             policy: PolicyFiles::default(),
             metrics: String::new(),
             policy_cache: String::new(),
-            device: "auto".into(),
+            device: Device::Auto,
             chain_timeout_s: 30.0,
             storage_timeout_s: 120.0,
         }
@@ -253,13 +487,6 @@ impl DaemonConfig {
         if !self.metrics.is_empty() {
             self.metrics_addr()?;
         }
-        if !DEVICES.contains(&self.device.as_str()) {
-            return bad(format!(
-                "device {:?} must be one of {}",
-                self.device,
-                DEVICES.join(", ")
-            ));
-        }
         Ok(())
     }
 
@@ -347,11 +574,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("block_per_window"), "{e}");
-        assert_eq!(DaemonConfig::from_toml("device = \"cuda\"").unwrap().device, "cuda");
-        let mut bad = DaemonConfig::from_toml("device = \"gpu\"").unwrap();
-        let e = bad.validate().unwrap_err().to_string();
-        assert!(e.contains("device \"gpu\" must be one of cpu, wgpu, cuda, auto"), "{e}");
-        bad.device = "auto".into();
+        assert_eq!(
+            DaemonConfig::from_toml("device = \"cuda\"").unwrap().device,
+            Device::Cuda
+        );
+        let e = DaemonConfig::from_toml("device = \"gpu\"").unwrap_err().to_string();
+        assert!(
+            e.contains("device") && e.contains("\"gpu\" must be one of cpu, wgpu, cuda, auto"),
+            "{e}"
+        );
+        let mut bad = DaemonConfig::default();
         bad.gather.concurrency = 0;
         assert!(bad.validate().unwrap_err().to_string().contains("gather.concurrency"));
         assert!(
@@ -364,6 +596,25 @@ mod tests {
         assert_eq!(DaemonConfig::from_toml(&c.to_toml()).unwrap(), c, "round trip");
         assert_eq!(parse_endpoint("r2:abc"), Ok(Endpoint::R2 { account: "abc".into() }));
         assert_eq!(parse_endpoint("file:///tmp/x"), Ok(Endpoint::Local("/tmp/x".into())));
+    }
+
+    #[test]
+    fn policy_components_are_one_key_per_kind_and_others_are_named() {
+        let c = DaemonConfig::from_toml("[policy]\npeer_selection = \"sel.wasm\"\n").unwrap();
+        assert_eq!(c.policy.components.get(PolicyKind::PeerSelection), "sel.wasm");
+        assert_eq!(c.policy.components.get(PolicyKind::TimeBounds), "");
+        let text = c.to_toml();
+        for kind in PolicyKind::ALL {
+            assert!(
+                text.contains(&format!("{} = ", kind.key())),
+                "every kind is a key: {text}"
+            );
+        }
+        assert_eq!(DaemonConfig::from_toml(&text).unwrap(), c, "round trip");
+        let e = DaemonConfig::from_toml("[policy]\npeer_selektion = \"x.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("peer_selektion") && e.contains("peer_selection"), "{e}");
     }
 
     #[test]
@@ -420,7 +671,6 @@ mod tests {
             ("chain_timeout_s", Box::new(|c| c.chain_timeout_s = -1.0)),
             ("storage_timeout_s", Box::new(|c| c.storage_timeout_s = 1e9)),
             ("metrics", Box::new(|c| c.metrics = "nine thousand".into())),
-            ("device", Box::new(|c| c.device = "tpu".into())),
         ];
         for (key, edit) in cases {
             let mut c = ok.clone();

@@ -1,5 +1,5 @@
 //! The aggregation server as a service: the window loop ([`Daemon`]), its configuration ([`DaemonConfig`]),
-//! persisted state, Prometheus metrics, and the zero-setup simulator ([`sim`]).
+//! persisted state and Prometheus metrics. The simulator around it is the `aggregator-sim` crate.
 //!
 //! One window: the head follower reports window `w` closed when block `(w+1)·bpw` appears → `Timestamp::Now` at
 //! that block, metagraph and commitments ([`aggregator_chain::Chain`]) → the time-bounds policy, then the
@@ -9,23 +9,28 @@
 
 mod config;
 mod daemon;
+mod driver;
 pub mod metrics;
-pub mod sim;
+mod report;
 mod state;
+pub mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aggregator_chain::{Backoff, ClientConfig, SubtensorClient, WindowTracker, follow_heads};
-use aggregator_kernels::{Backend, Cpu};
+use aggregator_kernels::Backend;
 use aggregator_policy::SwapEvent;
 use aggregator_store::Bucket;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-pub use config::{DaemonConfig, GatherConfig, OutputBucket, PolicyFiles, parse_endpoint};
-pub use daemon::{Daemon, Prepared, RETRY_BASE, RETRY_MAX, WindowReport, WindowResult};
+pub use config::{Components, ConfigArgs, DaemonConfig, GatherConfig, OutputBucket, PolicyFiles, parse_endpoint};
+pub use daemon::{Daemon, Prepared};
+pub use driver::{RETRY_BASE, RETRY_MAX};
+pub use report::{WindowReport, WindowResult};
 pub use state::{PersistedState, StateFile};
+pub use window::WindowError;
 
 /// Daemon errors.
 #[derive(Debug, Error)]
@@ -42,18 +47,12 @@ pub enum DaemonError {
     /// A policy.
     #[error("policy: {0}")]
     Policy(#[from] aggregator_policy::PolicyError),
-    /// Object storage.
+    /// Object storage (opening the output bucket).
     #[error("storage: {0}")]
-    Storage(String),
-    /// A bug or a panicked task.
-    #[error("internal: {0}")]
-    Internal(String),
-}
-
-impl From<aggregator_store::StoreError> for DaemonError {
-    fn from(e: aggregator_store::StoreError) -> Self {
-        DaemonError::Storage(e.to_string())
-    }
+    Store(#[from] aggregator_store::StoreError),
+    /// A window's attempt.
+    #[error(transparent)]
+    Window(#[from] WindowError),
 }
 
 impl DaemonError {
@@ -64,26 +63,9 @@ impl DaemonError {
             DaemonError::State(_) => "state",
             DaemonError::Chain(_) => "chain",
             DaemonError::Policy(_) => "policy",
-            DaemonError::Storage(_) => "storage",
-            DaemonError::Internal(_) => "internal",
+            DaemonError::Store(_) => "storage",
+            DaemonError::Window(e) => e.kind(),
         }
-    }
-}
-
-/// The numeric backend the window step runs on (CPU by default; a GPU one from `aggregator-gpu`), shared by every
-/// window. A newtype so that configurations holding it can be `Debug` and `Default`.
-#[derive(Clone)]
-pub struct BackendHandle(pub Arc<dyn Backend>);
-
-impl Default for BackendHandle {
-    fn default() -> Self {
-        Self(Arc::new(Cpu::new()))
-    }
-}
-
-impl std::fmt::Debug for BackendHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BackendHandle({})", self.0.name())
     }
 }
 
@@ -101,7 +83,7 @@ pub fn now_ms() -> u64 {
 /// window loop.
 pub async fn run(
     config: DaemonConfig,
-    backend: BackendHandle,
+    backend: Arc<dyn Backend>,
     output: Bucket,
     mut shutdown: watch::Receiver<bool>,
     reports: Option<mpsc::UnboundedSender<WindowReport>>,

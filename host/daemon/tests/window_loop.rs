@@ -8,72 +8,26 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aggregator_chain::{Chain, ChainError, Closed, Commitments, Committed, HeadEvent, Metagraph, Neuron};
+use aggregator_chain::{Closed, HeadEvent};
 use aggregator_codec::PeerList;
-use aggregator_daemon::sim::{self, VERSION};
 use aggregator_daemon::{Daemon, DaemonConfig, GatherConfig, OutputBucket, PolicyFiles, WindowReport, WindowResult};
 use aggregator_kernels::Cpu;
 use aggregator_model::ModelSpec;
+use aggregator_sim::{self as sim, VERSION};
 use aggregator_store::{Bucket, ClientSettings, Clients, PutOptions, keys, put};
+use aggregator_testkit::FakeChain;
 use tokio::sync::{mpsc, watch};
 
 const BPW: u32 = 10;
 const PEERS: u16 = 3;
 const NETUID: u16 = 3;
 
-/// A chain whose every answer is fixed by the test: neurons 0..=PEERS (uid 0, the leader, has the highest stake),
-/// each committed to its simulated bucket, and `Timestamp::Now` = `timestamp_ms` at every block (or an error).
-struct FakeChain {
-    timestamp_ms: Option<u64>,
-}
-
-impl Chain for FakeChain {
-    async fn head(&self) -> Result<u64, ChainError> {
-        Ok(1_000)
-    }
-
-    async fn timestamp_ms(&self, block: u64) -> Result<u64, ChainError> {
-        self.timestamp_ms.ok_or_else(|| ChainError::Rpc {
-            what: format!("Timestamp::Now at {block}"),
-            reason: "the fake has no timestamps".into(),
-        })
-    }
-
-    async fn metagraph(&self, netuid: u16, block: Option<u64>) -> Result<Metagraph, ChainError> {
-        let neurons = (0..=PEERS)
-            .map(|uid| Neuron {
-                uid,
-                hotkey: [uid as u8; 32],
-                hotkey_ss58: format!("hotkey-{uid}"),
-                stake: if uid == 0 { 1_000_000 } else { 10 },
-                incentive: 0.0,
-            })
-            .collect();
-        Ok(Metagraph {
-            netuid,
-            block: block.unwrap_or(1_000),
-            neurons,
-            defaulted: vec![],
-        })
-    }
-
-    async fn commitments(&self, metagraph: &Metagraph) -> Result<Commitments, ChainError> {
-        let by_uid = metagraph
-            .neurons
-            .iter()
-            .map(|n| {
-                let c = Committed {
-                    hotkey: n.hotkey,
-                    text: sim::commitment(n.uid),
-                    block: 1,
-                };
-                (n.uid, c)
-            })
-            .collect();
-        Ok(Commitments {
-            by_uid,
-            skipped: vec![],
-        })
+/// Neurons 0..=PEERS (uid 0, the leader, has the highest stake), each committed to its simulated bucket, and
+/// `Timestamp::Now` = `timestamp_ms` at every block (or an error).
+fn chain(timestamp_ms: Option<u64>) -> FakeChain {
+    FakeChain {
+        timestamp_ms,
+        ..FakeChain::with_peers(PEERS, sim::commitment)
     }
 }
 
@@ -244,7 +198,7 @@ async fn a_window_without_a_chain_timestamp_uses_the_fallback_bounds() {
     let world = World::new();
     world.post_lists(10).await;
     world.gradients(10).await;
-    let reports = run(&world, FakeChain { timestamp_ms: None }, 9, vec![10], 1).await;
+    let reports = run(&world, chain(None), 9, vec![10], 1).await;
     let r = &reports[0];
     assert_eq!(r.result, WindowResult::Stored, "{r:?}");
     assert_eq!(r.aggregated, vec![1, 2, 3]);
@@ -262,9 +216,7 @@ async fn a_window_without_a_chain_timestamp_uses_the_fallback_bounds() {
 async fn a_window_without_a_leader_list_selects_nobody_and_writes_nothing() {
     let world = World::new();
     world.gradients(10).await;
-    let chain = FakeChain {
-        timestamp_ms: Some(now_ms() - 1_000),
-    };
+    let chain = chain(Some(now_ms() - 1_000));
     let reports = run(&world, chain, 9, vec![10], 1).await;
     let r = &reports[0];
     assert_eq!(r.result, WindowResult::NoValidPeers, "{r:?}");
@@ -287,9 +239,7 @@ async fn a_failed_put_is_retried_and_stored_once_it_can_be() {
             std::fs::remove_dir_all(&blocker).unwrap();
         })
     };
-    let chain = FakeChain {
-        timestamp_ms: Some(now_ms() - 1_000),
-    };
+    let chain = chain(Some(now_ms() - 1_000));
     let reports = run(&world, chain, 9, vec![10], 1).await;
     remover.await.unwrap();
     assert_eq!(reports[0].result, WindowResult::Stored, "{:?}", reports[0]);
@@ -303,9 +253,7 @@ async fn backfilled_windows_are_processed_oldest_first() {
     for w in 10..=12 {
         world.gradients(w).await;
     }
-    let chain = FakeChain {
-        timestamp_ms: Some(now_ms() - 1_000),
-    };
+    let chain = chain(Some(now_ms() - 1_000));
     let reports = run(&world, chain, 9, vec![10, 11, 12], 3).await;
     let order: Vec<u64> = reports.iter().map(|r| r.window).collect();
     assert_eq!(order, vec![10, 11, 12]);
@@ -320,9 +268,7 @@ async fn an_existing_aggregate_is_not_written_again() {
     world
         .upload(&world.output(), &keys::aggregate(10, VERSION), b"earlier".to_vec())
         .await;
-    let chain = FakeChain {
-        timestamp_ms: Some(now_ms() - 1_000),
-    };
+    let chain = chain(Some(now_ms() - 1_000));
     let reports = run(&world, chain, 9, vec![10], 1).await;
     assert_eq!(reports[0].result, WindowResult::AlreadyStored);
     let bytes = std::fs::read(world.dir.path().join("out/out").join(keys::aggregate(10, VERSION))).unwrap();

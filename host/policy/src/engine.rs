@@ -1,7 +1,10 @@
-//! The wasmtime engine for policies: compile (with a cache), audit imports, load, and call in a fresh sandbox.
+//! The sandbox: the wasmtime engine with its limits, compilation (with a cache), and one call on a fresh instance in
+//! a fresh, limited store. What may be loaded is decided a layer above ([`crate::admission`]).
 
+use std::any::Any;
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +14,13 @@ use wasmtime::{Config, Engine, Store, Trap};
 
 use crate::PolicyError;
 use crate::bindings::Bundle;
-use crate::bindings::exports::templar::policy::{catchup_verification, describe, peer_selection, time_bounds};
+use crate::bindings::exports::templar::policy::describe;
 use crate::host::{HostState, PolicyLog};
+use crate::kinds::catchup_verification::{CatchupVerification, Verdict, VerifyInput};
+use crate::kinds::peer_selection::{PeerSelection, Selection, SelectionInput};
+use crate::kinds::sealed::Dispatch;
+use crate::kinds::time_bounds::{Bounds, BoundsInput, TimeBounds};
+use crate::kinds::{Kind, PolicyKind};
 
 /// How often the epoch ticks (the granularity of call deadlines).
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -41,34 +49,6 @@ impl Default for PolicyLimits {
     }
 }
 
-/// The policy interfaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PolicyKind {
-    /// `peer-selection`.
-    PeerSelection,
-    /// `time-bounds`.
-    TimeBounds,
-    /// `catchup-verification`.
-    CatchupVerification,
-}
-
-impl PolicyKind {
-    /// All kinds.
-    pub const ALL: [PolicyKind; 3] = [
-        PolicyKind::PeerSelection,
-        PolicyKind::TimeBounds,
-        PolicyKind::CatchupVerification,
-    ];
-    /// The WIT interface name.
-    pub fn interface(self) -> &'static str {
-        match self {
-            PolicyKind::PeerSelection => "peer-selection",
-            PolicyKind::TimeBounds => "time-bounds",
-            PolicyKind::CatchupVerification => "catchup-verification",
-        }
-    }
-}
-
 /// A compiled, audited, self-checked component, ready to instantiate.
 pub struct Loaded {
     /// Name from `describe`.
@@ -85,11 +65,10 @@ pub struct Loaded {
     pub exports: Vec<String>,
     /// Import names (with versions), for reports.
     pub imports: Vec<String>,
-    pre: InstancePre<HostState>,
-    describe: describe::GuestIndices,
-    peer_selection: Option<peer_selection::GuestIndices>,
-    time_bounds: Option<time_bounds::GuestIndices>,
-    catchup_verification: Option<catchup_verification::GuestIndices>,
+    pub(crate) pre: InstancePre<HostState>,
+    pub(crate) describe: describe::GuestIndices,
+    /// Each exported kind's indices (`<K as Dispatch>::Indices`), found once at admission.
+    pub(crate) indices: BTreeMap<PolicyKind, Box<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -107,6 +86,10 @@ impl Loaded {
     pub fn provides(&self, kind: PolicyKind) -> bool {
         self.kinds.contains(&kind)
     }
+
+    fn indices<K: Kind>(&self) -> Option<&<K as Dispatch>::Indices> {
+        self.indices.get(&K::KIND)?.downcast_ref()
+    }
 }
 
 /// A call's result with what the policy logged and the fuel it used.
@@ -122,7 +105,7 @@ pub struct Called<R> {
 
 impl<T> Called<Result<T, String>> {
     /// The policy's own `Ok` value, or its `Err` message as [`PolicyError::Rejected`]; logs and fuel are kept.
-    fn accepted(self, l: &Loaded) -> Result<Called<T>, PolicyError> {
+    pub(crate) fn accepted(self, l: &Loaded) -> Result<Called<T>, PolicyError> {
         let value = self.value.map_err(|message| PolicyError::Rejected {
             policy: l.label(),
             message,
@@ -152,33 +135,6 @@ impl std::fmt::Debug for PolicyEngine {
 
 fn engine_err(e: impl std::fmt::Display) -> PolicyError {
     PolicyError::Engine(e.to_string())
-}
-
-/// Whether a policy may import `name` (`package:namespace/interface@version`).
-pub fn import_allowed(name: &str) -> bool {
-    let (iface, version) = name.split_once('@').unwrap_or((name, ""));
-    match iface {
-        "templar:policy/log" | "templar:policy/types" => version.starts_with("1."),
-        "wasi:io/poll"
-        | "wasi:io/error"
-        | "wasi:io/streams"
-        | "wasi:cli/environment"
-        | "wasi:cli/exit"
-        | "wasi:cli/stdin"
-        | "wasi:cli/stdout"
-        | "wasi:cli/stderr"
-        | "wasi:cli/terminal-input"
-        | "wasi:cli/terminal-output"
-        | "wasi:cli/terminal-stdin"
-        | "wasi:cli/terminal-stdout"
-        | "wasi:cli/terminal-stderr"
-        | "wasi:clocks/wall-clock"
-        | "wasi:clocks/monotonic-clock"
-        | "wasi:random/random"
-        | "wasi:random/insecure"
-        | "wasi:random/insecure-seed" => version.starts_with("0.2."),
-        _ => false,
-    }
 }
 
 impl PolicyEngine {
@@ -218,6 +174,14 @@ impl PolicyEngine {
         self.limits
     }
 
+    pub(crate) fn wasmtime(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<HostState> {
+        &self.linker
+    }
+
     fn store(&self) -> Result<Store<HostState>, PolicyError> {
         let mut store = Store::new(
             &self.engine,
@@ -233,7 +197,7 @@ impl PolicyEngine {
     /// Compiles `wasm`, through the on-disk cache when there is one. The cache key is the wasm's SHA-256 plus the
     /// engine's compatibility hash, and only this process writes the cache, so a third party can never supply
     /// native code.
-    fn compile(&self, wasm: &[u8], origin: &str) -> Result<Component, PolicyError> {
+    pub(crate) fn compile(&self, wasm: &[u8], origin: &str) -> Result<Component, PolicyError> {
         let compile_err = |e: wasmtime::Error| PolicyError::Compile {
             origin: origin.into(),
             reason: format!("{e:#}"),
@@ -260,96 +224,6 @@ impl PolicyEngine {
         }
         // SAFETY: `bytes` was produced just now by this engine's `precompile_component`.
         unsafe { Component::deserialize(&self.engine, &bytes) }.map_err(compile_err)
-    }
-
-    /// Compiles, audits and type-checks a component, then runs its `self-check` and the host's golden inputs under
-    /// the call limits. Never touches any policy in use.
-    pub fn load(&self, wasm: &[u8], origin: &str) -> Result<Arc<Loaded>, PolicyError> {
-        let component = self.compile(wasm, origin)?;
-        let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        if let Some(bad) = imports.iter().find(|i| !import_allowed(i)) {
-            return Err(PolicyError::ImportNotAllowed {
-                origin: origin.into(),
-                import: bad.clone(),
-            });
-        }
-        let wrong = |reason: String| PolicyError::WrongInterface {
-            origin: origin.into(),
-            reason,
-        };
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| wrong(format!("{e:#}")))?;
-        let describe = describe::GuestIndices::new(&pre)
-            .map_err(|e| wrong(format!("no usable describe export ({e:#}); exports: {exports:?}")))?;
-        let peer_selection = peer_selection::GuestIndices::new(&pre).ok();
-        let time_bounds = time_bounds::GuestIndices::new(&pre).ok();
-        let catchup_verification = catchup_verification::GuestIndices::new(&pre).ok();
-        let mut kinds = Vec::new();
-        for (kind, present) in PolicyKind::ALL.into_iter().zip([
-            peer_selection.is_some(),
-            time_bounds.is_some(),
-            catchup_verification.is_some(),
-        ]) {
-            if present {
-                kinds.push(kind);
-            }
-        }
-        if kinds.is_empty() {
-            return Err(wrong(format!(
-                "exports none of peer-selection, time-bounds, catchup-verification @1.x; exports: {exports:?}"
-            )));
-        }
-        let mut loaded = Loaded {
-            name: String::new(),
-            version: String::new(),
-            origin: origin.into(),
-            sha256: hex(&Sha256::digest(wasm)),
-            kinds,
-            exports,
-            imports,
-            pre,
-            describe,
-            peer_selection,
-            time_bounds,
-            catchup_verification,
-        };
-        let info = self
-            .call(&loaded, origin, |store, instance, l| {
-                l.describe.load(&mut *store, instance)?.call_describe(&mut *store)
-            })
-            .map_err(|e| PolicyError::SelfCheck {
-                origin: origin.into(),
-                reason: e.to_string(),
-            })?
-            .value;
-        (loaded.name, loaded.version) = (info.name, info.version);
-        let checked = self
-            .call(&loaded, origin, |store, instance, l| {
-                l.describe.load(&mut *store, instance)?.call_self_check(&mut *store)
-            })
-            .map_err(|e| PolicyError::SelfCheck {
-                origin: origin.into(),
-                reason: e.to_string(),
-            })?;
-        checked.value.map_err(|reason| PolicyError::SelfCheck {
-            origin: origin.into(),
-            reason,
-        })?;
-        crate::golden::check(self, &loaded)?;
-        Ok(Arc::new(loaded))
-    }
-
-    /// Reads and loads a component file.
-    pub fn load_file(&self, path: &Path) -> Result<Arc<Loaded>, PolicyError> {
-        let wasm = std::fs::read(path).map_err(|e| PolicyError::Io {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        self.load(&wasm, &path.display().to_string())
     }
 
     /// Runs `f` on a fresh instance in a fresh, limited store; traps and limits become typed errors.
@@ -408,122 +282,36 @@ impl PolicyEngine {
         PolicyError::Trap { policy, message }
     }
 
-    /// Calls `peer-selection.select`.
-    pub fn select(
-        &self,
-        l: &Loaded,
-        input: &peer_selection::SelectionInput,
-    ) -> Result<Called<peer_selection::Selection>, PolicyError> {
-        let idx = l
-            .peer_selection
-            .as_ref()
-            .ok_or_else(|| not_provided(l, PolicyKind::PeerSelection))?;
-        let called = self.call(l, &l.label(), |s, i, _| {
-            idx.load(&mut *s, i)?.call_select(&mut *s, input)
+    /// Calls kind `K`'s export on a fresh instance of `l`, then checks the decision ([`Kind`]'s validation): the
+    /// policy's own `Err`, a trap, a limit or an invalid output is a [`PolicyError`] naming the policy.
+    pub fn run<K: Kind>(&self, l: &Loaded, input: &K::Input) -> Result<Called<K::Output>, PolicyError> {
+        let idx = l.indices::<K>().ok_or_else(|| PolicyError::NotProvided {
+            policy: l.label(),
+            interface: K::INTERFACE,
         })?;
+        let called = self.call(l, &l.label(), |s, i, _| K::invoke(idx, s, i, input))?;
         let called = called.accepted(l)?;
-        let value = &called.value;
-        check_selection(l, value)?;
+        K::check(&called.value).map_err(|reason| PolicyError::InvalidOutput {
+            policy: l.label(),
+            reason,
+        })?;
         Ok(called)
     }
 
-    /// Calls `time-bounds.compute`.
-    pub fn bounds(
-        &self,
-        l: &Loaded,
-        input: &time_bounds::BoundsInput,
-    ) -> Result<Called<time_bounds::Bounds>, PolicyError> {
-        let idx = l
-            .time_bounds
-            .as_ref()
-            .ok_or_else(|| not_provided(l, PolicyKind::TimeBounds))?;
-        let called = self.call(l, &l.label(), |s, i, _| {
-            idx.load(&mut *s, i)?.call_compute(&mut *s, input)
-        })?;
-        let called = called.accepted(l)?;
-        let value = &called.value;
-        if value.not_before_ms > value.not_after_ms {
-            return Err(PolicyError::InvalidOutput {
-                policy: l.label(),
-                reason: format!(
-                    "not-before {} is after not-after {}",
-                    value.not_before_ms, value.not_after_ms
-                ),
-            });
-        }
-        Ok(called)
+    /// [`PolicyEngine::run`] for `peer-selection`.
+    pub fn select(&self, l: &Loaded, input: &SelectionInput) -> Result<Called<Selection>, PolicyError> {
+        self.run::<PeerSelection>(l, input)
     }
 
-    /// Calls `catchup-verification.verify`.
-    pub fn verify(
-        &self,
-        l: &Loaded,
-        input: &catchup_verification::VerifyInput,
-    ) -> Result<Called<catchup_verification::Verdict>, PolicyError> {
-        let idx = l
-            .catchup_verification
-            .as_ref()
-            .ok_or_else(|| not_provided(l, PolicyKind::CatchupVerification))?;
-        let called = self.call(l, &l.label(), |s, i, _| {
-            idx.load(&mut *s, i)?.call_verify(&mut *s, input)
-        })?;
-        let called = called.accepted(l)?;
-        let v = &called.value;
-        if [
-            v.l2_norm,
-            v.avg_l2_norm,
-            v.avg_abs_diff,
-            v.max_diff,
-            v.avg_steps_behind,
-            v.max_steps_behind,
-        ]
-        .iter()
-        .any(|x| x.is_nan())
-        {
-            return Err(PolicyError::InvalidOutput {
-                policy: l.label(),
-                reason: "a metric is NaN".into(),
-            });
-        }
-        Ok(called)
+    /// [`PolicyEngine::run`] for `time-bounds`.
+    pub fn bounds(&self, l: &Loaded, input: &BoundsInput) -> Result<Called<Bounds>, PolicyError> {
+        self.run::<TimeBounds>(l, input)
     }
-}
 
-fn not_provided(l: &Loaded, kind: PolicyKind) -> PolicyError {
-    PolicyError::NotProvided {
-        policy: l.label(),
-        interface: kind.interface(),
+    /// [`PolicyEngine::run`] for `catchup-verification`.
+    pub fn verify(&self, l: &Loaded, input: &VerifyInput) -> Result<Called<Verdict>, PolicyError> {
+        self.run::<CatchupVerification>(l, input)
     }
-}
-
-/// Largest selection accepted from a policy.
-pub const MAX_PEERS: usize = 4096;
-/// Largest state a policy may keep.
-pub const MAX_STATE_BYTES: usize = 1 << 20;
-
-fn check_selection(l: &Loaded, s: &peer_selection::Selection) -> Result<(), PolicyError> {
-    let invalid = |reason: String| PolicyError::InvalidOutput {
-        policy: l.label(),
-        reason,
-    };
-    if s.peers.len() > MAX_PEERS {
-        return Err(invalid(format!("{} peers (limit {MAX_PEERS})", s.peers.len())));
-    }
-    if s.state.len() > MAX_STATE_BYTES {
-        return Err(invalid(format!(
-            "{} bytes of state (limit {MAX_STATE_BYTES})",
-            s.state.len()
-        )));
-    }
-    if let Some(w) = &s.weights {
-        if w.len() != s.peers.len() {
-            return Err(invalid(format!("{} weights for {} peers", w.len(), s.peers.len())));
-        }
-        if let Some(bad) = w.iter().find(|x| !x.is_finite() || **x < 0.0) {
-            return Err(invalid(format!("weight {bad} is not finite and >= 0")));
-        }
-    }
-    Ok(())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

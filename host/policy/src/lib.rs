@@ -1,6 +1,8 @@
 //! The policy runtime: peer selection, time bounds and catch-up verification as sandboxed WebAssembly components
 //! (the WIT contract is `wit/policy.wit`, package `templar:policy@1.0.0`).
 //!
+//! * [`kinds`]: one module per policy interface ([`Kind`]): its input and output types, how to call it, how its
+//!   output is validated, and its golden input. Everything else is generic over the kind.
 //! * [`PolicyEngine`]: wasmtime with fuel (deterministic budget), epoch deadlines (wall-clock backstop) and a memory
 //!   limit; compiled code cached by wasm hash + engine compatibility hash; an **import audit** at load (only the
 //!   package's own imports and the WASI interfaces a Rust guest needs, served by an empty, deterministic context);
@@ -10,19 +12,37 @@
 //!   of watched files at window boundaries.
 //! * [`EMBEDDED_DEFAULT`]: `components/templar-default`, built by this crate's build script and embedded.
 
-// Generated from wit/policy.wit, whose comments are the documentation of these items.
+// Generated from wit/policy.wit; private: the types callers need are re-exported by `kinds` and `types`.
+mod admission;
 #[allow(missing_docs)]
-pub mod bindings;
+mod bindings;
 mod engine;
 mod error;
-pub mod golden;
 mod host;
+pub mod kinds;
 mod policies;
 
-pub use engine::{Called, Loaded, MAX_PEERS, MAX_STATE_BYTES, PolicyEngine, PolicyKind, PolicyLimits, import_allowed};
+pub use admission::import_allowed;
+pub use engine::{Called, Loaded, PolicyEngine, PolicyLimits};
 pub use error::PolicyError;
 pub use host::PolicyLog;
+pub use kinds::catchup_verification::CatchupVerification;
+pub use kinds::peer_selection::{MAX_PEERS, MAX_STATE_BYTES, PeerSelection};
+pub use kinds::time_bounds::TimeBounds;
+pub use kinds::{Kind, PolicyKind, World};
 pub use policies::{Outcome, Policies, PolicyConfig, SlotStats, SwapEvent};
+
+/// The records shared by several policy interfaces (`templar:policy/types`).
+pub mod types {
+    pub use crate::bindings::templar::policy::types::{ChainView, Neuron, PostedList};
+}
+
+/// The host's golden inputs, one per kind (each kind's module has its own; these are the names tests and tools use).
+pub mod golden {
+    pub use crate::kinds::catchup_verification::golden_input as verify_input;
+    pub use crate::kinds::peer_selection::golden_input as selection_input;
+    pub use crate::kinds::time_bounds::golden_input as bounds_input;
+}
 
 /// `components/templar-default` (Templar 0.2.73's policies), compiled to a component by the build script.
 pub const EMBEDDED_DEFAULT: &[u8] = include_bytes!(env!("TEMPLAR_DEFAULT_WASM"));

@@ -6,6 +6,7 @@
 //! and, if it passes, swapped in atomically at the next window boundary ([`Policies::begin_window`]). A candidate
 //! that fails is rejected with its reason and the current policy stays.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -14,33 +15,28 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use sha2::{Digest, Sha256};
 
-use crate::bindings::exports::templar::policy::catchup_verification::{Verdict, VerifyInput};
-use crate::bindings::exports::templar::policy::peer_selection::{Selection, SelectionInput};
-use crate::bindings::exports::templar::policy::time_bounds::{Bounds, BoundsInput};
-use crate::engine::{Called, Loaded, PolicyEngine, PolicyKind, hex};
+use crate::engine::{Called, Loaded, PolicyEngine, hex};
 use crate::host::PolicyLog;
+use crate::kinds::catchup_verification::{CatchupVerification, Verdict, VerifyInput};
+use crate::kinds::peer_selection::{PeerSelection, Selection, SelectionInput};
+use crate::kinds::time_bounds::{Bounds, BoundsInput, TimeBounds};
+use crate::kinds::{Kind, PolicyKind};
 use crate::{EMBEDDED_DEFAULT, PolicyError};
 
-/// Which component serves each policy, and the operator settings passed to every call as `config`.
+/// Which component serves each policy kind, and the operator settings passed to every call as `config`.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyConfig {
-    /// Peer-selection component (default: the embedded `templar-default`).
-    pub peer_selection: Option<PathBuf>,
-    /// Time-bounds component.
-    pub time_bounds: Option<PathBuf>,
-    /// Catch-up verification component.
-    pub catchup_verification: Option<PathBuf>,
+    /// Component per kind; a kind not named here is served by the embedded `templar-default`.
+    pub components: BTreeMap<PolicyKind, PathBuf>,
     /// `(key, value)` settings given to every policy.
     pub settings: Vec<(String, String)>,
 }
 
 impl PolicyConfig {
-    fn source(&self, kind: PolicyKind) -> Option<&PathBuf> {
-        match kind {
-            PolicyKind::PeerSelection => self.peer_selection.as_ref(),
-            PolicyKind::TimeBounds => self.time_bounds.as_ref(),
-            PolicyKind::CatchupVerification => self.catchup_verification.as_ref(),
-        }
+    /// This configuration with `kind` served by the component at `path`.
+    pub fn with(mut self, kind: PolicyKind, path: impl Into<PathBuf>) -> Self {
+        self.components.insert(kind, path.into());
+        self
     }
 }
 
@@ -161,7 +157,7 @@ impl Slot {
     }
 }
 
-/// The three policies in use.
+/// The policies in use, one slot per [`PolicyKind`].
 pub struct Policies {
     engine: PolicyEngine,
     slots: Vec<Slot>,
@@ -176,7 +172,7 @@ impl Policies {
         let default = engine.load(EMBEDDED_DEFAULT, "embedded:templar-default")?;
         let mut slots = Vec::new();
         for kind in PolicyKind::ALL {
-            let source = config.source(kind).cloned();
+            let source = config.components.get(&kind).cloned();
             let (current, seen) = match &source {
                 None => (default.clone(), None),
                 Some(path) => {
@@ -191,7 +187,7 @@ impl Policies {
                     (loaded, Some(hex(&Sha256::digest(&wasm))))
                 }
             };
-            crate::golden::check_settings(&engine, &current, kind, &config.settings)?;
+            engine.check_settings(&current, kind, &config.settings)?;
             slots.push(Slot {
                 kind,
                 current: ArcSwap::new(current),
@@ -227,17 +223,22 @@ impl Policies {
         self.slot(kind).current.load_full()
     }
 
-    /// Selects the peers for a window (the operator settings replace `input.config`). When every policy fails with
-    /// a non-empty saved `state` (one a new policy version does not recognise, say), the call is made once more with
+    /// Calls the policy serving kind `K` (the operator settings replace the input's `config`), falling back to the
+    /// last good policy, then the embedded default, when it fails.
+    pub fn call<K: Kind>(&self, mut input: K::Input) -> Result<Outcome<K::Output>, PolicyError> {
+        K::set_config(&mut input, self.settings.clone());
+        self.slot(K::KIND).call(|l| self.engine.run::<K>(l, &input))
+    }
+
+    /// Selects the peers for a window ([`Policies::call`] for `peer-selection`). When every policy fails with a
+    /// non-empty saved `state` (one a new policy version does not recognise, say), the call is made once more with
     /// an empty state, so that a bad state cannot fail every window; the outcome then names the refusal in
     /// `state_reset`.
-    pub fn select_peers(&self, mut input: SelectionInput) -> Result<Outcome<Selection>, PolicyError> {
-        input.config = self.settings.clone();
-        let slot = self.slot(PolicyKind::PeerSelection);
-        match slot.call(|l| self.engine.select(l, &input)) {
+    pub fn select_peers(&self, input: SelectionInput) -> Result<Outcome<Selection>, PolicyError> {
+        match self.call::<PeerSelection>(input.clone()) {
             Err(refused) if !input.state.is_empty() => {
-                input.state.clear();
-                match slot.call(|l| self.engine.select(l, &input)) {
+                let fresh = SelectionInput { state: vec![], ..input };
+                match self.call::<PeerSelection>(fresh) {
                     Ok(mut outcome) => {
                         outcome.state_reset = Some(refused);
                         Ok(outcome)
@@ -249,18 +250,14 @@ impl Policies {
         }
     }
 
-    /// Computes a window's upload time bounds.
-    pub fn time_bounds(&self, mut input: BoundsInput) -> Result<Outcome<Bounds>, PolicyError> {
-        input.config = self.settings.clone();
-        self.slot(PolicyKind::TimeBounds)
-            .call(|l| self.engine.bounds(l, &input))
+    /// Computes a window's upload time bounds ([`Policies::call`] for `time-bounds`).
+    pub fn time_bounds(&self, input: BoundsInput) -> Result<Outcome<Bounds>, PolicyError> {
+        self.call::<TimeBounds>(input)
     }
 
-    /// Judges a catch-up comparison.
-    pub fn verify(&self, mut input: VerifyInput) -> Result<Outcome<Verdict>, PolicyError> {
-        input.config = self.settings.clone();
-        self.slot(PolicyKind::CatchupVerification)
-            .call(|l| self.engine.verify(l, &input))
+    /// Judges a catch-up comparison ([`Policies::call`] for `catchup-verification`).
+    pub fn verify(&self, input: VerifyInput) -> Result<Outcome<Verdict>, PolicyError> {
+        self.call::<CatchupVerification>(input)
     }
 
     /// Looks at every configured file; a changed one is checked and staged, or rejected.
@@ -281,7 +278,7 @@ impl Policies {
                         interface: slot.kind.interface(),
                     });
                 }
-                crate::golden::check_settings(&self.engine, &l, slot.kind, &self.settings)?;
+                self.engine.check_settings(&l, slot.kind, &self.settings)?;
                 Ok(l)
             });
             match result {

@@ -3,10 +3,10 @@
 
 mod common;
 
-use aggregator_policy::bindings::exports::templar::policy::catchup_verification::{ParamSample, VerifyInput};
-use aggregator_policy::bindings::exports::templar::policy::peer_selection::SelectionInput;
-use aggregator_policy::bindings::exports::templar::policy::time_bounds::BoundsInput;
-use aggregator_policy::bindings::templar::policy::types::{ChainView, PostedList};
+use aggregator_policy::kinds::catchup_verification::{ParamSample, VerifyInput};
+use aggregator_policy::kinds::peer_selection::SelectionInput;
+use aggregator_policy::kinds::time_bounds::BoundsInput;
+use aggregator_policy::types::{ChainView, PostedList};
 use aggregator_policy::{EMBEDDED_DEFAULT, Loaded, PolicyError};
 
 fn default() -> std::sync::Arc<Loaded> {

@@ -19,7 +19,7 @@ fn hot_swap_under_concurrent_calls() {
     let path = dir.path().join("selector.wasm");
     common::install(&path, &v1);
     let config = PolicyConfig {
-        peer_selection: Some(path.clone()),
+        components: [(PolicyKind::PeerSelection, path.clone())].into(),
         ..Default::default()
     };
     let policies = Arc::new(Policies::new(common::engine().clone(), config).unwrap());
@@ -107,7 +107,7 @@ fn the_watcher_stages_changes_and_refuses_a_candidate_that_reads_files() {
     let path = dir.path().join("selector.wasm");
     common::install(&path, &common::guest("hostile", &[]));
     let config = PolicyConfig {
-        peer_selection: Some(path.clone()),
+        components: [(PolicyKind::PeerSelection, path.clone())].into(),
         ..Default::default()
     };
     let policies = Arc::new(Policies::new(common::engine().clone(), config).unwrap());

@@ -79,9 +79,8 @@ fn misbehaving_calls_are_contained_and_fall_back_to_the_default() {
     ];
     for (i, (mode, expected)) in cases.into_iter().enumerate() {
         let config = PolicyConfig {
-            peer_selection: Some(path.clone()),
+            components: [(PolicyKind::PeerSelection, path.clone())].into(),
             settings: vec![("misbehave".into(), mode.into())],
-            ..Default::default()
         };
         let policies = Policies::new(common::engine().clone(), config).unwrap();
         assert_eq!(policies.current(PolicyKind::PeerSelection).name, "hostile");
@@ -121,7 +120,7 @@ fn misbehaving_calls_are_contained_and_fall_back_to_the_default() {
         assert!(policies.select_peers(selection_input(16)).is_ok());
     }
     let normal = PolicyConfig {
-        peer_selection: Some(path),
+        components: [(PolicyKind::PeerSelection, path)].into(),
         ..Default::default()
     };
     let policies = Policies::new(common::engine().clone(), normal).unwrap();

@@ -8,7 +8,6 @@ mod error;
 mod gather;
 pub mod keys;
 mod put;
-pub mod seaweed;
 mod skip;
 
 pub use bucket::{Bucket, COMMITMENT_LEN, Endpoint};

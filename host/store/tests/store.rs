@@ -75,7 +75,7 @@ trait Backend {
     fn with_credentials(&self) -> bool;
 }
 
-struct S3(aggregator_store::seaweed::SeaweedFs);
+struct S3(aggregator_testkit::seaweed::SeaweedFs);
 impl Backend for S3 {
     fn writer(&self, b: &str) -> Bucket {
         self.0.admin_bucket(b)

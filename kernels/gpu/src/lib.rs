@@ -7,7 +7,7 @@
 //! no float atomics), so every backend gives **the same bits** as [`aggregator_kernels::Cpu`]; the tests check this
 //! bit for bit on the shared vectors and on random inputs of the `templar-1b` shapes.
 //!
-//! Choosing a backend: [`open`] with a [`DeviceChoice`]. `auto` is CUDA when the driver library and a device are
+//! Choosing a backend: [`open`] with a [`Device`]. `auto` is CUDA when the driver library and a device are
 //! present, else the CPU; wgpu is used only on request. cubecl is pinned to `=0.10.0`, the last release whose CUDA
 //! runtime builds without downloading LLVM (`../shared/notes/gpu.md`); NVRTC and libcuda are loaded at run time.
 
@@ -22,22 +22,10 @@ pub mod kernel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use aggregator_kernels::Device;
 use aggregator_kernels::{Backend, Contribution, Cpu, KernelError, ParamLayout};
 
 pub use device::{Gpu, Staged};
-
-/// Which numeric backend the program uses (`--device`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    /// Plain Rust on all cores.
-    Cpu,
-    /// cubecl on wgpu (only on request: on a machine without a GPU it runs on a software driver, slowly).
-    Wgpu,
-    /// cubecl on CUDA.
-    Cuda,
-    /// CUDA when libcuda and a device are present, else the CPU.
-    Auto,
-}
 
 /// Whether the CUDA driver library loads and reports at least one device. Never panics (cudarc panics when
 /// libcuda is missing, so its presence is probed first).
@@ -250,22 +238,22 @@ fn not_built(backend: &'static str) -> KernelError {
 
 /// Opens the backend for `choice`. `auto` never fails: it falls back to the CPU when CUDA is absent or fails to
 /// start. An explicit `wgpu` or `cuda` fails with a clear error when that runtime is unavailable (or not built in).
-pub fn open(choice: DeviceChoice) -> Result<Opened, KernelError> {
+pub fn open(choice: Device) -> Result<Opened, KernelError> {
     match choice {
-        DeviceChoice::Cpu => Ok(Opened::Cpu(Cpu::new())),
-        DeviceChoice::Wgpu => {
+        Device::Cpu => Ok(Opened::Cpu(Cpu::new())),
+        Device::Wgpu => {
             #[cfg(feature = "wgpu")]
             return open_wgpu().map(|g| Opened::Gpu(Box::new(AnyGpu::Wgpu(g))));
             #[cfg(not(feature = "wgpu"))]
             Err(not_built("wgpu"))
         }
-        DeviceChoice::Cuda => {
+        Device::Cuda => {
             #[cfg(feature = "cuda")]
             return open_cuda().map(|g| Opened::Gpu(Box::new(AnyGpu::Cuda(g))));
             #[cfg(not(feature = "cuda"))]
             Err(not_built("cuda"))
         }
-        DeviceChoice::Auto => {
+        Device::Auto => {
             #[cfg(feature = "cuda")]
             if cuda_available() {
                 match open_cuda() {

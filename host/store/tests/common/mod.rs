@@ -2,12 +2,10 @@
 
 use std::path::PathBuf;
 
-use aggregator_store::seaweed::{BucketAccess, SeaweedFs, install};
+use aggregator_testkit::seaweed::{BucketAccess, SeaweedFs};
 
 /// Starts SeaweedFS (installing it under `<target>/seaweedfs-venv` on first use) with `buckets`.
 pub async fn seaweed(buckets: &[(&str, Option<(&str, &str)>)]) -> SeaweedFs {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let weed = install(&tmp.parent().expect("target dir").join("seaweedfs-venv")).unwrap();
     let access: Vec<BucketAccess> = buckets
         .iter()
         .map(|(b, r)| BucketAccess {
@@ -15,9 +13,7 @@ pub async fn seaweed(buckets: &[(&str, Option<(&str, &str)>)]) -> SeaweedFs {
             reader: r.map(|(k, s)| (k.to_string(), s.to_string())),
         })
         .collect();
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    SeaweedFs::start(&weed, &tmp.join(format!("seaweed-{}-{n}", std::process::id())), &access)
+    aggregator_testkit::start_seaweed(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")), "store", &access)
         .await
         .unwrap()
 }

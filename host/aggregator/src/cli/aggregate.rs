@@ -1,61 +1,14 @@
-//! `codec inspect` and `aggregate`: the codec and the window step on local files.
+//! `aggregator aggregate`: gradient files aggregated offline, exactly as the server does for one window.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use aggregator_codec::{Gradient, Limits, PeerList, PtFile, StartWindow};
+use aggregator_codec::{Gradient, Limits};
 use aggregator_model::ModelSpec;
 use aggregator_window::{PeerInput, aggregate_window, python_utc_now};
 use anyhow::{Context, bail};
 
-use crate::DeviceKind;
-
-/// Prints the outline of a `.pt` file (or a Templar JSON object); exit 1 with a one-line reason if it is invalid.
-pub fn inspect(path: &Path, model: Option<&str>) -> ExitCode {
-    match inspect_text(path, model) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{}: invalid: {e:#}", path.display());
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn inspect_text(path: &Path, model: Option<&str>) -> anyhow::Result<String> {
-    let limits = Limits::default();
-    let size = std::fs::metadata(path)?.len();
-    if size > limits.max_archive_bytes {
-        bail!("{size} bytes is over the limit of {}", limits.max_archive_bytes);
-    }
-    let bytes = std::fs::read(path)?;
-    if bytes.first() == Some(&b'{') {
-        if let Ok(p) = PeerList::from_json(&bytes) {
-            return Ok(format!("peer list (JSON)\n{p:#?}\n"));
-        }
-        let s = StartWindow::from_json(&bytes)?;
-        return Ok(format!("start window (JSON)\n{s:#?}\n"));
-    }
-    let file = PtFile::parse(&bytes, &limits)?;
-    let mut text = format!(
-        "torch zip archive, root folder {:?}\n{}",
-        file.root_folder(),
-        file.describe()
-    );
-    if let Some(model) = model {
-        let model = ModelSpec::load(model)?;
-        let g = Gradient::read(&bytes, &model, &Limits::for_gradient(model.sparse_bytes() as u64))?;
-        let present = g.params.iter().filter(|p| p.is_some()).count();
-        text += &format!(
-            "valid gradient of model {}: {present} of {} parameters present\n",
-            model.name,
-            model.params.len()
-        );
-    }
-    Ok(text)
-}
+use aggregator_kernels::Device;
 
 /// Arguments of `aggregate`.
 #[derive(clap::Args)]
@@ -112,7 +65,7 @@ fn read_gradient(
 }
 
 /// Runs `aggregate`.
-pub fn aggregate(args: AggregateArgs, device: DeviceKind) -> anyhow::Result<ExitCode> {
+pub fn aggregate(args: AggregateArgs, device: Device) -> anyhow::Result<ExitCode> {
     let model = ModelSpec::load(&args.model)?;
     let limits = Limits::for_gradient(model.sparse_bytes() as u64);
     let mut files: Vec<(u16, &PathBuf)> = Vec::new();
@@ -150,7 +103,7 @@ pub fn aggregate(args: AggregateArgs, device: DeviceKind) -> anyhow::Result<Exit
         }
         peers.push((uid, input));
     }
-    let numeric = device.open()?;
+    let numeric = crate::open_device(device)?;
     let result = match aggregate_window(
         &model,
         numeric.backend.as_ref(),

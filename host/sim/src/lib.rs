@@ -1,6 +1,6 @@
 //! The zero-setup simulator: the devnet, an object store (a local directory, or any S3 server), simulated miners
 //! that compress real gradients with the miner-side code and upload them on Templar's schedule, a simulated leader
-//! that posts the peer list, and the **unmodified daemon** ([`crate::run`]) processing the windows.
+//! that posts the peer list, and the **unmodified daemon** ([`aggregator_daemon::run`]) processing the windows.
 //!
 //! Schedule of window `w` (bounds `[T, T+Δ]`, `T` = timestamp of block `(w+1)·bpw`): a miner uploads its gradient
 //! 1.2–1.7 s after `T` (S3 `LastModified` has one-second resolution, as Templar's gather sees it). With faults,
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use aggregator_catchup::{Checkpoint, Schedule, apply_aggregate};
 use aggregator_codec::{Gradient, GradientMetadata, PeerList, SparseParam, StartWindow};
 use aggregator_devnet::{Devnet, DevnetConfig, Neuron as DevNeuron, Timestamps};
-use aggregator_kernels::Cpu;
+use aggregator_kernels::{Backend, Cpu};
 use aggregator_model::ModelSpec;
 use aggregator_store::{Bucket, ClientSettings, Clients, Endpoint, PutOptions, SkipKind, keys, put, size_cap};
 use rand::{Rng, SeedableRng};
@@ -25,7 +25,9 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use tokio::sync::{mpsc, watch};
 
-use crate::{DaemonConfig, DaemonError, OutputBucket, WindowReport, WindowResult};
+use aggregator_daemon::{DaemonConfig, DaemonError, OutputBucket, WindowReport, WindowResult, now_ms};
+use aggregator_store::StoreError;
+use thiserror::Error;
 
 /// The leader's uid (highest stake; it posts the peer lists).
 pub const LEADER_UID: u16 = 0;
@@ -91,6 +93,15 @@ pub fn read_credentials(uid: u16) -> (String, String) {
     (format!("SIMREADKEY{uid:022}"), format!("simreadsecret{uid:051}"))
 }
 
+/// Every bucket of a simulated network with `peers` miners on an S3 server, as `(name, read credentials)`: each
+/// peer's (uids `0..=peers`, readable with [`read_credentials`]) and [`OUTPUT_BUCKET`] (no reader).
+pub fn s3_buckets(peers: u16) -> Vec<(String, Option<(String, String)>)> {
+    (0..=peers)
+        .map(|uid| (bucket_name(uid), Some(read_credentials(uid))))
+        .chain([(OUTPUT_BUCKET.to_string(), None)])
+        .collect()
+}
+
 /// `uid`'s 128-character commitment.
 pub fn commitment(uid: u16) -> String {
     let (k, s) = read_credentials(uid);
@@ -108,7 +119,7 @@ pub struct S3Target {
 }
 
 /// Simulator settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SimOptions {
     /// Windows to process.
     pub windows: u64,
@@ -138,7 +149,22 @@ pub struct SimOptions {
     /// outage: the validator and any later catch-up see them missing.
     pub lose: Vec<u64>,
     /// The daemon's numeric backend.
-    pub backend: crate::BackendHandle,
+    pub backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for SimOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimOptions")
+            .field("windows", &self.windows)
+            .field("peers", &self.peers)
+            .field("model", &self.model)
+            .field("faults", &self.faults)
+            .field("s3", &self.s3)
+            .field("data_dir", &self.data_dir)
+            .field("seed", &self.seed)
+            .field("backend", &self.backend.name())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SimOptions {
@@ -157,7 +183,7 @@ impl Default for SimOptions {
             metrics: None,
             verbose: true,
             lose: vec![],
-            backend: crate::BackendHandle::default(),
+            backend: Arc::new(Cpu::new()),
         }
     }
 }
@@ -183,13 +209,27 @@ pub struct SimOutcome {
     pub validator_dir: PathBuf,
 }
 
-fn sim_err(e: impl std::fmt::Display) -> DaemonError {
-    DaemonError::Internal(format!("simulator: {e}"))
+/// Why a simulation could not run or finish.
+#[derive(Debug, Error)]
+pub enum SimError {
+    /// The daemon (its configuration, state, or a window) failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// The simulated network's storage (a miner's upload, the validator's reads).
+    #[error("simulator: storage: {0}")]
+    Store(#[from] StoreError),
+    /// The simulated network itself (set-up, a miner, the validator).
+    #[error("simulator: {0}")]
+    Network(String),
+}
+
+fn sim_err(e: impl std::fmt::Display) -> SimError {
+    SimError::Network(e.to_string())
 }
 
 /// A simulated miner's honest upload for `window`: every parameter of `model` from uniform noise in `[-1, 1)` seeded
 /// by `seed`, DCT-top-k compressed on `cpu`, as `gradient-{w}-{uid}-v{V}.pt` bytes.
-pub fn miner_gradient(model: &ModelSpec, cpu: &Cpu, seed: u64, window: u64) -> Result<Vec<u8>, DaemonError> {
+pub fn miner_gradient(model: &ModelSpec, cpu: &Cpu, seed: u64, window: u64) -> Result<Vec<u8>, SimError> {
     let params = model
         .params
         .par_iter()
@@ -202,7 +242,7 @@ pub fn miner_gradient(model: &ModelSpec, cpu: &Cpu, seed: u64, window: u64) -> R
             cpu.compress(l, &x, &mut idxs, &mut vals).map_err(sim_err)?;
             Ok(Some(SparseParam { idxs, vals }))
         })
-        .collect::<Result<Vec<_>, DaemonError>>()?;
+        .collect::<Result<Vec<_>, SimError>>()?;
     Gradient {
         params,
         metadata: GradientMetadata {
@@ -227,7 +267,7 @@ struct World {
 }
 
 impl World {
-    async fn gradient(&self, uid: u16, w: u64) -> Result<Arc<Vec<u8>>, DaemonError> {
+    async fn gradient(&self, uid: u16, w: u64) -> Result<Arc<Vec<u8>>, SimError> {
         if !self.pool.is_empty() {
             return Ok(self.pool[(uid as usize + w as usize) % self.pool.len()].clone());
         }
@@ -289,15 +329,15 @@ fn endpoint_string(e: &Endpoint) -> String {
 
 impl Network {
     /// Starts everything but the daemon.
-    pub async fn start(options: &SimOptions) -> Result<Self, DaemonError> {
+    pub async fn start(options: &SimOptions) -> Result<Self, SimError> {
         if options.blocks_per_window < 3 || options.peers == 0 || options.windows == 0 {
-            return Err(DaemonError::Config(
+            return Err(SimError::Daemon(DaemonError::Config(
                 "the simulator needs blocks_per_window ≥ 3, at least one peer and one window".into(),
-            ));
+            )));
         }
         let data_dir = match &options.data_dir {
             Some(d) => d.clone(),
-            None => std::env::temp_dir().join(format!("aggregator-sim-{}-{}", std::process::id(), crate::now_ms())),
+            None => std::env::temp_dir().join(format!("aggregator-sim-{}-{}", std::process::id(), now_ms())),
         };
         std::fs::create_dir_all(&data_dir).map_err(|e| sim_err(format!("{}: {e}", data_dir.display())))?;
         let say = |s: String| {
@@ -485,13 +525,13 @@ impl Network {
                                 Some(Fault::Early) => wait_for_block(&devnet, sync - 2).await,
                                 _ => {
                                     wait_for_block(&devnet, sync).await;
-                                    let t = devnet.timestamp_ms(sync).unwrap_or_else(crate::now_ms);
+                                    let t = devnet.timestamp_ms(sync).unwrap_or_else(now_ms);
                                     let jitter = (uid as u64 * 97 + w * 31) % 500;
                                     let at = match f {
                                         Some(Fault::Late) => t + world.options.delta_s * 1000 + 1500,
                                         _ => t + 1200 + jitter,
                                     };
-                                    let wait = at.saturating_sub(crate::now_ms());
+                                    let wait = at.saturating_sub(now_ms());
                                     tokio::time::sleep(Duration::from_millis(wait)).await;
                                 }
                             }
@@ -539,26 +579,27 @@ impl Network {
                 access_key_id: self.output.access_key_id.clone(),
                 secret: self.output.secret.clone(),
             },
-            gather: crate::GatherConfig {
+            gather: aggregator_daemon::GatherConfig {
                 timeout_s: options.delta_s as f64 + 10.0,
                 concurrency: 16,
             },
-            policy: crate::PolicyFiles {
+            policy: aggregator_daemon::PolicyFiles {
                 settings,
                 ..Default::default()
             },
             metrics: options.metrics.map(|a| a.to_string()).unwrap_or_default(),
-            device: options.backend.0.name().to_string(),
+            device: options.backend.name().parse().unwrap_or_default(),
             ..DaemonConfig::default()
         }
     }
 
     /// Makes a fresh daemon start with window `first_window` (persisted state `last_processed = first - 1`).
-    pub fn seed_daemon_state(&self) -> Result<(), DaemonError> {
-        crate::StateFile::open(&self.data_dir.join("state"))?.save(&crate::PersistedState {
+    pub fn seed_daemon_state(&self) -> Result<(), SimError> {
+        aggregator_daemon::StateFile::open(&self.data_dir.join("state"))?.save(&aggregator_daemon::PersistedState {
             last_processed: Some(self.first_window - 1),
             ..Default::default()
-        })
+        })?;
+        Ok(())
     }
 
     /// Waits for the miners to finish and stops the devnet.
@@ -580,7 +621,7 @@ impl Network {
 }
 
 /// Runs a simulation to its end.
-pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
+pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
     let say = |s: String| {
         if options.verbose {
             eprintln!("{s}");
@@ -600,7 +641,7 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
     // The daemon's future is not `Send` (the store's borrowed-key futures), so it runs in this task beside the
     // collector rather than on a spawned one.
     let mut validator = Validator::new(&network, &options).await?;
-    let daemon = crate::run(
+    let daemon = aggregator_daemon::run(
         config,
         options.backend.clone(),
         output.clone(),
@@ -659,7 +700,8 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, DaemonError> {
     let (daemon_result, (mut reports, metrics_text, collect_error)) = tokio::join!(daemon, collect);
     reports.sort_by_key(|r| r.window);
     let error = match (daemon_result, collect_error) {
-        (Err(e), _) | (Ok(()), Some(e)) => Some(e),
+        (Err(e), _) => Some(SimError::Daemon(e)),
+        (Ok(()), Some(e)) => Some(e),
         (Ok(()), None) if reports.len() < options.windows as usize => Some(sim_err(format!(
             "the daemon stopped after {} of {} windows",
             reports.len(),
@@ -757,7 +799,7 @@ struct Validator {
 }
 
 impl Validator {
-    async fn new(network: &Network, options: &SimOptions) -> Result<Self, DaemonError> {
+    async fn new(network: &Network, options: &SimOptions) -> Result<Self, SimError> {
         let model = Arc::new(ModelSpec::load(&options.model).map_err(sim_err)?);
         let dir = network.data_dir.join("validator");
         std::fs::create_dir_all(&dir).map_err(sim_err)?;
@@ -787,14 +829,14 @@ impl Validator {
     }
 
     /// Applies every reported window that follows the last applied one, in order.
-    async fn catch_up(&mut self, reports: &[WindowReport]) -> Result<(), DaemonError> {
+    async fn catch_up(&mut self, reports: &[WindowReport]) -> Result<(), SimError> {
         while let Some(r) = reports.iter().find(|r| r.window == self.ckpt.window + 1) {
             self.on_window(r).await?;
         }
         Ok(())
     }
 
-    async fn on_window(&mut self, r: &WindowReport) -> Result<(), DaemonError> {
+    async fn on_window(&mut self, r: &WindowReport) -> Result<(), SimError> {
         use object_store::ObjectStoreExt;
         let w = r.window;
         if w != self.ckpt.window + 1 {

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use aggregator_codec::{Gradient, GradientMetadata, SparseParam};
 use aggregator_kernels::Cpu;
 use aggregator_model::ModelSpec;
-use aggregator_store::seaweed::{BucketAccess, SeaweedFs, install};
 use aggregator_store::{Bounds, Bucket, ClientSettings, Clients, GatherOptions, PeerRequest, keys};
+use aggregator_testkit::seaweed::{BucketAccess, SeaweedFs, install};
 use anyhow::{Context, bail};
 use object_store::ObjectStoreExt;
 
-use crate::bench::{mib, synthesize_peer};
+use super::process::{mib, synthesize_peer};
 use crate::resources::{load_average, usage};
 
 const WINDOW: u64 = 1;
@@ -69,7 +69,7 @@ async fn run(args: GatherArgs, model: Arc<ModelSpec>) -> anyhow::Result<()> {
                 })
                 .collect();
             let sw = SeaweedFs::start(&weed, &work, &access).await?;
-            eprintln!("SeaweedFS {} at {}", aggregator_store::seaweed::WHEEL, sw.endpoint());
+            eprintln!("SeaweedFS {} at {}", aggregator_testkit::seaweed::WHEEL, sw.endpoint());
             let admin = names.iter().map(|n| sw.admin_bucket(n)).collect();
             (Some(sw), admin)
         }

@@ -15,8 +15,8 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::DeviceKind;
 use crate::resources::{load_average, usage};
+use aggregator_kernels::Device;
 
 /// Arguments of `bench process`.
 #[derive(clap::Args)]
@@ -147,7 +147,7 @@ pub(crate) fn mib(bytes: u64) -> String {
 }
 
 /// Runs the benchmark and prints its table.
-pub fn process(args: ProcessArgs, device: DeviceKind) -> anyhow::Result<()> {
+pub fn process(args: ProcessArgs, device: Device) -> anyhow::Result<()> {
     if args.peers == 0 || args.runs == 0 {
         bail!("--peers and --runs must be at least 1");
     }
@@ -159,7 +159,7 @@ pub fn process(args: ProcessArgs, device: DeviceKind) -> anyhow::Result<()> {
     let pool = pool.build()?;
     let threads = pool.current_num_threads();
     let cpu = Cpu::new();
-    let numeric = device.open()?;
+    let numeric = crate::open_device(device)?;
     let backend = numeric.backend.clone();
     eprintln!(
         "bench process: model {} ({} parameters, {} elements), {} peers, backend {}, {threads} threads",

@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use aggregator_daemon::sim::{self, Network, SimOptions};
-use aggregator_daemon::{
-    BackendHandle, DaemonConfig, OutputBucket, PersistedState, Prepared, StateFile, WindowReport, WindowResult,
-};
-use aggregator_store::seaweed::{ADMIN, BucketAccess, SeaweedFs, install};
+use aggregator_daemon::{DaemonConfig, OutputBucket, PersistedState, Prepared, StateFile, WindowReport, WindowResult};
+use aggregator_sim::{self as sim, Network, SimOptions};
 use aggregator_store::{ClientSettings, Clients};
+use aggregator_testkit::seaweed::{ADMIN, BucketAccess};
+use aggregator_testkit::{free_port, start_seaweed};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use tokio::sync::{mpsc, watch};
@@ -22,14 +21,6 @@ fn tmp(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn network(name: &str, windows: u64, peers: u16) -> Network {
@@ -55,7 +46,13 @@ async fn with_daemon<T>(
     let output = config.output_bucket(|_| None).unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let daemon = aggregator_daemon::run(config, BackendHandle::default(), output, stop_rx, Some(tx));
+    let daemon = aggregator_daemon::run(
+        config,
+        std::sync::Arc::new(aggregator_kernels::Cpu::new()),
+        output,
+        stop_rx,
+        Some(tx),
+    );
     let driver = async {
         let out = drive(&mut rx).await;
         let _ = stop_tx.send(true);
@@ -70,17 +67,11 @@ async fn with_daemon<T>(
 async fn a_storage_outage_of_30_s_loses_no_window() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let weed = install(&target.parent().unwrap().join("seaweedfs-venv")).unwrap();
-    let mut sw = SeaweedFs::start(
-        &weed,
-        &target.join(format!("seaweed-outage-{}", std::process::id())),
-        &[BucketAccess {
-            name: sim::OUTPUT_BUCKET.into(),
-            reader: None,
-        }],
-    )
-    .await
-    .unwrap();
+    let output_bucket = BucketAccess {
+        name: sim::OUTPUT_BUCKET.into(),
+        reader: None,
+    };
+    let mut sw = start_seaweed(&target, "outage", &[output_bucket]).await.unwrap();
     // Peers' buckets stay in a local directory; the output bucket is SeaweedFS, which goes down for 30 s.
     let net = network("outage-storage", 16, 3).await;
     let (first, last) = (net.first_window, net.last_window);

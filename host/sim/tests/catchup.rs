@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use aggregator_catchup::{Applied, CatchupConfig, CatchupError, Checkpoint, OnOutOfSync, Schedule, catch_up};
 use aggregator_codec::{Aggregate, Limits};
-use aggregator_daemon::sim::{self, SimOptions};
 use aggregator_model::ModelSpec;
 use aggregator_policy::{Policies, PolicyConfig, PolicyEngine, PolicyLimits};
+use aggregator_sim::{self as sim, SimOptions};
 use aggregator_store::{Bucket, ClientSettings, Clients};
 
 fn policies() -> Policies {

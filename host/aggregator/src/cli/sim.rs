@@ -1,0 +1,108 @@
+//! `aggregator sim`: the zero-setup simulator around the unmodified daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aggregator_daemon::WindowResult;
+use aggregator_kernels::Device;
+use aggregator_sim::{S3Target, SimOptions};
+use anyhow::Context;
+
+use crate::runtime;
+use clap::Args;
+
+/// Arguments of `aggregator sim`.
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Windows to process.
+    #[arg(long, default_value_t = 3)]
+    windows: u64,
+    /// Simulated miners.
+    #[arg(long, default_value_t = 6)]
+    peers: u16,
+    /// Model preset or JSON file.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// Inject faults: early, late, missing, malformed and oversized uploads.
+    #[arg(long)]
+    faults: bool,
+    /// Use this S3 server instead of a local directory (the buckets must exist; see `--help` of the sim module docs).
+    #[arg(long, value_name = "URL")]
+    s3: Option<String>,
+    /// S3 key id and secret allowed to write every bucket, as KEY:SECRET.
+    #[arg(
+        long,
+        value_name = "KEY:SECRET",
+        env = "AGGREGATOR_SIM_S3_WRITER",
+        hide_env_values = true
+    )]
+    s3_writer: Option<String>,
+    /// Directory for the store, state and outputs (default: a fresh temporary directory, printed).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds between blocks.
+    #[arg(long, default_value_t = 1.0)]
+    block_time: f64,
+    /// Blocks per window (at least 3; default 3, or 12 for models over 100 M parameters).
+    #[arg(long)]
+    blocks_per_window: Option<u32>,
+    /// Upload window Δ in seconds (Templar: 10).
+    #[arg(long, default_value_t = 4)]
+    delta: u64,
+    /// Serve the daemon's /metrics here while simulating.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+/// Runs a simulation and prints its table.
+pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
+    if !(args.block_time.is_finite() && args.block_time > 0.0) {
+        anyhow::bail!("--block-time must be a positive number of seconds");
+    }
+    let s3 = match args.s3 {
+        None => None,
+        Some(endpoint) => {
+            let w = args.s3_writer.context("--s3 needs --s3-writer KEY:SECRET")?;
+            let (k, s) = w.split_once(':').context("--s3-writer: expected KEY:SECRET")?;
+            Some(S3Target {
+                endpoint,
+                writer: (k.to_string(), s.to_string()),
+            })
+        }
+    };
+    let options = SimOptions {
+        windows: args.windows,
+        peers: args.peers,
+        model: args.model.clone(),
+        faults: args.faults,
+        s3,
+        data_dir: args.data_dir,
+        block_time: Duration::from_secs_f64(args.block_time),
+        blocks_per_window: match args.blocks_per_window {
+            Some(n) => n,
+            None => {
+                let model = aggregator_model::ModelSpec::load(&args.model)?;
+                if model.numel() > aggregator_sim::LARGE_MODEL {
+                    12
+                } else {
+                    3
+                }
+            }
+        },
+        delta_s: args.delta,
+        metrics: args.metrics,
+        backend: crate::open_device(device)?.backend,
+        ..SimOptions::default()
+    };
+    let outcome = runtime()?.block_on(aggregator_sim::run(options))?;
+    let failed = outcome
+        .reports
+        .iter()
+        .filter(|r| matches!(r.result, WindowResult::Failed(_)))
+        .count();
+    if failed > 0 {
+        anyhow::bail!("{failed} windows failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Aggregate: the numeric step (scatter-mean, inverse DCT, sign, 1-bit packing) on the configured backend and the
+//! encoding of `aggregator-{w}-v{V}.pt`, CPU-bound, off the async threads.
+
+use aggregator_chain::Chain;
+use aggregator_store::SkipReason;
+use aggregator_window::{PeerInput, aggregate_window, python_utc_now};
+use thiserror::Error;
+
+use crate::daemon::Daemon;
+
+/// Why the numeric step or the encoding failed (a bug or a resource failure: peers' bad files are outcomes).
+#[derive(Debug, Error)]
+pub enum AggregateError {
+    /// The window step refused its inputs or its backend failed.
+    #[error("internal: aggregate: {0}")]
+    Window(#[from] aggregator_window::WindowError),
+    /// The aggregate could not be encoded.
+    #[error("internal: encode: {0}")]
+    Encode(#[from] aggregator_codec::CodecError),
+    /// The blocking task panicked or was cancelled.
+    #[error("internal: aggregate task: {0}")]
+    Panicked(String),
+}
+
+/// The window step's result.
+pub(crate) struct Aggregated {
+    /// The encoded file; none when no peer had a valid gradient (nothing is written, as Templar).
+    pub bytes: Option<Vec<u8>>,
+    /// Uids aggregated.
+    pub valid: Vec<u16>,
+    /// Uids skipped with reasons, in selection order.
+    pub skipped: Vec<(u16, SkipReason)>,
+}
+
+impl<C: Chain + 'static> Daemon<C> {
+    /// Aggregates the gathered inputs and encodes the result.
+    pub(crate) async fn aggregate(
+        &self,
+        w: u64,
+        inputs: Vec<(u16, PeerInput<SkipReason>)>,
+    ) -> Result<Aggregated, AggregateError> {
+        let (model, backend, version) = (self.model.clone(), self.backend.clone(), self.config.version.clone());
+        tokio::task::spawn_blocking(move || {
+            let a = aggregate_window(&model, backend.as_ref(), w as i64, &version, &inputs, python_utc_now())?;
+            let bytes = match &a.file {
+                Some(file) => Some(file.to_bytes()?),
+                None => None,
+            };
+            Ok(Aggregated {
+                bytes,
+                valid: a.valid_uids,
+                skipped: a.skipped,
+            })
+        })
+        .await
+        .map_err(|e| AggregateError::Panicked(e.to_string()))?
+    }
+}

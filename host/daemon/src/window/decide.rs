@@ -1,0 +1,119 @@
+//! Decide: the policies' answers for a window. The time-bounds policy gives the upload interval, the peer-selection
+//! policy the peers (sandboxed WebAssembly calls, off the async threads); fallbacks and state resets are logged.
+
+use aggregator_chain::Chain;
+use aggregator_codec::PeerList;
+use aggregator_policy::kinds::peer_selection::{Selection, SelectionInput};
+use aggregator_policy::kinds::time_bounds::BoundsInput;
+use aggregator_policy::types::{ChainView, Neuron, PostedList};
+use aggregator_policy::{PolicyError, PolicyKind};
+use aggregator_store::Bounds;
+use thiserror::Error;
+
+use super::observe::Observed;
+use crate::daemon::Daemon;
+use crate::now_ms;
+
+/// Why the policies gave no decision (after their fallbacks).
+#[derive(Debug, Error)]
+pub enum DecideError {
+    /// Every policy (current, last good, embedded default) failed.
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// The blocking task running the policies panicked or was cancelled.
+    #[error("internal: policy task: {0}")]
+    Panicked(String),
+}
+
+/// The policies' decision for a window.
+pub(crate) struct Decision {
+    /// Valid upload times.
+    pub bounds: Bounds,
+    /// Peers, weights, the policy's new state and its note.
+    pub selection: Selection,
+}
+
+fn posted(l: &Option<(u64, PeerList)>) -> Option<PostedList> {
+    l.as_ref().map(|(_, l)| PostedList {
+        peers: l.peers.clone(),
+        first_effective_window: l.first_effective_window.max(0) as u64,
+        sync_window: l.sync_window.max(0) as u64,
+    })
+}
+
+impl<C: Chain + 'static> Daemon<C> {
+    /// Runs the time-bounds and peer-selection policies on what [`Daemon::observe`] read.
+    pub(crate) async fn decide(&self, w: u64, o: &Observed) -> Result<Decision, DecideError> {
+        let cfg = &self.config;
+        let chain_view = ChainView {
+            block: o.sync,
+            window: w,
+            blocks_per_window: cfg.blocks_per_window,
+            netuid: cfg.netuid,
+        };
+        let bounds_input = BoundsInput {
+            chain: chain_view,
+            sync_block: o.sync,
+            sync_timestamp_ms: o.timestamp,
+            now_ms: now_ms(),
+            config: vec![],
+        };
+        let selection_input = SelectionInput {
+            chain: chain_view,
+            neurons: o
+                .metagraph
+                .neurons
+                .iter()
+                .map(|n| Neuron {
+                    uid: n.uid,
+                    stake: n.stake_tao(),
+                    incentive: n.incentive,
+                    has_bucket: o.buckets.contains_key(&n.uid),
+                })
+                .collect(),
+            current: self.state.current_peers.clone(),
+            latest: posted(&o.latest),
+            previous: posted(&o.previous),
+            state: hex::decode(&self.state.selection_state).unwrap_or_default(),
+            config: vec![],
+        };
+        let policies = self.policies.clone();
+        let (bounds, selection) = tokio::task::spawn_blocking(move || {
+            let b = policies.time_bounds(bounds_input)?;
+            let s = policies.select_peers(selection_input)?;
+            Ok::<_, PolicyError>((b, s))
+        })
+        .await
+        .map_err(|e| DecideError::Panicked(e.to_string()))??;
+        for (kind, fallback) in [
+            (PolicyKind::TimeBounds, &bounds.fallback),
+            (PolicyKind::PeerSelection, &selection.fallback),
+        ] {
+            if let Some(e) = fallback {
+                tracing::warn!(window = w, policy = kind.interface(), error = %e, "policy failed; a fallback answered");
+            }
+        }
+        if let Some(e) = &selection.state_reset {
+            self.metrics.policy_state_reset(PolicyKind::PeerSelection.interface());
+            tracing::warn!(
+                window = w,
+                policy = %selection.policy,
+                error = %e,
+                "the peer-selection policy refused its saved state; it was called again with an empty state"
+            );
+        }
+        let selection = selection.value;
+        if selection.peers.is_empty() {
+            tracing::warn!(window = w, note = %selection.note, "the peer-selection policy selected no peers");
+        } else {
+            tracing::info!(window = w, peers = ?selection.peers, note = %selection.note, "peers selected");
+        }
+        Ok(Decision {
+            bounds: Bounds {
+                not_before_ms: bounds.value.not_before_ms,
+                not_after_ms: bounds.value.not_after_ms,
+            },
+            selection,
+        })
+    }
+}

@@ -1,0 +1,107 @@
+//! `peer-selection`: which peers' gradients a window gathers, in aggregation order, with optional weights.
+
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
+
+use super::{Kind, PolicyKind, sealed};
+use crate::bindings::exports::templar::policy::peer_selection as wit;
+use crate::host::HostState;
+pub use wit::{Selection, SelectionInput};
+
+use crate::types::{ChainView, Neuron, PostedList};
+
+/// Largest selection accepted from a policy.
+pub const MAX_PEERS: usize = 4096;
+/// Largest state a policy may keep.
+pub const MAX_STATE_BYTES: usize = 1 << 20;
+
+/// The `peer-selection` kind.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSelection;
+
+impl Kind for PeerSelection {
+    const KIND: PolicyKind = PolicyKind::PeerSelection;
+    const INTERFACE: &'static str = "peer-selection";
+    const WORLD: &'static str = "peer-selector";
+    type Input = SelectionInput;
+    type Output = Selection;
+
+    fn golden() -> (&'static str, SelectionInput) {
+        ("peer-selection (256 neurons, two posted lists)", golden_input(256))
+    }
+
+    fn set_config(input: &mut SelectionInput, config: Vec<(String, String)>) {
+        input.config = config;
+    }
+
+    fn summary(s: &Selection) -> String {
+        format!("{} peers; {}", s.peers.len(), s.note)
+    }
+}
+
+impl sealed::Dispatch for PeerSelection {
+    type Indices = wit::GuestIndices;
+
+    fn indices(pre: &InstancePre<HostState>) -> Option<Self::Indices> {
+        wit::GuestIndices::new(pre).ok()
+    }
+
+    fn invoke(
+        idx: &Self::Indices,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+        input: &SelectionInput,
+    ) -> wasmtime::Result<Result<Selection, String>> {
+        idx.load(&mut *store, instance)?.call_select(&mut *store, input)
+    }
+
+    fn check(s: &Selection) -> Result<(), String> {
+        if s.peers.len() > MAX_PEERS {
+            return Err(format!("{} peers (limit {MAX_PEERS})", s.peers.len()));
+        }
+        if s.state.len() > MAX_STATE_BYTES {
+            return Err(format!("{} bytes of state (limit {MAX_STATE_BYTES})", s.state.len()));
+        }
+        if let Some(w) = &s.weights {
+            if w.len() != s.peers.len() {
+                return Err(format!("{} weights for {} peers", w.len(), s.peers.len()));
+            }
+            if let Some(bad) = w.iter().find(|x| !x.is_finite() || **x < 0.0) {
+                return Err(format!("weight {bad} is not finite and >= 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A metagraph of `n` neurons with varied stake, incentive and buckets, two posted lists, window 1000 (the golden
+/// input uses 256).
+pub fn golden_input(n: u16) -> SelectionInput {
+    let neurons = (0..n)
+        .map(|uid| Neuron {
+            uid,
+            stake: 1000.0 + ((uid as u64 * 7919) % 1000) as f64,
+            incentive: ((uid as u64 * 104_729) % 100) as f64 / 100.0,
+            has_bucket: uid % 7 != 3,
+        })
+        .collect();
+    let list = |peers: Vec<u16>, first_effective_window| PostedList {
+        peers,
+        first_effective_window,
+        sync_window: first_effective_window - 2,
+    };
+    SelectionInput {
+        chain: ChainView {
+            block: 7003,
+            window: 1000,
+            blocks_per_window: 7,
+            netuid: 3,
+        },
+        neurons,
+        current: vec![],
+        latest: Some(list((1..16).collect(), 1001)),
+        previous: Some(list((2..10).collect(), 996)),
+        state: vec![],
+        config: vec![],
+    }
+}
