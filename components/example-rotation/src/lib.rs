@@ -6,6 +6,11 @@
 //! * Exploration: the remaining `max_peers - core` slots rotate through the other candidates, window by window, so
 //!   that every miner is tried regularly; weight `explore_weight`.
 //!
+//! Why weights: an exploring miner has no track record yet, so its gradient counts for half as much as a proven
+//! one's in the mean (the host's scatter-mean is weighted: each coefficient slot is `sum(w * v) / sum(w)`); a
+//! miner that turns out badly costs the aggregate less while it is being tried. Weight 0 would select a miner (its
+//! file is fetched and checked, and it counts in `success_rate`) without letting it move the aggregate.
+//!
 //! Configuration: `max_peers` (15), `core` (10), `explore_weight` (0.5), `blacklist` (comma-separated uids).
 //! Stateless: the rotation is a function of the window number, so every node selects the same peers.
 
@@ -33,9 +38,10 @@ impl PeerSelection for Rotation {
         let max_peers: usize = get(&input.config, "max_peers", 15)?;
         let core: usize = get::<usize>(&input.config, "core", 10)?.min(max_peers);
         let explore_weight: f32 = get(&input.config, "explore_weight", 0.5)?;
-        if !(explore_weight.is_finite() && explore_weight >= 0.0) {
+        // The host refuses any other weight (and would fall back to the default policy).
+        if !(explore_weight == 0.0 || (1.0 / 1_048_576.0..=1_048_576.0).contains(&explore_weight)) {
             return Err(format!(
-                "config explore_weight: {explore_weight} must be finite and >= 0"
+                "config explore_weight: {explore_weight} must be 0 or in [2^-20, 2^20]"
             ));
         }
         let blacklist: Vec<u16> = match input.config.iter().find(|(k, _)| k == "blacklist") {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use aggregator_kernels::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use cli::{aggregate, bench, catchup, codec, devnet, plugin, run, sim, vectors};
+use cli::{aggregate, bench, catchup, codec, devnet, plugin, replay, run, sim, vectors};
 pub(crate) use device::open_device;
 
 /// Templar 0.2.73-compatible aggregation server for decentralised LLM training.
@@ -80,6 +80,10 @@ enum Command {
     },
     /// Aggregates gradient files offline, exactly as the server does for one window.
     Aggregate(aggregate::AggregateArgs),
+    /// Checks a stored window against its receipt: every input by SHA-256, the policies re-run on their recorded
+    /// inputs, the aggregate recomputed (on `--device`) and compared bit for bit. Exit 0 when everything matches, 1
+    /// naming the first thing that differs (the peer, the policy, the parameter).
+    Replay(Box<replay::ReplayArgs>),
     /// Policy components (WebAssembly plugins).
     Plugin {
         #[command(subcommand)]
@@ -120,6 +124,9 @@ enum PluginCommand {
     /// Loads a policy component as the daemon would (compile, import audit, self-check, golden inputs under the
     /// production limits), names the world and version it implements, prints a verdict; exit 0 ok, 1 refused.
     Check(plugin::CheckArgs),
+    /// Runs a candidate component on a recorded window's policy inputs (its receipt) and prints its decisions beside
+    /// the recorded ones: peers added and removed, bounds and weights moved.
+    Run(Box<plugin::RunArgs>),
 }
 
 fn main() -> ExitCode {
@@ -141,6 +148,10 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check(args),
         } => plugin::check(args),
+        Command::Plugin {
+            command: PluginCommand::Run(args),
+        } => plugin::run(*args),
+        Command::Replay(args) => replay::replay_command(*args, device.unwrap_or_default()),
         Command::Bench { command } => bench::run(command, device.unwrap_or_default()),
     };
     result.unwrap_or_else(|e| {

@@ -97,6 +97,10 @@ fn values(dir: &std::path::Path) -> BTreeMap<&'static str, (String, String, toml
         ("device", s("cpu")),
         ("chain_timeout_s", f(7.5)),
         ("storage_timeout_s", f(60.0)),
+        (
+            "archive_inputs",
+            ("true".into(), "true".into(), toml::Value::Boolean(true)),
+        ),
     ])
 }
 

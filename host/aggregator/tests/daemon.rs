@@ -40,10 +40,17 @@ fn sim_runs_three_windows_and_prints_a_table() {
     let rows: Vec<&str> = stdout.lines().filter(|l| l.contains(" stored ")).collect();
     assert_eq!(rows.len(), 3, "{stdout}");
     assert!(stdout.contains("summary: 3 windows, 3 stored"), "{stdout}");
-    let outputs = std::fs::read_dir(dir.join("store").join(sim::OUTPUT_BUCKET))
+    let mut outputs: Vec<String> = std::fs::read_dir(dir.join("store").join(sim::OUTPUT_BUCKET))
         .unwrap()
-        .count();
-    assert_eq!(outputs, 3);
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    outputs.sort();
+    assert_eq!(outputs.len(), 6, "three aggregates and their receipts: {outputs:?}");
+    assert_eq!(
+        outputs.iter().filter(|n| n.starts_with("receipt-")).count(),
+        3,
+        "{outputs:?}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -156,7 +163,8 @@ async fn sigkill_mid_window_then_restart_backfills_once() {
         Duration::from_secs(1),
     );
 
-    // Exactly one complete aggregate per window, nothing else in the output bucket.
+    // Exactly one complete aggregate and its receipt per window, nothing else in the output bucket (a kill between
+    // the two writes leaves the receipt pending in the state directory; the restart stores it).
     let out_dir = dir.join("store").join(sim::OUTPUT_BUCKET);
     let mut names: Vec<String> = std::fs::read_dir(&out_dir)
         .unwrap()
@@ -164,7 +172,12 @@ async fn sigkill_mid_window_then_restart_backfills_once() {
         .collect();
     names.sort();
     let expected: Vec<String> = (first..=last)
-        .map(|w| aggregator_store::keys::aggregate(w, "0.2.73"))
+        .flat_map(|w| {
+            [
+                aggregator_store::keys::aggregate(w, "0.2.73"),
+                aggregator_store::keys::receipt(w, "0.2.73"),
+            ]
+        })
         .collect();
     let mut expected_sorted = expected.clone();
     expected_sorted.sort();
@@ -173,8 +186,8 @@ async fn sigkill_mid_window_then_restart_backfills_once() {
         "one file per window, no partial or temporary file"
     );
     let model = ModelSpec::preset("tiny").unwrap();
-    for (w, name) in (first..=last).zip(&expected) {
-        let bytes = std::fs::read(out_dir.join(name)).unwrap();
+    for w in first..=last {
+        let bytes = std::fs::read(out_dir.join(aggregator_store::keys::aggregate(w, "0.2.73"))).unwrap();
         let agg = Aggregate::read(&bytes, Some(&model), &Limits::default()).unwrap();
         assert_eq!(agg.window, w as i64);
         assert_eq!(
@@ -330,7 +343,7 @@ exec "$AGGREGATOR" --log-format json run --config "$CONFIG""#;
     );
     assert!(failed.contains("\"level\":\"WARN\""), "{failed}");
 
-    // Every window is stored after the recovery, once; nothing else is in the bucket.
+    // Every window is stored after the recovery, once, with its receipt; nothing else is in the bucket.
     let state_path = in_namespace(pid, &full.join("state").join("state.json"));
     loop {
         let state: Option<PersistedState> = std::fs::read_to_string(&state_path)
@@ -351,7 +364,12 @@ exec "$AGGREGATOR" --log-format json run --config "$CONFIG""#;
         .collect();
     names.sort();
     let mut expected: Vec<String> = (first..=last)
-        .map(|w| aggregator_store::keys::aggregate(w, "0.2.73"))
+        .flat_map(|w| {
+            [
+                aggregator_store::keys::aggregate(w, "0.2.73"),
+                aggregator_store::keys::receipt(w, "0.2.73"),
+            ]
+        })
         .collect();
     expected.sort();
     assert_eq!(names, expected, "one file per window, no partial or temporary file");

@@ -166,6 +166,16 @@ impl Chain for SubtensorClient {
         .await
     }
 
+    async fn block_hash(&self, block: u64) -> Result<Option<String>, ChainError> {
+        self.timed(&format!("hash of block {block}"), async {
+            let at = self.at(Some(block)).await?;
+            let hash = at.block_hash();
+            let bytes: &[u8] = hash.as_ref();
+            Ok(Some(format!("0x{}", hex::encode(bytes))))
+        })
+        .await
+    }
+
     async fn metagraph(&self, netuid: u16, block: Option<u64>) -> Result<Metagraph, ChainError> {
         self.timed(&format!("metagraph of subnet {netuid}"), async {
             let at = self.at(block).await?;

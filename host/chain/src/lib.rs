@@ -65,6 +65,12 @@ pub trait Chain: Send + Sync {
     fn head(&self) -> impl Future<Output = Result<u64, ChainError>> + Send;
     /// `Timestamp::Now` (milliseconds) at block `block`.
     fn timestamp_ms(&self, block: u64) -> impl Future<Output = Result<u64, ChainError>> + Send;
+    /// The hash of block `block` (`0x` and 64 hex digits), which pins the chain data a window receipt names; `None`
+    /// where the chain has no hashes (test fakes).
+    fn block_hash(&self, block: u64) -> impl Future<Output = Result<Option<String>, ChainError>> + Send {
+        let _ = block;
+        async { Ok(None) }
+    }
     /// The subnet's neurons at `block` (the finalized head if `None`).
     fn metagraph(&self, netuid: u16, block: Option<u64>) -> impl Future<Output = Result<Metagraph, ChainError>> + Send;
     /// The subnet's commitments at the metagraph's block, under Templar's rules (malformed ones are skipped and

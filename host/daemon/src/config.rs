@@ -44,6 +44,11 @@ pub struct DaemonConfig {
     /// Aggregates older than this many windows are deleted from the output bucket (Templar: 100).
     #[arg(long, env = "AGGREGATOR_RETENTION_WINDOWS", required = false)]
     pub retention_windows: u64,
+    /// Also copy each aggregated peer file into the output bucket (`inputs/{w}/gradient-{w}-{uid}-v{V}.pt`,
+    /// deleted with its window by retention), so that `aggregator replay` can check a window after its miners
+    /// delete their files. Off by default: it doubles the window's writes.
+    #[arg(long, env = "AGGREGATOR_ARCHIVE_INPUTS", required = false, action = ArgAction::Set)]
+    pub archive_inputs: bool,
     /// Where peers' buckets live: empty for R2 (the commitment's account), an `http(s)://` S3 URL, or a local
     /// directory (`file:///path` or a plain path) for self-hosted networks and the simulator.
     #[arg(long, env = "AGGREGATOR_PEER_ENDPOINT", required = false)]
@@ -220,7 +225,8 @@ impl FromArgMatches for PolicyFiles {
     }
 }
 
-fn parse_setting(kv: &str) -> Result<(String, String), String> {
+/// A policy setting `KEY=VALUE` as the command line gives it (`--policy-setting`), both sides trimmed.
+pub fn parse_setting(kv: &str) -> Result<(String, String), String> {
     let (k, v) = kv
         .split_once('=')
         .ok_or_else(|| format!("{kv:?}: expected KEY=VALUE"))?;
@@ -363,6 +369,7 @@ impl Default for DaemonConfig {
             device: Device::Auto,
             chain_timeout_s: 30.0,
             storage_timeout_s: 120.0,
+            archive_inputs: false,
         }
     }
 }
@@ -370,44 +377,7 @@ impl Default for DaemonConfig {
 /// Parses an endpoint string: `r2:ACCOUNT`, `http(s)://HOST[:PORT]`, `file://PATH` or a directory path. Anything
 /// else that names a scheme (`s3://bucket`, `ftp://…`) or looks like `HOST:PORT` is an error, never a directory.
 pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
-    let unsupported = |what: &str| {
-        Err(format!(
-            "{s:?}: {what}; use http(s)://HOST:PORT for an S3-compatible server, r2:ACCOUNT_ID for Cloudflare R2, \
-             or a directory (file:///path or a path)"
-        ))
-    };
-    if let Some(account) = s.strip_prefix("r2:") {
-        if account.is_empty() || !account.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(format!("{s:?}: an R2 account id is letters and digits"));
-        }
-        return Ok(Endpoint::R2 {
-            account: account.to_string(),
-        });
-    }
-    if let Some((scheme, rest)) = s.split_once("://") {
-        return match scheme {
-            "http" | "https" if !rest.trim_end_matches('/').is_empty() => {
-                Ok(Endpoint::Url(s.trim_end_matches('/').to_string()))
-            }
-            "http" | "https" => unsupported("no host"),
-            "file" if rest.starts_with('/') => Ok(Endpoint::Local(PathBuf::from(rest))),
-            "file" => unsupported("a file:// URL needs an absolute path"),
-            other => unsupported(&format!("the scheme {other}:// is not supported")),
-        };
-    }
-    if s.is_empty() {
-        return unsupported("empty");
-    }
-    // `minio:9000`, `localhost:9000/x`: a forgotten http://, not a directory named so.
-    let head = s.split('/').next().unwrap_or(s);
-    if let Some((host, port)) = head.split_once(':')
-        && !host.is_empty()
-        && !port.is_empty()
-        && port.bytes().all(|b| b.is_ascii_digit())
-    {
-        return unsupported("this looks like HOST:PORT without a scheme");
-    }
-    Ok(Endpoint::Local(PathBuf::from(s)))
+    s.parse()
 }
 
 impl DaemonConfig {

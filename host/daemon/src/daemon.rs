@@ -18,7 +18,7 @@ use crate::config::DaemonConfig;
 use crate::driver::RETRY_BASE;
 use crate::metrics::{Health, Metrics};
 use crate::report::WindowReport;
-use crate::state::{PersistedState, StateFile};
+use crate::state::{PendingReceipts, PersistedState, StateFile};
 
 /// Everything the daemon loads before it needs the chain: the configuration (validated), the model, the policies
 /// (checked with the operator's settings), the output bucket, the persisted state, and the metrics. Loading this
@@ -33,6 +33,7 @@ pub struct Prepared {
     health: Arc<Health>,
     state_file: StateFile,
     state: PersistedState,
+    pending: PendingReceipts,
 }
 
 impl Prepared {
@@ -42,6 +43,7 @@ impl Prepared {
         let model = ModelSpec::load(&config.model).map_err(|e| DaemonError::Config(format!("model: {e}")))?;
         let state_file = StateFile::open(&config.state_dir)?;
         let state = state_file.load()?;
+        let pending = PendingReceipts::open(&config.state_dir)?;
         let cache = match config.policy_cache.as_str() {
             "" => config.state_dir.join("policy-cache"),
             dir => PathBuf::from(dir),
@@ -71,6 +73,7 @@ impl Prepared {
             health: Arc::new(Health::default()),
             state_file,
             state,
+            pending,
         })
     }
 
@@ -133,6 +136,7 @@ pub struct Daemon<C: Chain> {
     pub(crate) health: Arc<Health>,
     pub(crate) state_file: StateFile,
     pub(crate) state: PersistedState,
+    pub(crate) pending: PendingReceipts,
     pub(crate) reports: Option<mpsc::UnboundedSender<WindowReport>>,
     pub(crate) retry_base: Duration,
 }
@@ -157,6 +161,7 @@ impl<C: Chain + 'static> Daemon<C> {
             health: p.health,
             state_file: p.state_file,
             state: p.state,
+            pending: p.pending,
             reports: None,
             retry_base: RETRY_BASE,
         }

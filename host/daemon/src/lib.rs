@@ -25,7 +25,9 @@ use aggregator_store::Bucket;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-pub use config::{Components, ConfigArgs, DaemonConfig, GatherConfig, OutputBucket, PolicyFiles, parse_endpoint};
+pub use config::{
+    Components, ConfigArgs, DaemonConfig, GatherConfig, OutputBucket, PolicyFiles, parse_endpoint, parse_setting,
+};
 pub use daemon::{Daemon, Prepared};
 pub use driver::{RETRY_BASE, RETRY_MAX};
 pub use report::{WindowReport, WindowResult};

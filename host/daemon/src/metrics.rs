@@ -56,6 +56,8 @@ pub struct Metrics {
     policy_state_resets: Family<Label, Counter>,
     commitments_skipped: Family<Label, Counter>,
     chain_values_defaulted: Family<Label, Counter>,
+    receipts: Family<Label, Counter>,
+    windows_without_receipt: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +87,8 @@ impl Metrics {
             policy_state_resets: Family::default(),
             commitments_skipped: Family::default(),
             chain_values_defaulted: Family::default(),
+            receipts: Family::default(),
+            windows_without_receipt: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,7 +156,34 @@ impl Metrics {
             "Chain values present but undecodable and taken as 0, by storage item (label: TaoWeight)",
             m.chain_values_defaulted.clone(),
         );
+        registry.register(
+            "receipts",
+            "Window receipts, by what happened (label: written = beside the aggregate at once, recovered = written \
+             later from the state directory after a failed put or a crash between the two writes, failed = a put \
+             that failed, kept to be retried)",
+            m.receipts.clone(),
+        );
+        // Present from the start (0), so that an alert on it needs no `absent()`.
+        for label in ["written", "recovered", "failed"] {
+            drop(m.receipts.get_or_create(&l(label)));
+        }
+        registry.register(
+            "windows_without_receipt",
+            "Stored aggregates found without their receipt and with none pending in the state directory (a receipt \
+             lost with the state directory, or a bucket written by another server)",
+            m.windows_without_receipt.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts a receipt event (`written`, `recovered`, `failed`).
+    pub fn receipt(&self, what: &str) {
+        self.receipts.get_or_create(&l(what)).inc();
+    }
+
+    /// Counts a stored window found without a receipt.
+    pub fn window_without_receipt(&self) {
+        self.windows_without_receipt.inc();
     }
 
     /// Counts a processed window.

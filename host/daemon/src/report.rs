@@ -54,6 +54,10 @@ pub struct WindowReport {
     pub put: Duration,
     /// Bytes stored.
     pub output_bytes: u64,
+    /// SHA-256 (hex) of the stored aggregate.
+    pub output_sha256: Option<String>,
+    /// The receipt's key, once stored beside the aggregate (none while it is pending: see `window::receipt`).
+    pub receipt: Option<String>,
 }
 
 impl WindowReport {
@@ -71,6 +75,8 @@ impl WindowReport {
             process: Duration::ZERO,
             put: Duration::ZERO,
             output_bytes: 0,
+            output_sha256: None,
+            receipt: None,
         }
     }
 }

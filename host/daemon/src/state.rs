@@ -70,15 +70,78 @@ impl StateFile {
 
     /// Saves atomically.
     pub fn save(&self, state: &PersistedState) -> Result<(), DaemonError> {
-        use std::io::Write;
-        let err = |m: String| DaemonError::State(format!("{}: {m}", self.path.display()));
-        let tmp = self.path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(state).map_err(|e| err(e.to_string()))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
-        f.write_all(text.as_bytes()).map_err(|e| err(e.to_string()))?;
-        f.sync_all().map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| err(e.to_string()))?;
-        Ok(())
+        let text = serde_json::to_string_pretty(state)
+            .map_err(|e| DaemonError::State(format!("{}: {e}", self.path.display())))?;
+        write_atomically(&self.path, text.as_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one: a temporary file, fsync, rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
+    use std::io::Write;
+    let err = |m: String| DaemonError::State(format!("{}: {m}", path.display()));
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+    f.write_all(bytes).map_err(|e| err(e.to_string()))?;
+    f.sync_all().map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// Receipts not yet in the output bucket, in `state_dir/pending-receipts/`: each is saved before its aggregate's put
+/// and removed once it is stored, so that neither a failed receipt put nor a crash between the two writes loses it
+/// (the daemon stores it, or drops it when its aggregate was never stored, before its next window).
+#[derive(Debug, Clone)]
+pub struct PendingReceipts {
+    dir: PathBuf,
+}
+
+impl PendingReceipts {
+    /// `dir/pending-receipts` (created).
+    pub fn open(state_dir: &Path) -> Result<Self, DaemonError> {
+        let dir = state_dir.join("pending-receipts");
+        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::State(format!("{}: {e}", dir.display())))?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, window: u64) -> PathBuf {
+        self.dir.join(format!("receipt-{window}.json"))
+    }
+
+    /// Saves (or replaces) window `window`'s receipt.
+    pub fn save(&self, window: u64, json: &[u8]) -> Result<(), DaemonError> {
+        write_atomically(&self.path(window), json)
+    }
+
+    /// Removes window `window`'s receipt (absent is fine).
+    pub fn remove(&self, window: u64) {
+        let _ = std::fs::remove_file(self.path(window));
+    }
+
+    /// Whether window `window` has a pending receipt.
+    pub fn contains(&self, window: u64) -> bool {
+        self.path(window).is_file()
+    }
+
+    /// The pending windows, oldest first, with their files.
+    pub fn list(&self) -> Vec<(u64, PathBuf)> {
+        let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let w = name
+                    .to_str()?
+                    .strip_prefix("receipt-")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()?;
+                Some((w, e.path()))
+            })
+            .collect();
+        out.sort();
+        out
     }
 }
 

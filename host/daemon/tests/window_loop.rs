@@ -2,7 +2,8 @@
 //! no S3 server, so each case runs in well under a second once the policies are compiled (they are cached across
 //! the cases in the target's tmp folder). The real chain client and storage are tested elsewhere (`host/chain`,
 //! `host/store`, the e2e and outage tests); here the loop's own decisions are: a missing timestamp, a missing leader
-//! list, a failed put retried, backfill order, an aggregate that already exists.
+//! list, a failed put retried, backfill order, an aggregate that already exists, receipts (beside each aggregate, and
+//! recovered after a crash between the two writes).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +16,7 @@ use aggregator_kernels::Cpu;
 use aggregator_model::ModelSpec;
 use aggregator_sim::{self as sim, VERSION};
 use aggregator_store::{Bucket, ClientSettings, Clients, PutOptions, keys, put};
-use aggregator_testkit::FakeChain;
+use aggregator_testkit::{FakeChain, metric_sample as sample};
 use tokio::sync::{mpsc, watch};
 
 const BPW: u32 = 10;
@@ -142,7 +143,19 @@ impl World {
 /// Runs the loop on `chain` from `last_processed`, announcing `closed` in one head event, until `n` reports have
 /// come; asserts the windows took under 3 s (after start-up) and returns the reports.
 async fn run(world: &World, chain: FakeChain, last_processed: u64, closed: Vec<u64>, n: usize) -> Vec<WindowReport> {
+    run_with_metrics(world, chain, last_processed, closed, n).await.0
+}
+
+/// [`run`], and the metrics' text at the end.
+async fn run_with_metrics(
+    world: &World,
+    chain: FakeChain,
+    last_processed: u64,
+    closed: Vec<u64>,
+    n: usize,
+) -> (Vec<WindowReport>, String) {
     let daemon = Daemon::new(world.config(last_processed), chain, world.output()).unwrap();
+    let metrics = daemon.metrics();
     let (report_tx, mut report_rx) = mpsc::unbounded_channel();
     let daemon = daemon
         .with_reports(report_tx)
@@ -181,7 +194,18 @@ async fn run(world: &World, chain: FakeChain, last_processed: u64, closed: Vec<u
     result.unwrap();
     assert!(took < Duration::from_secs(3), "{n} windows took {took:?}");
     eprintln!("{n} window(s) in {took:?}");
-    reports
+    (reports, metrics.encode())
+}
+
+fn receipt_path(world: &World, w: u64) -> std::path::PathBuf {
+    world.dir.path().join("out/out").join(keys::receipt(w, VERSION))
+}
+
+fn pending_path(world: &World, w: u64) -> std::path::PathBuf {
+    world
+        .dir
+        .path()
+        .join(format!("state/pending-receipts/receipt-{w}.json"))
 }
 
 fn stored(world: &World, w: u64) -> bool {
@@ -258,6 +282,57 @@ async fn backfilled_windows_are_processed_oldest_first() {
     let order: Vec<u64> = reports.iter().map(|r| r.window).collect();
     assert_eq!(order, vec![10, 11, 12]);
     assert!(reports.iter().all(|r| r.result == WindowResult::Stored), "{reports:?}");
+    // Each beside its receipt, none left pending.
+    for r in &reports {
+        assert_eq!(r.receipt.as_deref(), Some(keys::receipt(r.window, VERSION).as_str()));
+        let receipt =
+            aggregator_receipt::Receipt::from_json(&std::fs::read(receipt_path(&world, r.window)).unwrap(), "r")
+                .unwrap();
+        assert_eq!(receipt.output.sha256, *r.output_sha256.as_ref().unwrap());
+        assert_eq!(receipt.peers.len(), 3);
+        assert!(receipt.timings_ms.put.is_some());
+        assert!(!pending_path(&world, r.window).exists());
+    }
+}
+
+/// A crash between the aggregate's put and the receipt's (simulated: the receipt is taken out of the bucket and left
+/// in the state directory, as the daemon saves it before the aggregate's put) loses nothing: the next run stores
+/// it before its first window. A pending receipt whose aggregate was never stored is dropped. An aggregate with no
+/// receipt anywhere is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_left_pending_by_a_crash_is_stored_by_the_next_run() {
+    let world = World::new();
+    world.post_lists(10).await;
+    world.gradients(10).await;
+    let chain = || chain(Some(now_ms() - 1_000));
+    let reports = run(&world, chain(), 9, vec![10], 1).await;
+    assert_eq!(reports[0].result, WindowResult::Stored);
+    let written = std::fs::read(receipt_path(&world, 10)).unwrap();
+    std::fs::remove_file(receipt_path(&world, 10)).unwrap();
+    std::fs::write(pending_path(&world, 10), &written).unwrap();
+    // And one for a window whose aggregate's put never completed.
+    let orphan = String::from_utf8(written.clone())
+        .unwrap()
+        .replace(&keys::aggregate(10, VERSION), &keys::aggregate(8, VERSION))
+        .replace("\"window\": 10", "\"window\": 8");
+    std::fs::write(pending_path(&world, 8), orphan).unwrap();
+
+    let (reports, metrics) = run_with_metrics(&world, chain(), 9, vec![10], 1).await;
+    assert_eq!(reports[0].result, WindowResult::AlreadyStored);
+    assert_eq!(
+        std::fs::read(receipt_path(&world, 10)).unwrap(),
+        written,
+        "recovered as saved"
+    );
+    assert!(!pending_path(&world, 10).exists() && !pending_path(&world, 8).exists());
+    assert!(!receipt_path(&world, 8).exists());
+    assert_eq!(sample(&metrics, "aggregator_receipts_total{label=\"recovered\"}"), 1.0);
+    assert_eq!(sample(&metrics, "aggregator_windows_without_receipt_total"), 0.0);
+
+    // Lost with the state directory too: counted.
+    std::fs::remove_file(receipt_path(&world, 10)).unwrap();
+    let (_, metrics) = run_with_metrics(&world, chain(), 9, vec![10], 1).await;
+    assert_eq!(sample(&metrics, "aggregator_windows_without_receipt_total"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

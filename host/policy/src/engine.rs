@@ -77,7 +77,31 @@ impl std::fmt::Debug for Loaded {
     }
 }
 
+/// Which component made a decision: what a window receipt records, and what `replay` looks for (by `sha256`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentId {
+    /// Name from `describe`.
+    pub name: String,
+    /// Version from `describe`.
+    pub version: String,
+    /// SHA-256 of the wasm bytes (hex): the identity that counts (name and version are the author's claims).
+    pub sha256: String,
+    /// Where the host loaded it from (a path on the server, or `embedded:templar-default`).
+    pub origin: String,
+}
+
 impl Loaded {
+    /// Its identity.
+    pub fn id(&self) -> ComponentId {
+        ComponentId {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            sha256: self.sha256.clone(),
+            origin: self.origin.clone(),
+        }
+    }
+
     /// `name version`.
     pub fn label(&self) -> String {
         format!("{} {}", self.name, self.version)
@@ -196,7 +220,8 @@ impl PolicyEngine {
 
     /// Compiles `wasm`, through the on-disk cache when there is one. The cache key is the wasm's SHA-256 plus the
     /// engine's compatibility hash, and only this process writes the cache, so a third party can never supply
-    /// native code.
+    /// native code. The cache also keeps each component's own bytes as `{sha256}.wasm`, so that
+    /// `aggregator replay --components <cache>` finds the exact component a receipt names after its file changed.
     pub(crate) fn compile(&self, wasm: &[u8], origin: &str) -> Result<Component, PolicyError> {
         let compile_err = |e: wasmtime::Error| PolicyError::Compile {
             origin: origin.into(),
@@ -205,9 +230,17 @@ impl PolicyEngine {
         let Some(dir) = &self.cache_dir else {
             return Component::new(&self.engine, wasm).map_err(compile_err);
         };
+        let sha = hex(&Sha256::digest(wasm));
+        let original = dir.join(format!("{sha}.wasm"));
+        if !original.is_file() && std::fs::create_dir_all(dir).is_ok() {
+            let tmp = original.with_extension("wasm.tmp");
+            if std::fs::write(&tmp, wasm).is_ok() {
+                let _ = std::fs::rename(&tmp, &original);
+            }
+        }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
-        let path = dir.join(format!("{}-{:016x}.cwasm", hex(&Sha256::digest(wasm)), h.finish()));
+        let path = dir.join(format!("{sha}-{:016x}.cwasm", h.finish()));
         if path.is_file() {
             // SAFETY: files in the cache directory are written only by `precompile_component` below, from wasm this
             // engine compiled itself, under a key that includes the engine's compatibility hash.

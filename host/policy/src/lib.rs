@@ -23,7 +23,7 @@ pub mod kinds;
 mod policies;
 
 pub use admission::import_allowed;
-pub use engine::{Called, Loaded, PolicyEngine, PolicyLimits};
+pub use engine::{Called, ComponentId, Loaded, PolicyEngine, PolicyLimits};
 pub use error::PolicyError;
 pub use host::PolicyLog;
 pub use kinds::catchup_verification::CatchupVerification;

@@ -15,11 +15,11 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use sha2::{Digest, Sha256};
 
-use crate::engine::{Called, Loaded, PolicyEngine, hex};
+use crate::engine::{Called, ComponentId, Loaded, PolicyEngine, hex};
 use crate::host::PolicyLog;
-use crate::kinds::catchup_verification::{CatchupVerification, Verdict, VerifyInput};
-use crate::kinds::peer_selection::{PeerSelection, Selection, SelectionInput};
-use crate::kinds::time_bounds::{Bounds, BoundsInput, TimeBounds};
+use crate::kinds::catchup_verification::{CatchupVerification, VerifyInput};
+use crate::kinds::peer_selection::{PeerSelection, SelectionInput};
+use crate::kinds::time_bounds::{BoundsInput, TimeBounds};
 use crate::kinds::{Kind, PolicyKind};
 use crate::{EMBEDDED_DEFAULT, PolicyError};
 
@@ -40,13 +40,18 @@ impl PolicyConfig {
     }
 }
 
-/// A policy call's result.
+/// A policy call's result, with the input exactly as the policy received it (the operator's settings in `config`,
+/// and an emptied `state` after a [`Outcome::state_reset`]).
 #[derive(Debug, Clone)]
-pub struct Outcome<R> {
+pub struct Outcome<K: Kind> {
+    /// The input the decision was made on.
+    pub input: K::Input,
     /// The decision.
-    pub value: R,
+    pub value: K::Output,
     /// `name version` of the policy that made it.
     pub policy: String,
+    /// The component that made it.
+    pub component: ComponentId,
     /// When the current policy failed and a fallback answered: why it failed.
     pub fallback: Option<PolicyError>,
     /// What the policy logged.
@@ -123,19 +128,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Slot {
-    fn call<R>(&self, f: impl Fn(&Loaded) -> Result<Called<R>, PolicyError>) -> Result<Outcome<R>, PolicyError> {
+    fn call<K: Kind>(
+        &self,
+        input: K::Input,
+        f: impl Fn(&Loaded, &K::Input) -> Result<Called<K::Output>, PolicyError>,
+    ) -> Result<Outcome<K>, PolicyError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let done = |c: Called<R>, l: &Loaded, fallback| Outcome {
+        let done = |c: Called<K::Output>, l: &Loaded, fallback, input: K::Input| Outcome {
+            input,
             value: c.value,
             policy: l.label(),
+            component: l.id(),
             fallback,
             logs: c.logs,
             fuel_used: c.fuel_used,
             state_reset: None,
         };
         let current = self.current.load_full();
-        let error = match f(&current) {
-            Ok(c) => return Ok(done(c, &current, None)),
+        let error = match f(&current, &input) {
+            Ok(c) => return Ok(done(c, &current, None, input)),
             Err(e) => e,
         };
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -148,9 +159,9 @@ impl Slot {
                 continue;
             }
             tried.push(Arc::as_ptr(&candidate));
-            if let Ok(c) = f(&candidate) {
+            if let Ok(c) = f(&candidate, &input) {
                 self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
-                return Ok(done(c, &candidate, Some(error)));
+                return Ok(done(c, &candidate, Some(error), input));
             }
         }
         Err(error)
@@ -225,16 +236,17 @@ impl Policies {
 
     /// Calls the policy serving kind `K` (the operator settings replace the input's `config`), falling back to the
     /// last good policy, then the embedded default, when it fails.
-    pub fn call<K: Kind>(&self, mut input: K::Input) -> Result<Outcome<K::Output>, PolicyError> {
+    pub fn call<K: Kind>(&self, mut input: K::Input) -> Result<Outcome<K>, PolicyError> {
         K::set_config(&mut input, self.settings.clone());
-        self.slot(K::KIND).call(|l| self.engine.run::<K>(l, &input))
+        self.slot(K::KIND)
+            .call::<K>(input, |l, input| self.engine.run::<K>(l, input))
     }
 
     /// Selects the peers for a window ([`Policies::call`] for `peer-selection`). When every policy fails with a
     /// non-empty saved `state` (one a new policy version does not recognise, say), the call is made once more with
     /// an empty state, so that a bad state cannot fail every window; the outcome then names the refusal in
     /// `state_reset`.
-    pub fn select_peers(&self, input: SelectionInput) -> Result<Outcome<Selection>, PolicyError> {
+    pub fn select_peers(&self, input: SelectionInput) -> Result<Outcome<PeerSelection>, PolicyError> {
         match self.call::<PeerSelection>(input.clone()) {
             Err(refused) if !input.state.is_empty() => {
                 let fresh = SelectionInput { state: vec![], ..input };
@@ -251,12 +263,12 @@ impl Policies {
     }
 
     /// Computes a window's upload time bounds ([`Policies::call`] for `time-bounds`).
-    pub fn time_bounds(&self, input: BoundsInput) -> Result<Outcome<Bounds>, PolicyError> {
+    pub fn time_bounds(&self, input: BoundsInput) -> Result<Outcome<TimeBounds>, PolicyError> {
         self.call::<TimeBounds>(input)
     }
 
     /// Judges a catch-up comparison ([`Policies::call`] for `catchup-verification`).
-    pub fn verify(&self, input: VerifyInput) -> Result<Outcome<Verdict>, PolicyError> {
+    pub fn verify(&self, input: VerifyInput) -> Result<Outcome<CatchupVerification>, PolicyError> {
         self.call::<CatchupVerification>(input)
     }
 

@@ -55,6 +55,58 @@ fn a_self_check_that_never_ends_is_stopped_and_refused() {
     );
 }
 
+/// Weights the kernels would refuse (NaN, infinite, negative, below 2^-20 or above 2^20, wrong length) fail the call
+/// in the policy, where it falls back (counted), not in the kernels after the gather; 0 and the range's ends pass.
+#[test]
+fn hostile_weights_fail_the_call_and_fall_back() {
+    let dir = common::scratch("weights");
+    let path = dir.path().join("hostile.wasm");
+    common::install(&path, &common::guest("hostile", &[]));
+    // A window after start-up (the hostile guest misbehaves only then) with `weights` for peers 1, 2, …
+    let select = |weights: &str| {
+        let config = PolicyConfig {
+            components: [(PolicyKind::PeerSelection, path.clone())].into(),
+            settings: vec![("misbehave".into(), format!("weights={weights}"))],
+        };
+        let policies = Policies::new(common::engine().clone(), config).unwrap();
+        let mut input = selection_input(64);
+        input.current = vec![1];
+        let out = policies.select_peers(input).unwrap();
+        (out, policies.stats()[0].1.clone())
+    };
+    let refused = [
+        ("1,NaN", "NaN"),
+        ("1,-1", "-1"),
+        ("inf,1", "inf"),
+        ("1e-7", "0.0000001"),
+        ("2e6,1", "2000000"),
+        ("1,-0.000001", "-0.000001"),
+    ];
+    for (weights, shown) in refused {
+        let (out, stats) = select(weights);
+        let cause = out
+            .fallback
+            .unwrap_or_else(|| panic!("weights {weights} were accepted"));
+        assert!(
+            matches!(&cause, PolicyError::InvalidOutput { reason, .. } if reason.contains(shown) && reason.contains("not in [2^-20, 2^20]")),
+            "{weights}: {cause}"
+        );
+        assert!(out.policy.starts_with("templar-default"));
+        assert_eq!((stats.failures, stats.fallbacks), (1, 1), "{weights}");
+    }
+    for weights in ["0,1", "0.00000095367431640625,1048576", "0.5,2,0"] {
+        let (out, stats) = select(weights);
+        assert!(out.fallback.is_none(), "{weights}: {:?}", out.fallback);
+        assert_eq!(stats.failures, 0);
+        assert_eq!(
+            out.input.config[0].1,
+            format!("weights={weights}"),
+            "the input as the policy saw it"
+        );
+        assert_eq!(out.component.name, "hostile");
+    }
+}
+
 #[test]
 fn misbehaving_calls_are_contained_and_fall_back_to_the_default() {
     let dir = common::scratch("sandbox");
@@ -120,7 +172,7 @@ fn misbehaving_calls_are_contained_and_fall_back_to_the_default() {
         assert!(policies.select_peers(selection_input(16)).is_ok());
     }
     let normal = PolicyConfig {
-        components: [(PolicyKind::PeerSelection, path)].into(),
+        components: [(PolicyKind::PeerSelection, path.clone())].into(),
         ..Default::default()
     };
     let policies = Policies::new(common::engine().clone(), normal).unwrap();

@@ -19,6 +19,7 @@ use aggregator_codec::{Gradient, GradientMetadata, PeerList, SparseParam, StartW
 use aggregator_devnet::{Devnet, DevnetConfig, Neuron as DevNeuron, Timestamps};
 use aggregator_kernels::{Backend, Cpu};
 use aggregator_model::ModelSpec;
+use aggregator_policy::PolicyKind;
 use aggregator_store::{Bucket, ClientSettings, Clients, Endpoint, PutOptions, SkipKind, keys, put, size_cap};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -150,6 +151,12 @@ pub struct SimOptions {
     pub lose: Vec<u64>,
     /// The daemon's numeric backend.
     pub backend: Arc<dyn Backend>,
+    /// A peer-selection component for the daemon (default: the embedded templar-default).
+    pub peer_selection: Option<PathBuf>,
+    /// Policy settings for the daemon, besides the simulator's `time_window_delta_seconds`.
+    pub policy_settings: Vec<(String, String)>,
+    /// The daemon's `archive_inputs`.
+    pub archive_inputs: bool,
 }
 
 impl std::fmt::Debug for SimOptions {
@@ -184,6 +191,9 @@ impl Default for SimOptions {
             verbose: true,
             lose: vec![],
             backend: Arc::new(Cpu::new()),
+            peer_selection: None,
+            policy_settings: vec![],
+            archive_inputs: false,
         }
     }
 }
@@ -317,14 +327,6 @@ pub struct Network {
     endpoint: Endpoint,
     miners: tokio::task::JoinHandle<()>,
     options: SimOptions,
-}
-
-fn endpoint_string(e: &Endpoint) -> String {
-    match e {
-        Endpoint::Url(u) => u.clone(),
-        Endpoint::Local(p) => p.display().to_string(),
-        Endpoint::R2 { account } => format!("r2:{account}"),
-    }
 }
 
 impl Network {
@@ -563,6 +565,11 @@ impl Network {
         let options = &self.options;
         let mut settings = BTreeMap::new();
         settings.insert("time_window_delta_seconds".to_string(), options.delta_s.to_string());
+        settings.extend(options.policy_settings.iter().cloned());
+        let mut components = aggregator_daemon::Components::default();
+        if let Some(file) = &options.peer_selection {
+            components.set(PolicyKind::PeerSelection, file.display().to_string());
+        }
         DaemonConfig {
             chain_url: self.devnet.url(),
             netuid: NETUID,
@@ -572,9 +579,9 @@ impl Network {
             state_dir: self.data_dir.join("state"),
             max_backfill: options.windows + 2,
             retention_windows: (options.windows + 2).max(100),
-            peer_endpoint: endpoint_string(&self.endpoint),
+            peer_endpoint: self.endpoint.to_string(),
             output: OutputBucket {
-                endpoint: endpoint_string(&self.output.endpoint),
+                endpoint: self.output.endpoint.to_string(),
                 name: self.output.name.clone(),
                 access_key_id: self.output.access_key_id.clone(),
                 secret: self.output.secret.clone(),
@@ -583,10 +590,8 @@ impl Network {
                 timeout_s: options.delta_s as f64 + 10.0,
                 concurrency: 16,
             },
-            policy: aggregator_daemon::PolicyFiles {
-                settings,
-                ..Default::default()
-            },
+            policy: aggregator_daemon::PolicyFiles { components, settings },
+            archive_inputs: options.archive_inputs,
             metrics: options.metrics.map(|a| a.to_string()).unwrap_or_default(),
             device: options.backend.name().parse().unwrap_or_default(),
             ..DaemonConfig::default()
@@ -749,8 +754,17 @@ pub async fn fetch_metrics(addr: SocketAddr) -> std::io::Result<String> {
 
 fn print_table(o: &SimOutcome) {
     println!(
-        "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9} {:>10} {:>8} {:>12}  skipped (uid: reason)",
-        "window", "result", "selected", "aggregated", "skipped", "gather s", "process s", "put s", "output bytes"
+        "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9} {:>10} {:>8} {:>12} {:>12}  skipped (uid: reason)",
+        "window",
+        "result",
+        "selected",
+        "aggregated",
+        "skipped",
+        "gather s",
+        "process s",
+        "put s",
+        "output bytes",
+        "sha256"
     );
     let mut worst = Duration::ZERO;
     for r in &o.reports {
@@ -761,8 +775,9 @@ fn print_table(o: &SimOutcome) {
             .iter()
             .map(|(u, why)| format!("{u}: {}", why.kind()))
             .collect();
+        let sha = r.output_sha256.as_deref().map_or("-", |s| &s[..12.min(s.len())]);
         println!(
-            "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9.2} {:>10.2} {:>8.2} {:>12}  {}",
+            "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9.2} {:>10.2} {:>8.2} {:>12} {:>12}  {}",
             r.window,
             r.result.label(),
             r.selected.len(),
@@ -772,6 +787,7 @@ fn print_table(o: &SimOutcome) {
             r.process.as_secs_f64(),
             r.put.as_secs_f64(),
             r.output_bytes,
+            sha,
             skipped.join(", ")
         );
     }
@@ -783,6 +799,12 @@ fn print_table(o: &SimOutcome) {
         worst.as_secs_f64(),
         o.data_dir.display()
     );
+    if let Some(r) = o.reports.iter().rev().find(|r| r.receipt.is_some()) {
+        println!(
+            "verify a window from its receipt: aggregator replay --window {} --store {} --bucket {}",
+            r.window, o.output.endpoint, o.output.name
+        );
+    }
 }
 
 /// The simulated leader validator (uid 0): keeps a model, applies each window's aggregate as it appears (stepping

@@ -9,10 +9,12 @@ use aggregator_codec::{Aggregate, Gradient, Limits};
 use aggregator_daemon::WindowResult;
 use aggregator_kernels::Cpu;
 use aggregator_model::ModelSpec;
+use aggregator_policy::{PolicyEngine, PolicyLimits};
+use aggregator_receipt::{PeerOutcome, Receipt, ReplayOptions, Verdict, replay};
 use aggregator_sim::{self as sim, S3Target, SimOptions};
 use aggregator_store::{Bucket, ClientSettings, Clients, SkipKind, keys};
 use aggregator_testkit::seaweed::{ADMIN, BucketAccess, SeaweedFs};
-use aggregator_testkit::{free_port, start_seaweed};
+use aggregator_testkit::{free_port, metric_sample as sample, start_seaweed};
 use aggregator_window::{PeerInput, aggregate_window};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -35,16 +37,6 @@ async fn get(clients: &Clients, bucket: &Bucket, key: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// The value of one sample line `name{labels} value` (or `name value`).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_with_faults_against_seaweedfs() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
@@ -62,6 +54,7 @@ async fn simulator_with_faults_against_seaweedfs() {
         data_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sim-e2e-{}", std::process::id()))),
         metrics: Some(metrics),
         verbose: false,
+        archive_inputs: true,
         ..SimOptions::default()
     })
     .await
@@ -120,7 +113,7 @@ async fn simulator_with_faults_against_seaweedfs() {
                     .await
                     .unwrap_or_else(|| panic!("window {w}: uid {uid}'s gradient is stored"));
                     let limits = Limits::for_gradient(model.sparse_bytes() as u64);
-                    PeerInput::Valid(Gradient::read(&bytes, &model, &limits).unwrap())
+                    PeerInput::valid(Gradient::read(&bytes, &model, &limits).unwrap())
                 }
             };
             inputs.push((uid, input));
@@ -172,5 +165,67 @@ async fn simulator_with_faults_against_seaweedfs() {
         sample(m, "aggregator_success_rate"),
         last.aggregated.len() as f64 / last.selected.len() as f64
     );
+
+    // Every stored window replays from its receipt over S3 (inputs by SHA-256, policies re-run, the aggregate
+    // recomputed bit for bit); then again after a miner deletes its file, from the archived copy.
+    let output = clients.get(&admin(sim::OUTPUT_BUCKET)).unwrap();
+    let options = ReplayOptions {
+        output: Some(output.clone()),
+        aggregate: None,
+        clients: Clients::new(ClientSettings::default()),
+        model: std::sync::Arc::new(model.clone()),
+        backend: std::sync::Arc::new(Cpu::new()),
+        engine: PolicyEngine::new(PolicyLimits::default(), None).unwrap(),
+        components: vec![],
+        timeout: std::time::Duration::from_secs(30),
+    };
+    let mut replayed = 0;
+    for r in outcome.reports.iter().filter(|r| r.result == WindowResult::Stored) {
+        let w = r.window;
+        let text = get(&clients, &admin(sim::OUTPUT_BUCKET), &keys::receipt(w, "0.2.73"))
+            .await
+            .expect("a stored window has its receipt");
+        let receipt = Receipt::from_json(&text, "receipt").unwrap();
+        assert_eq!(
+            receipt.chain.sync_block_hash.as_deref().map(str::len),
+            Some(66),
+            "a block hash"
+        );
+        assert_eq!(receipt.peers.len(), r.selected.len());
+        let report = replay(&receipt, &options).await;
+        assert!(report.passed(), "window {w}: {:#?}", report.steps);
+        let aggregated: Vec<_> = receipt
+            .peers
+            .iter()
+            .filter(|p| p.outcome == PeerOutcome::Aggregated)
+            .collect();
+        assert!(aggregated.iter().all(|p| p.archived.is_some()), "window {w}: archived");
+        let victim = aggregated[0];
+        let key = keys::gradient(w, victim.uid, "0.2.73");
+        clients
+            .get(&admin(&sim::bucket_name(victim.uid)))
+            .unwrap()
+            .delete(&Path::from(key.as_str()))
+            .await
+            .unwrap();
+        let report = replay(&receipt, &options).await;
+        assert!(
+            report.passed(),
+            "window {w} without uid {}'s file: {:#?}",
+            victim.uid,
+            report.steps
+        );
+        assert!(
+            report
+                .steps
+                .iter()
+                .any(|s| s.what == format!("uid {} input", victim.uid)
+                    && matches!(&s.verdict, Verdict::Match(t) if t.starts_with("archive inputs/"))),
+            "{:#?}",
+            report.steps
+        );
+        replayed += 1;
+    }
+    assert_eq!(replayed, stored);
     std::fs::remove_dir_all(&outcome.data_dir).ok();
 }

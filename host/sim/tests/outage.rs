@@ -143,7 +143,7 @@ async fn a_storage_outage_of_30_s_loses_no_window() {
         after_recovery >= 8,
         "the windows that closed during the outage were retried after it ({after_recovery})"
     );
-    // Exactly one object per window, nothing else.
+    // Exactly one aggregate and its receipt per window, nothing else.
     let store = Clients::new(ClientSettings::default()).get(&output).unwrap();
     let mut names: Vec<String> = store
         .list(None)
@@ -151,10 +151,15 @@ async fn a_storage_outage_of_30_s_loses_no_window() {
         .try_collect()
         .await
         .unwrap();
-    names.retain(|n| aggregator_store::keys::parse_aggregate(n, "0.2.73").is_none_or(|w| (first..=last).contains(&w)));
+    use aggregator_store::keys;
+    names.retain(|n| {
+        keys::parse_aggregate(n, "0.2.73")
+            .or_else(|| keys::parse_receipt(n, "0.2.73"))
+            .is_none_or(|w| (first..=last).contains(&w))
+    });
     names.sort();
     let mut expected: Vec<String> = (first..=last)
-        .map(|w| aggregator_store::keys::aggregate(w, "0.2.73"))
+        .flat_map(|w| [keys::aggregate(w, "0.2.73"), keys::receipt(w, "0.2.73")])
         .collect();
     expected.sort();
     assert_eq!(names, expected);

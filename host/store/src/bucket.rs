@@ -29,6 +29,67 @@ impl fmt::Debug for Endpoint {
     }
 }
 
+/// Parses what [`Endpoint`]'s `Display` writes, as operators type it: `r2:ACCOUNT_ID`, `http(s)://HOST:PORT`, or a
+/// directory (`file:///abs/path` or a path). `HOST:PORT` without a scheme is refused (a forgotten `http://`, not a
+/// directory named so).
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Endpoint, String> {
+        let unsupported = |what: &str| {
+            Err(format!(
+                "{s:?}: {what}; use http(s)://HOST:PORT for an S3-compatible server, r2:ACCOUNT_ID for Cloudflare R2, \
+                 or a directory (file:///path or a path)"
+            ))
+        };
+        if let Some(account) = s.strip_prefix("r2:") {
+            if account.is_empty() || !account.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(format!("{s:?}: an R2 account id is letters and digits"));
+            }
+            return Ok(Endpoint::R2 {
+                account: account.to_string(),
+            });
+        }
+        if let Some((scheme, rest)) = s.split_once("://") {
+            return match scheme {
+                "http" | "https" if !rest.trim_end_matches('/').is_empty() => {
+                    Ok(Endpoint::Url(s.trim_end_matches('/').to_string()))
+                }
+                "http" | "https" => unsupported("no host"),
+                "file" if rest.starts_with('/') => Ok(Endpoint::Local(PathBuf::from(rest))),
+                "file" => unsupported("a file:// URL needs an absolute path"),
+                other => unsupported(&format!("the scheme {other}:// is not supported")),
+            };
+        }
+        if s.is_empty() {
+            return unsupported("empty");
+        }
+        // `minio:9000`, `localhost:9000/x`: a forgotten http://, not a directory named so.
+        let head = s.split('/').next().unwrap_or(s);
+        if let Some((host, port)) = head.split_once(':')
+            && !host.is_empty()
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+        {
+            return unsupported("this looks like HOST:PORT without a scheme");
+        }
+        Ok(Endpoint::Local(PathBuf::from(s)))
+    }
+}
+
+/// `r2:ACCOUNT_ID`, the URL, or `file://PATH`: the form [`Endpoint`]'s `FromStr` reads back (window receipts record
+/// endpoints so).
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::R2 { account } => write!(f, "r2:{account}"),
+            Endpoint::Url(u) => write!(f, "{u}"),
+            Endpoint::Local(p) if p.is_absolute() => write!(f, "file://{}", p.display()),
+            Endpoint::Local(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 /// A bucket and the credentials to use it. The secret never appears in `Debug` output or errors.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Bucket {
@@ -137,5 +198,21 @@ mod tests {
             "v-R2_AGGREGATOR_BUCKET_NAME"
         );
         assert!(Bucket::aggregator_from_env(|_| None).is_err());
+    }
+
+    #[test]
+    fn endpoints_read_back_what_they_print() {
+        for e in [
+            Endpoint::R2 {
+                account: "abc123".into(),
+            },
+            Endpoint::Url("http://127.0.0.1:8333".into()),
+            Endpoint::Local(PathBuf::from("/tmp/store")),
+            Endpoint::Local(PathBuf::from("rel/store")),
+        ] {
+            assert_eq!(e.to_string().parse::<Endpoint>(), Ok(e.clone()), "{e}");
+        }
+        assert!("minio:9000".parse::<Endpoint>().is_err());
+        assert!("s3://x".parse::<Endpoint>().is_err());
     }
 }

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aggregator_codec::{Gradient, Limits};
 use aggregator_model::ModelSpec;
+use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
 
 use crate::{Bucket, Clients, SkipReason, keys};
 
@@ -34,6 +36,9 @@ pub struct GatherOptions {
     pub timeout: Duration,
     /// Peers fetched at once.
     pub concurrency: usize,
+    /// Keep each valid file's bytes in [`Gathered::body`] (for `archive_inputs`; otherwise they are dropped once
+    /// decoded, and a window holds only the decoded gradients).
+    pub keep_bytes: bool,
 }
 
 impl Default for GatherOptions {
@@ -42,6 +47,7 @@ impl Default for GatherOptions {
             poll_interval: Duration::from_millis(100),
             timeout: Duration::from_secs(15),
             concurrency: 15,
+            keep_bytes: false,
         }
     }
 }
@@ -55,6 +61,25 @@ pub struct PeerRequest {
     pub bucket: Option<Bucket>,
 }
 
+/// The object a peer's outcome is about, as the store described it and as it was read: what a window receipt
+/// records (as is: its serde form is the receipt's `file`) so that anyone can check later that they hold the same
+/// file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRecord {
+    /// Its key in the peer's bucket.
+    pub key: String,
+    /// The store's `ETag` (none when the store gives none: a local directory gives one derived from metadata).
+    pub etag: Option<String>,
+    /// Size from the store's listing (`HEAD`).
+    pub size: u64,
+    /// `LastModified`, in ms since the Unix epoch.
+    pub last_modified_ms: u64,
+    /// SHA-256 (hex) of the bytes actually read; none when the file was judged on its `HEAD` alone (too early, too
+    /// late, too large) or the read did not complete.
+    pub sha256: Option<String>,
+}
+
 /// A peer's outcome with what it cost.
 #[derive(Debug)]
 pub struct Gathered {
@@ -62,10 +87,33 @@ pub struct Gathered {
     pub uid: u16,
     /// The decoded and validated gradient, or why the peer is skipped.
     pub outcome: Result<Box<Gradient>, SkipReason>,
+    /// The object seen, if one was found.
+    pub file: Option<FileRecord>,
+    /// The file's bytes, for a valid peer when [`GatherOptions::keep_bytes`] is set.
+    pub body: Option<Bytes>,
     /// Bytes downloaded.
     pub bytes: u64,
     /// Time spent on this peer.
     pub elapsed: Duration,
+}
+
+/// What [`fetch`] found for one peer.
+struct Fetched {
+    outcome: Result<Box<Gradient>, SkipReason>,
+    file: Option<FileRecord>,
+    body: Option<Bytes>,
+    bytes: u64,
+}
+
+impl Fetched {
+    fn skipped(reason: SkipReason, file: Option<FileRecord>) -> Self {
+        Self {
+            outcome: Err(reason),
+            file,
+            body: None,
+            bytes: 0,
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -95,10 +143,10 @@ pub async fn gather(
             let model = model.clone();
             async move {
                 let started = Instant::now();
-                let (outcome, bytes) = match &p.bucket {
-                    None => (Err(SkipReason::NoBucket), 0),
+                let f = match &p.bucket {
+                    None => Fetched::skipped(SkipReason::NoBucket, None),
                     Some(bucket) => match clients.get(bucket) {
-                        Err(e) => (Err(storage_error(e)), 0),
+                        Err(e) => Fetched::skipped(storage_error(e), None),
                         Ok(store) => {
                             let key = Path::from(keys::gradient(window, p.uid, version));
                             fetch(store.as_ref(), &key, bounds, cap, model, options).await
@@ -109,8 +157,10 @@ pub async fn gather(
                     i,
                     Gathered {
                         uid: p.uid,
-                        outcome,
-                        bytes,
+                        outcome: f.outcome,
+                        file: f.file,
+                        body: f.body,
+                        bytes: f.bytes,
                         elapsed: started.elapsed(),
                     },
                 )
@@ -130,64 +180,95 @@ async fn fetch(
     cap: u64,
     model: Arc<ModelSpec>,
     o: &GatherOptions,
-) -> (Result<Box<Gradient>, SkipReason>, u64) {
+) -> Fetched {
     let deadline = Instant::now() + o.timeout;
     let mut tried_after_bounds = false;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return (Err(SkipReason::Timeout), 0);
+            return Fetched::skipped(SkipReason::Timeout, None);
         }
         if now_ms() > bounds.not_after_ms {
             if tried_after_bounds {
-                return (Err(SkipReason::Missing), 0);
+                return Fetched::skipped(SkipReason::Missing, None);
             }
             tried_after_bounds = true;
         }
         let meta = match tokio::time::timeout(remaining, store.head(key)).await {
-            Err(_) => return (Err(SkipReason::Timeout), 0),
+            Err(_) => return Fetched::skipped(SkipReason::Timeout, None),
             Ok(Err(object_store::Error::NotFound { .. })) => {
                 tokio::time::sleep(o.poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
                 continue;
             }
-            Ok(Err(e)) => return (Err(storage_error(e)), 0),
+            Ok(Err(e)) => return Fetched::skipped(storage_error(e), None),
             Ok(Ok(meta)) => meta,
         };
         let last_modified_ms = meta.last_modified.timestamp_millis().max(0) as u64;
+        let mut file = FileRecord {
+            key: key.to_string(),
+            etag: meta.e_tag.clone(),
+            size: meta.size,
+            last_modified_ms,
+            sha256: None,
+        };
         if last_modified_ms < bounds.not_before_ms {
-            return (Err(SkipReason::TooEarly { last_modified_ms }), 0);
+            return Fetched::skipped(SkipReason::TooEarly { last_modified_ms }, Some(file));
         }
         if last_modified_ms > bounds.not_after_ms {
-            return (Err(SkipReason::TooLate { last_modified_ms }), 0);
+            return Fetched::skipped(SkipReason::TooLate { last_modified_ms }, Some(file));
         }
         if meta.size > cap {
-            return (Err(SkipReason::TooLarge { size: meta.size, cap }), 0);
+            return Fetched::skipped(SkipReason::TooLarge { size: meta.size, cap }, Some(file));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let body = match tokio::time::timeout(remaining, download(store, key, cap)).await {
-            Err(_) => return (Err(SkipReason::Timeout), 0),
-            Ok(Err(reason)) => return (Err(reason), 0),
+        let body = match tokio::time::timeout(remaining, download(store, key, cap, meta.e_tag.as_deref())).await {
+            Err(_) => return Fetched::skipped(SkipReason::Timeout, Some(file)),
+            Ok(Err(reason)) => return Fetched::skipped(reason, Some(file)),
             Ok(Ok(body)) => body,
         };
         let n = body.len() as u64;
         let limits = Limits::for_gradient(model.sparse_bytes() as u64);
-        let decoded = tokio::task::spawn_blocking(move || Gradient::read(&body, &model, &limits)).await;
-        return match decoded {
-            Ok(Ok(g)) => (Ok(Box::new(g)), n),
-            Ok(Err(e)) => (Err(SkipReason::Malformed { detail: e.to_string() }), n),
+        let keep = o.keep_bytes;
+        // The hash and the decoding on one blocking thread per peer (overlapping the other peers' downloads).
+        let decoded = tokio::task::spawn_blocking(move || {
+            let sha = hex::encode(Sha256::digest(&body));
+            let g = Gradient::read(&body, &model, &limits);
+            (sha, g, keep.then(|| Bytes::from(body)))
+        })
+        .await;
+        let (outcome, body) = match decoded {
+            Ok((sha, g, body)) => {
+                file.sha256 = Some(sha);
+                match g {
+                    Ok(g) => (Ok(Box::new(g)), body),
+                    Err(e) => (Err(SkipReason::Malformed { detail: e.to_string() }), None),
+                }
+            }
             Err(e) => (
                 Err(SkipReason::Malformed {
                     detail: format!("decoder failed: {e}"),
                 }),
-                n,
+                None,
             ),
+        };
+        return Fetched {
+            outcome,
+            file: Some(file),
+            body,
+            bytes: n,
         };
     }
 }
 
-/// GET with a size cap enforced on the bytes actually received (the HEAD size may lie).
-async fn download(store: &dyn ObjectStore, key: &Path, cap: u64) -> Result<Vec<u8>, SkipReason> {
-    let result = store.get(key).await.map_err(|e| match e {
+/// GET with a size cap enforced on the bytes actually received (the HEAD size may lie), pinned to the `ETag` the
+/// `HEAD` saw (`If-Match`) where there is one, so that the bytes hashed and decoded are the object whose time was
+/// checked: a file replaced between the two calls fails the read instead of slipping past the bounds.
+async fn download(store: &dyn ObjectStore, key: &Path, cap: u64, etag: Option<&str>) -> Result<Vec<u8>, SkipReason> {
+    let options = object_store::GetOptions {
+        if_match: etag.map(str::to_string),
+        ..Default::default()
+    };
+    let result = store.get_opts(key, options).await.map_err(|e| match e {
         object_store::Error::NotFound { .. } => SkipReason::Missing,
         e => storage_error(e),
     })?;

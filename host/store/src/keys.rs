@@ -14,6 +14,18 @@ pub fn aggregate(window: u64, version: &str) -> String {
     format!("{AGGREGATE_PREFIX}{window}-v{version}.pt")
 }
 
+/// `receipt-{w}-v{V}.json`: this server's receipt of window `w` (what produced the aggregate), beside it.
+pub fn receipt(window: u64, version: &str) -> String {
+    format!("{RECEIPT_PREFIX}{window}-v{version}.json")
+}
+
+/// `inputs/{w}/gradient-{w}-{uid}-v{V}.pt`: a copy of a peer's aggregated file in this server's bucket
+/// (`archive_inputs`), so that window `w` stays reproducible after the miner deletes its file. The only keys this
+/// server writes outside the bucket root.
+pub fn archived_input(window: u64, uid: u16, version: &str) -> String {
+    format!("{ARCHIVE_PREFIX}{window}/{}", gradient(window, uid, version))
+}
+
 /// `debug-{w}-{uid}-v{V}.pt`: the leader validator's debug dict of window `w` (catch-up verification).
 pub fn debug(window: u64, uid: u16, version: &str) -> String {
     format!("debug-{window}-{uid}-v{version}.pt")
@@ -32,12 +44,31 @@ pub fn start_window(version: &str) -> String {
 /// What every aggregate name starts with (for listings).
 pub const AGGREGATE_PREFIX: &str = "aggregator-";
 
+/// What every receipt name starts with.
+pub const RECEIPT_PREFIX: &str = "receipt-";
+
+/// The folder of archived inputs.
+pub const ARCHIVE_PREFIX: &str = "inputs/";
+
 /// What every peer list name starts with (for listings).
 pub const PEER_LIST_PREFIX: &str = "peers_";
 
 /// The window of an aggregate name of `version`; `None` for any other name.
 pub fn parse_aggregate(name: &str, version: &str) -> Option<u64> {
     number_between(name, AGGREGATE_PREFIX, &format!("-v{version}.pt"))
+}
+
+/// The window of a receipt name of `version`; `None` for any other name.
+pub fn parse_receipt(name: &str, version: &str) -> Option<u64> {
+    number_between(name, RECEIPT_PREFIX, &format!("-v{version}.json"))
+}
+
+/// The window of an archived input name of `version` (`inputs/{w}/gradient-{w}-{uid}-v{V}.pt`, both windows the
+/// same); `None` for any other name.
+pub fn parse_archived_input(name: &str, version: &str) -> Option<u64> {
+    let (folder, file) = name.strip_prefix(ARCHIVE_PREFIX)?.split_once('/')?;
+    let (w, _, v) = parse_gradient(file)?;
+    (v == version && folder.parse::<u64>().ok() == Some(w) && folder == w.to_string()).then_some(w)
 }
 
 /// The `n` of a peer list name of `version`; `None` for any other name.
@@ -81,6 +112,20 @@ mod tests {
         assert_eq!(parse_gradient(&gradient(7, 11, "0.2.73")), Some((7, 11, "0.2.73")));
         assert_eq!(parse_aggregate(&aggregate(7, "0.2.73"), "0.2.73"), Some(7));
         assert_eq!(parse_peer_list(&peer_list(7, "0.2.73"), "0.2.73"), Some(7));
+        assert_eq!(receipt(7, "0.2.73"), "receipt-7-v0.2.73.json");
+        assert_eq!(parse_receipt(&receipt(7, "0.2.73"), "0.2.73"), Some(7));
+        assert_eq!(archived_input(7, 3, "0.2.73"), "inputs/7/gradient-7-3-v0.2.73.pt");
+        assert_eq!(parse_archived_input(&archived_input(7, 3, "0.2.73"), "0.2.73"), Some(7));
+        assert_eq!(parse_archived_input("inputs/8/gradient-7-3-v0.2.73.pt", "0.2.73"), None);
+        assert_eq!(
+            parse_archived_input("inputs/07/gradient-7-3-v0.2.73.pt", "0.2.73"),
+            None
+        );
+        assert_eq!(parse_archived_input("inputs/7/gradient-7-3-v0.2.74.pt", "0.2.73"), None);
+        assert_eq!(
+            parse_archived_input("inputs/7/x/gradient-7-3-v0.2.73.pt", "0.2.73"),
+            None
+        );
     }
 
     #[test]

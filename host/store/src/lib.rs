@@ -13,6 +13,6 @@ mod skip;
 pub use bucket::{Bucket, COMMITMENT_LEN, Endpoint};
 pub use client::{ClientSettings, Clients};
 pub use error::StoreError;
-pub use gather::{Bounds, GatherOptions, Gathered, PeerRequest, gather, size_cap};
-pub use put::{PutOptions, delete_old_aggregates, posted_lists, put, start_window};
+pub use gather::{Bounds, FileRecord, GatherOptions, Gathered, PeerRequest, gather, size_cap};
+pub use put::{PutOptions, delete_old_windows, posted_lists, put, start_window};
 pub use skip::{SkipKind, SkipReason};

@@ -96,15 +96,21 @@ async fn windows(
     Ok(found)
 }
 
-/// Deletes this server's aggregates `aggregator-{w}-v{V}.pt` with `w < keep_from`; other objects are never touched.
-/// Returns the deleted keys.
-pub async fn delete_old_aggregates(
+/// Deletes this server's objects of windows `w < keep_from`: aggregates `aggregator-{w}-v{V}.pt`, receipts
+/// `receipt-{w}-v{V}.json` and archived inputs `inputs/{w}/…`. Other objects are never touched. Returns the deleted
+/// keys.
+pub async fn delete_old_windows(
     store: &dyn ObjectStore,
     version: &str,
     keep_from: u64,
 ) -> Result<Vec<String>, StoreError> {
     let mut deleted = Vec::new();
-    for (w, path) in windows(store, keys::AGGREGATE_PREFIX, |k| keys::parse_aggregate(k, version)).await? {
+    let ours = |k: &str| {
+        keys::parse_aggregate(k, version)
+            .or_else(|| keys::parse_receipt(k, version))
+            .or_else(|| keys::parse_archived_input(k, version))
+    };
+    for (w, path) in windows(store, keys::AGGREGATE_PREFIX, ours).await? {
         if w >= keep_from {
             continue;
         }

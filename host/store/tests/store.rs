@@ -249,7 +249,7 @@ async fn gather_faults(b: &dyn Backend) {
         .map(|g| {
             (
                 g.uid,
-                g.outcome.map_or_else(PeerInput::Skipped, |g| PeerInput::Valid(*g)),
+                g.outcome.map_or_else(PeerInput::Skipped, |g| PeerInput::valid(*g)),
             )
         })
         .collect();
@@ -260,7 +260,7 @@ async fn gather_faults(b: &dyn Backend) {
     let direct: Vec<(u16, PeerInput<&str>)> = (0..15u16)
         .map(|uid| {
             let input = if ok_uids.contains(&uid) {
-                PeerInput::Valid(Gradient::read(&files[uid as usize], &model, &Default::default()).unwrap())
+                PeerInput::valid(Gradient::read(&files[uid as usize], &model, &Default::default()).unwrap())
             } else {
                 PeerInput::Skipped("x")
             };
@@ -317,25 +317,34 @@ async fn put_large_and_retention(b: &dyn Backend) {
             assert!(err.to_string().contains("nothing stored"), "{err}");
         }
     }
-    // Retention: only this server's aggregates of older windows go.
+    // Retention: only this server's aggregates, receipts and archived inputs of older windows go.
+    use aggregator_store::keys;
     for w in 1..=10u64 {
-        upload(&c, &results, &aggregator_store::keys::aggregate(w, VERSION), vec![1]).await;
+        upload(&c, &results, &keys::aggregate(w, VERSION), vec![1]).await;
+    }
+    for w in [6u64, 7, 8] {
+        upload(&c, &results, &keys::receipt(w, VERSION), vec![1]).await;
+        upload(&c, &results, &keys::archived_input(w, 3, VERSION), vec![1]).await;
     }
     for other in [
         "aggregator-5-v0.2.74.pt",
         "gradient-3-1-v0.2.73.pt",
         "peers_5_v0.2.73.json",
         "aggregator-x-v0.2.73.pt",
+        "inputs/notes.txt",
+        "receipt-5-v0.2.74.json",
     ] {
         upload(&c, &results, other, vec![1]).await;
     }
-    let mut deleted = aggregator_store::delete_old_aggregates(store.as_ref(), VERSION, 8)
+    let mut deleted = aggregator_store::delete_old_windows(store.as_ref(), VERSION, 8)
         .await
         .unwrap();
     deleted.sort();
-    let mut want: Vec<String> = (1..8u64)
-        .map(|w| aggregator_store::keys::aggregate(w, VERSION))
-        .collect();
+    let mut want: Vec<String> = (1..8u64).map(|w| keys::aggregate(w, VERSION)).collect();
+    for w in [6u64, 7] {
+        want.push(keys::receipt(w, VERSION));
+        want.push(keys::archived_input(w, 3, VERSION));
+    }
     want.sort();
     assert_eq!(deleted, want);
     use futures::TryStreamExt;
@@ -349,14 +358,18 @@ async fn put_large_and_retention(b: &dyn Backend) {
     left.sort();
     let mut expect: Vec<String> = [8u64, 9, 10, WINDOW]
         .iter()
-        .map(|&w| aggregator_store::keys::aggregate(w, VERSION))
+        .map(|&w| keys::aggregate(w, VERSION))
         .collect();
+    expect.push(keys::receipt(8, VERSION));
+    expect.push(keys::archived_input(8, 3, VERSION));
     expect.extend(
         [
             "aggregator-5-v0.2.74.pt",
             "aggregator-x-v0.2.73.pt",
             "gradient-3-1-v0.2.73.pt",
+            "inputs/notes.txt",
             "peers_5_v0.2.73.json",
+            "receipt-5-v0.2.74.json",
         ]
         .map(String::from),
     );

@@ -5,6 +5,7 @@
 //! * [`FakeChain`]: an in-memory [`Chain`] whose every answer the test fixes, so that the window loop can be tested
 //!   without a devnet or a WebSocket.
 //! * [`free_port`]: a TCP port free on 127.0.0.1 right now.
+//! * [`metric_sample`]: one sample's value in a Prometheus scrape.
 
 pub mod seaweed;
 
@@ -21,6 +22,17 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port on 127.0.0.1")
+}
+
+/// The value of the sample `series` (`name{labels}` exactly as exposed, or `name`) in a Prometheus text scrape;
+/// panics naming the series and showing the scrape when it is absent.
+pub fn metric_sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{series}: {e}"))
 }
 
 /// Starts SeaweedFS with `buckets`, its data in `scratch/seaweed-{name}-{pid}-{n}` (removed when it is dropped),

@@ -12,9 +12,23 @@ use thiserror::Error;
 #[derive(Debug)]
 pub enum PeerInput<R> {
     /// Decoded and validated against the model.
-    Valid(Gradient),
+    Valid {
+        /// The gradient.
+        gradient: Gradient,
+        /// Its weight from the selection policy: 1.0 is Templar's mean; 0 leaves the peer's values out (it still
+        /// counts as valid in `success_rate`, as the policy chose it and its file was good); otherwise in
+        /// `[MIN_WEIGHT, MAX_WEIGHT]` (the kernels refuse anything else).
+        weight: f32,
+    },
     /// Skipped: missing, outside the time bounds, malformed, … (the reason is reported).
     Skipped(R),
+}
+
+impl<R> PeerInput<R> {
+    /// A valid gradient at weight 1.0 (Templar).
+    pub fn valid(gradient: Gradient) -> Self {
+        PeerInput::Valid { gradient, weight: 1.0 }
+    }
 }
 
 /// Why the step failed (a bug in the caller or the numeric core, never a peer's fault: peers' faults are skip
@@ -67,7 +81,8 @@ pub fn python_utc_now() -> String {
 ///
 /// As Templar 0.2.73: `success_rate = valid / len(peers)`; `skipped_uids` lists the invalid peers in order; per
 /// parameter, the valid peers that sent it are normalised (whole-tensor L2 norm + 1e-8) and merged (scatter-mean,
-/// inverse DCT, sign, 1-bit pack); a parameter no valid peer sent is left out of the file.
+/// inverse DCT, sign, 1-bit pack); a parameter no valid peer sent is left out of the file. Each valid peer's
+/// contribution is scaled by its weight (weighted mean per slot; every weight 1.0 gives Templar's bits exactly).
 pub fn aggregate_window<R: Clone>(
     model: &ModelSpec,
     backend: &dyn Backend,
@@ -79,8 +94,10 @@ pub fn aggregate_window<R: Clone>(
     let (mut valid, mut skipped) = (Vec::new(), Vec::new());
     for (uid, input) in peers {
         match input {
-            PeerInput::Valid(g) if g.params.len() == model.params.len() => valid.push((*uid, g)),
-            PeerInput::Valid(g) => {
+            PeerInput::Valid { gradient: g, weight } if g.params.len() == model.params.len() => {
+                valid.push((*uid, g, *weight))
+            }
+            PeerInput::Valid { gradient: g, .. } => {
                 return Err(WindowError::Mismatch {
                     uid: *uid,
                     reason: format!(
@@ -107,17 +124,22 @@ pub fn aggregate_window<R: Clone>(
             param: spec.name.clone(),
             error,
         };
-        // Normalise each contributing peer (in parallel), keeping peer order.
+        // Normalise each contributing peer (in parallel), keeping peer order. A peer of weight 0 still has its
+        // parameter checked (the same errors whatever the weights); the kernels then leave it out.
         let contributions: Vec<Contribution> = scratch
             .par_iter_mut()
             .zip(valid.par_iter())
-            .filter_map(|(buf, (_, g))| g.params[pi].as_ref().map(|p| (buf, p)))
-            .map(|(buf, p)| {
-                PeerSparse::new(&spec.layout, &p.idxs, &p.vals).map(|s| Contribution::new(s.normalised(buf)))
+            .filter_map(|(buf, (_, g, w))| g.params[pi].as_ref().map(|p| (buf, p, *w)))
+            .map(|(buf, p, weight)| {
+                PeerSparse::new(&spec.layout, &p.idxs, &p.vals).map(|s| Contribution {
+                    sparse: s.normalised(buf),
+                    weight,
+                })
             })
             .collect::<Result<_, _>>()
             .map_err(kernel)?;
-        if contributions.is_empty() {
+        // No peer sent it, or only peers of weight 0 (as if they had been left out): not in the file.
+        if contributions.iter().all(|c| c.weight == 0.0) {
             continue;
         }
         let mut packed = vec![0u8; spec.layout.packed_len()];
@@ -137,7 +159,7 @@ pub fn aggregate_window<R: Clone>(
     };
     Ok(WindowAggregate {
         file: Some(file),
-        valid_uids: valid.iter().map(|(u, _)| *u).collect(),
+        valid_uids: valid.iter().map(|(u, ..)| *u).collect(),
         skipped,
     })
 }

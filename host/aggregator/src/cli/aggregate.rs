@@ -93,12 +93,12 @@ pub fn aggregate(args: AggregateArgs, device: Device) -> anyhow::Result<ExitCode
         let input = match files.iter().find(|(u, _)| *u == uid) {
             None => PeerInput::Skipped("missing: no gradient file".into()),
             Some((_, path)) => match read_gradient(path, args.window, &args.version, &model, &limits) {
-                Ok(g) => PeerInput::Valid(g),
+                Ok(g) => PeerInput::valid(g),
                 Err(reason) => PeerInput::Skipped(format!("{}: {reason}", path.display())),
             },
         };
         match &input {
-            PeerInput::Valid(_) => eprintln!("uid {uid}: ok"),
+            PeerInput::Valid { .. } => eprintln!("uid {uid}: ok"),
             PeerInput::Skipped(reason) => eprintln!("uid {uid}: skipped: {reason}"),
         }
         peers.push((uid, input));

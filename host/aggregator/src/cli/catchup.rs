@@ -7,7 +7,6 @@ use aggregator_daemon::parse_endpoint;
 use aggregator_model::ModelSpec;
 use aggregator_policy::{Policies, PolicyConfig, PolicyEngine, PolicyKind, PolicyLimits};
 use aggregator_store::{Bucket, ClientSettings, Clients};
-use anyhow::Context;
 
 use crate::runtime;
 use clap::{Args, ValueEnum};
@@ -64,8 +63,8 @@ pub struct CatchupArgs {
     #[arg(long)]
     verifier: Option<PathBuf>,
     /// Verification policy setting `key=value` (repeatable), e.g. sync_max_steps_behind=3.
-    #[arg(long = "policy-setting", value_name = "KEY=VALUE")]
-    policy_settings: Vec<String>,
+    #[arg(long = "policy-setting", value_name = "KEY=VALUE", value_parser = aggregator_daemon::parse_setting)]
+    policy_settings: Vec<(String, String)>,
     /// Action when a window is out of sync.
     #[arg(long, value_enum, default_value_t = OutOfSyncAction::Warn)]
     on_out_of_sync: OutOfSyncAction,
@@ -97,13 +96,6 @@ pub fn run(args: CatchupArgs) -> anyhow::Result<std::process::ExitCode> {
         access_key_id: args.access_key_id.clone(),
         secret: args.secret.clone(),
     };
-    let mut settings = vec![];
-    for kv in &args.policy_settings {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--policy-setting {kv:?}: expected KEY=VALUE"))?;
-        settings.push((k.trim().to_string(), v.trim().to_string()));
-    }
     let policies = Policies::new(
         PolicyEngine::new(PolicyLimits::default(), None)?,
         PolicyConfig {
@@ -112,7 +104,7 @@ pub fn run(args: CatchupArgs) -> anyhow::Result<std::process::ExitCode> {
                 .iter()
                 .map(|v| (PolicyKind::CatchupVerification, v.clone()))
                 .collect(),
-            settings,
+            settings: args.policy_settings,
         },
     )?;
     let config = CatchupConfig {

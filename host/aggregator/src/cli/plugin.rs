@@ -1,10 +1,16 @@
-//! `aggregator plugin check`: loads a policy component as the daemon would and prints a verdict.
+//! `aggregator plugin check`: loads a policy component as the daemon would and prints a verdict. `aggregator plugin
+//! run`: runs a candidate on a recorded window's policy inputs and prints its decisions beside the recorded ones.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use aggregator_policy::{Loaded, PolicyEngine, PolicyLimits, World};
+use aggregator_policy::{Kind, Loaded, PolicyEngine, PolicyLimits, World};
+use aggregator_receipt::PolicyCall;
+use aggregator_store::{ClientSettings, Clients};
+
+use crate::cli::replay::ReceiptSource;
+use crate::runtime;
 
 fn world_of(l: &Loaded) -> String {
     match World::of(&l.kinds) {
@@ -82,4 +88,88 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     println!("verdict: ok");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `plugin run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The candidate component (`.wasm`).
+    file: PathBuf,
+    /// The recorded window.
+    #[command(flatten)]
+    source: ReceiptSource,
+}
+
+/// Runs `plugin run`: for each policy kind the receipt recorded and the candidate exports, the recorded decision,
+/// the candidate's on the same input, and how they differ. Exit 0 when it ran (whatever it decided), 1 when the
+/// candidate is refused or fails on a recorded input.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let engine = PolicyEngine::new(PolicyLimits::default(), None)?;
+    let wasm = std::fs::read(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let clients = Clients::new(ClientSettings::default());
+    let output = args.source.output(&clients)?;
+    let (receipt, name) = runtime()?.block_on(args.source.load(output.as_deref()))?;
+    let candidate = match engine.load(&wasm, &args.file.display().to_string()) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("candidate refused: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    println!(
+        "candidate {} {} (sha256 {}) on window {} from {name}",
+        candidate.name, candidate.version, candidate.sha256, receipt.window
+    );
+    let mut ran = 0;
+    let mut ok = true;
+    ok &= compare(&engine, &candidate, &receipt.policies.time_bounds, &mut ran);
+    ok &= compare(&engine, &candidate, &receipt.policies.peer_selection, &mut ran);
+    if ran == 0 {
+        println!("the candidate exports none of the recorded policy kinds");
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Prints one recorded call beside the candidate's decision on its input; false when the candidate failed.
+fn compare<K: Kind>(engine: &PolicyEngine, candidate: &Loaded, call: &PolicyCall<K>, ran: &mut usize) -> bool {
+    if !candidate.provides(K::KIND) {
+        return true;
+    }
+    *ran += 1;
+    let c = &call.component;
+    println!("{}:", K::INTERFACE);
+    println!(
+        "  recorded  {} {} ({}): {}",
+        c.name,
+        c.version,
+        &c.sha256[..c.sha256.len().min(12)],
+        K::summary(&call.decision)
+    );
+    let t = Instant::now();
+    match engine.run::<K>(candidate, &call.input) {
+        Err(e) => {
+            println!("  candidate failed: {e}");
+            false
+        }
+        Ok(out) => {
+            println!(
+                "  candidate {} {} ({}): {} ({} fuel, {:.2} ms)",
+                candidate.name,
+                candidate.version,
+                &candidate.sha256[..12],
+                K::summary(&out.value),
+                out.fuel_used,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            let diff = K::diff(&call.decision, &out.value);
+            if diff.is_empty() {
+                println!("  same decision as recorded");
+            } else {
+                for d in diff {
+                    println!("  {d}");
+                }
+            }
+            true
+        }
+    }
 }

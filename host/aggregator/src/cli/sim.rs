@@ -53,6 +53,16 @@ pub struct SimArgs {
     /// Serve the daemon's /metrics here while simulating.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// The daemon's peer-selection component (`.wasm`; default: the embedded templar-default), e.g. the weighting
+    /// example `target/wasm-components/wasm32-wasip2/release/example_rotation.wasm`.
+    #[arg(long, value_name = "FILE")]
+    peer_selection: Option<PathBuf>,
+    /// A policy setting `KEY=VALUE` for the daemon (repeatable).
+    #[arg(long = "policy-setting", value_name = "KEY=VALUE", value_parser = aggregator_daemon::parse_setting)]
+    policy_settings: Vec<(String, String)>,
+    /// The daemon also archives every aggregated input in its bucket (`inputs/`).
+    #[arg(long)]
+    archive_inputs: bool,
 }
 
 /// Runs a simulation and prints its table.
@@ -93,6 +103,9 @@ pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
         delta_s: args.delta,
         metrics: args.metrics,
         backend: crate::open_device(device)?.backend,
+        peer_selection: args.peer_selection,
+        policy_settings: args.policy_settings,
+        archive_inputs: args.archive_inputs,
         ..SimOptions::default()
     };
     let outcome = runtime()?.block_on(aggregator_sim::run(options))?;

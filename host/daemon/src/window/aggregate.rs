@@ -30,6 +30,10 @@ pub(crate) struct Aggregated {
     pub valid: Vec<u16>,
     /// Uids skipped with reasons, in selection order.
     pub skipped: Vec<(u16, SkipReason)>,
+    /// The metadata timestamp written into the file.
+    pub timestamp: String,
+    /// SHA-256 (hex) of `bytes` (empty without them).
+    pub sha256: String,
 }
 
 impl<C: Chain + 'static> Daemon<C> {
@@ -41,15 +45,19 @@ impl<C: Chain + 'static> Daemon<C> {
     ) -> Result<Aggregated, AggregateError> {
         let (model, backend, version) = (self.model.clone(), self.backend.clone(), self.config.version.clone());
         tokio::task::spawn_blocking(move || {
-            let a = aggregate_window(&model, backend.as_ref(), w as i64, &version, &inputs, python_utc_now())?;
+            let timestamp = python_utc_now();
+            let a = aggregate_window(&model, backend.as_ref(), w as i64, &version, &inputs, timestamp.clone())?;
             let bytes = match &a.file {
                 Some(file) => Some(file.to_bytes()?),
                 None => None,
             };
+            let sha256 = bytes.as_deref().map(aggregator_receipt::sha256_hex).unwrap_or_default();
             Ok(Aggregated {
                 bytes,
                 valid: a.valid_uids,
                 skipped: a.skipped,
+                timestamp,
+                sha256,
             })
         })
         .await

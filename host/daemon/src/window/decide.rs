@@ -3,9 +3,10 @@
 
 use aggregator_chain::Chain;
 use aggregator_codec::PeerList;
-use aggregator_policy::kinds::peer_selection::{Selection, SelectionInput};
+use aggregator_policy::kinds::peer_selection::SelectionInput;
 use aggregator_policy::kinds::time_bounds::BoundsInput;
 use aggregator_policy::types::{ChainView, Neuron, PostedList};
+use aggregator_policy::{Outcome, PeerSelection, TimeBounds};
 use aggregator_policy::{PolicyError, PolicyKind};
 use aggregator_store::Bounds;
 use thiserror::Error;
@@ -25,12 +26,27 @@ pub enum DecideError {
     Panicked(String),
 }
 
-/// The policies' decision for a window.
+/// The policies' decision for a window, with the calls as made (for the receipt).
 pub(crate) struct Decision {
     /// Valid upload times.
     pub bounds: Bounds,
-    /// Peers, weights, the policy's new state and its note.
-    pub selection: Selection,
+    /// The time-bounds call.
+    pub time_bounds: Outcome<TimeBounds>,
+    /// The peer-selection call: peers, weights, the policy's new state and its note.
+    pub selection: Outcome<PeerSelection>,
+}
+
+impl Decision {
+    /// The selected peers.
+    pub fn peers(&self) -> &[u16] {
+        &self.selection.value.peers
+    }
+
+    /// Each selected peer's weight (1.0 each when the policy gave none; validated by the policy runtime).
+    pub fn weights(&self) -> Vec<f32> {
+        let s = &self.selection.value;
+        s.weights.clone().unwrap_or_else(|| vec![1.0; s.peers.len()])
+    }
 }
 
 fn posted(l: &Option<(u64, PeerList)>) -> Option<PostedList> {
@@ -102,17 +118,18 @@ impl<C: Chain + 'static> Daemon<C> {
                 "the peer-selection policy refused its saved state; it was called again with an empty state"
             );
         }
-        let selection = selection.value;
-        if selection.peers.is_empty() {
-            tracing::warn!(window = w, note = %selection.note, "the peer-selection policy selected no peers");
+        let s = &selection.value;
+        if s.peers.is_empty() {
+            tracing::warn!(window = w, note = %s.note, "the peer-selection policy selected no peers");
         } else {
-            tracing::info!(window = w, peers = ?selection.peers, note = %selection.note, "peers selected");
+            tracing::info!(window = w, peers = ?s.peers, weights = ?s.weights, note = %s.note, "peers selected");
         }
         Ok(Decision {
             bounds: Bounds {
                 not_before_ms: bounds.value.not_before_ms,
                 not_after_ms: bounds.value.not_after_ms,
             },
+            time_bounds: bounds,
             selection,
         })
     }

@@ -3,20 +3,30 @@
 //! typed [`SkipReason`]), and the window goes on with the others.
 
 use aggregator_chain::Chain;
-use aggregator_store::{GatherOptions, PeerRequest, SkipReason, gather};
+use aggregator_store::{FileRecord, GatherOptions, PeerRequest, SkipReason, gather};
 use aggregator_window::PeerInput;
+use bytes::Bytes;
 
 use super::decide::Decision;
 use super::observe::Observed;
 use crate::daemon::Daemon;
 
+/// What the gather found, per selected peer in selection order.
+pub(crate) struct Gathered {
+    /// Each peer's gradient (at its selection weight) or skip reason.
+    pub inputs: Vec<(u16, PeerInput<SkipReason>)>,
+    /// The object each peer's outcome is about, if one was found (for the receipt).
+    pub files: Vec<Option<FileRecord>>,
+    /// The bytes of each valid peer's file, with `archive_inputs`.
+    pub bodies: Vec<Option<Bytes>>,
+}
+
 impl<C: Chain + 'static> Daemon<C> {
     /// Each selected peer's gradient or skip reason, in selection order.
-    pub(crate) async fn gather(&self, w: u64, o: &Observed, d: &Decision) -> Vec<(u16, PeerInput<SkipReason>)> {
+    pub(crate) async fn gather(&self, w: u64, o: &Observed, d: &Decision) -> Gathered {
         let cfg = &self.config;
         let requests: Vec<PeerRequest> = d
-            .selection
-            .peers
+            .peers()
             .iter()
             .map(|uid| PeerRequest {
                 uid: *uid,
@@ -26,6 +36,7 @@ impl<C: Chain + 'static> Daemon<C> {
         let options = GatherOptions {
             timeout: cfg.gather_timeout(),
             concurrency: cfg.gather.concurrency,
+            keep_bytes: cfg.archive_inputs,
             ..GatherOptions::default()
         };
         let gathered = gather(
@@ -38,15 +49,23 @@ impl<C: Chain + 'static> Daemon<C> {
             &options,
         )
         .await;
-        gathered
-            .into_iter()
-            .map(|g| {
-                let input = match g.outcome {
-                    Ok(gradient) => PeerInput::Valid(*gradient),
-                    Err(reason) => PeerInput::Skipped(reason),
-                };
-                (g.uid, input)
-            })
-            .collect()
+        let mut out = Gathered {
+            inputs: Vec::with_capacity(gathered.len()),
+            files: Vec::with_capacity(gathered.len()),
+            bodies: Vec::with_capacity(gathered.len()),
+        };
+        for (g, weight) in gathered.into_iter().zip(d.weights()) {
+            let input = match g.outcome {
+                Ok(gradient) => PeerInput::Valid {
+                    gradient: *gradient,
+                    weight,
+                },
+                Err(reason) => PeerInput::Skipped(reason),
+            };
+            out.inputs.push((g.uid, input));
+            out.files.push(g.file);
+            out.bodies.push(g.body);
+        }
+        out
     }
 }

@@ -1,18 +1,24 @@
 //! One window, phase by phase, one file each: [`observe`] (chain reads) → [`decide`] (the policies) → [`gather`]
 //! (peer files inside the bounds) → [`aggregate`] (the numeric step and encoding) → [`publish`] (the existence
-//! check, the put, retention). Each phase has its own error enum; [`WindowError`] composes them. What happens
-//! between windows (queue, retries, state) is the driver's ([`crate::driver`]).
+//! check, the put, retention), with [`receipt`] (what produced the aggregate, written beside it, and the archived
+//! inputs). Each phase has its own error enum; [`WindowError`] composes them. What happens between windows (queue,
+//! retries, state) is the driver's ([`crate::driver`]).
 
 pub(crate) mod aggregate;
 pub(crate) mod decide;
 pub(crate) mod gather;
 pub(crate) mod observe;
 pub(crate) mod publish;
+pub(crate) mod receipt;
 
 use std::time::Instant;
 
 use aggregator_chain::Chain;
+use aggregator_store::{SkipReason, keys};
+use aggregator_window::PeerInput;
 use thiserror::Error;
+
+use self::receipt::Evidence;
 
 use crate::daemon::Daemon;
 use crate::report::{WindowReport, WindowResult};
@@ -58,6 +64,7 @@ impl<C: Chain + 'static> Daemon<C> {
     /// One window, start to end: the phases in order, each timed into the report.
     pub(crate) async fn process(&self, w: u64) -> Result<(WindowReport, NextSelection), WindowError> {
         let mut report = WindowReport::new(w, WindowResult::AlreadyStored);
+        self.recover_receipts().await;
         if self.already_stored(w).await? {
             return Ok((report, None));
         }
@@ -67,28 +74,66 @@ impl<C: Chain + 'static> Daemon<C> {
         let observed = self.observe(w).await?;
         let decision = self.decide(w, &observed).await?;
         report.bounds = (decision.bounds.not_before_ms, decision.bounds.not_after_ms);
-        report.selected = decision.selection.peers.clone();
+        report.selected = decision.peers().to_vec();
         report.chain = started.elapsed();
 
         let started = Instant::now();
-        let inputs = self.gather(w, &observed, &decision).await;
+        let gathered = self.gather(w, &observed, &decision).await;
         report.gather = started.elapsed();
 
+        let outcomes: Vec<Option<SkipReason>> = gathered
+            .inputs
+            .iter()
+            .map(|(_, i)| match i {
+                PeerInput::Skipped(r) => Some(r.clone()),
+                PeerInput::Valid { .. } => None,
+            })
+            .collect();
         let started = Instant::now();
-        let aggregated = self.aggregate(w, inputs).await?;
+        let mut aggregated = self.aggregate(w, gathered.inputs).await?;
         report.process = started.elapsed();
-        report.aggregated = aggregated.valid;
-        report.skipped = aggregated.skipped;
+        report.aggregated = aggregated.valid.clone();
+        report.skipped = aggregated.skipped.clone();
 
-        let next = Some((decision.selection.peers, decision.selection.state));
-        let Some(bytes) = aggregated.bytes else {
+        let next = Some((
+            decision.selection.value.peers.clone(),
+            decision.selection.value.state.clone(),
+        ));
+        let Some(bytes) = aggregated.bytes.take() else {
             report.result = WindowResult::NoValidPeers;
             return Ok((report, next));
         };
         let started = Instant::now();
+        let archived = if self.config.archive_inputs {
+            self.archive(w, decision.peers(), gathered.bodies).await?
+        } else {
+            vec![None; outcomes.len()]
+        };
+        let key = keys::aggregate(w, &self.config.version);
+        let sha256 = aggregated.sha256.clone();
+        let evidence = Evidence {
+            observed: &observed,
+            decision: &decision,
+            files: &gathered.files,
+            outcomes: &outcomes,
+            archived: &archived,
+        };
+        let mut receipt = self.receipt(
+            w,
+            &evidence,
+            &aggregated,
+            (&key, bytes.len() as u64, sha256.clone()),
+            &report,
+        );
+        self.save_pending_receipt(&receipt);
         report.output_bytes = self.publish(w, bytes).await?;
         report.put = started.elapsed();
         report.result = WindowResult::Stored;
+        report.output_sha256 = Some(sha256);
+        receipt.timings_ms.put = Some(report.put.as_millis() as u64);
+        if self.store_receipt(&receipt, "written").await {
+            report.receipt = Some(keys::receipt(w, &self.config.version));
+        }
         self.retention(w).await;
         Ok((report, next))
     }

@@ -24,6 +24,10 @@ pub(crate) struct Observed {
     pub sync: u64,
     /// `Timestamp::Now` at the sync block, if it could be read.
     pub timestamp: Option<u64>,
+    /// The sync block's hash, if the chain gave one.
+    pub sync_hash: Option<String>,
+    /// The finalized head when the window was read, if it could be read.
+    pub head: Option<u64>,
     /// The metagraph at the sync block (or the current one when that block is pruned).
     pub metagraph: Metagraph,
     /// Each uid's bucket, from commitments that parse.
@@ -86,6 +90,12 @@ impl<C: Chain + 'static> Daemon<C> {
                 None
             }
         };
+        let sync_hash = self.chain.block_hash(sync).await.unwrap_or_else(|e| {
+            self.metrics.error("chain_block_hash");
+            tracing::warn!(window = w, block = sync, error = %e, "no block hash for the receipt");
+            None
+        });
+        let head = self.chain.head().await.ok();
         let metagraph = self.metagraph(sync).await?;
         for d in &metagraph.defaulted {
             self.metrics.chain_value_defaulted(d.field);
@@ -126,6 +136,8 @@ impl<C: Chain + 'static> Daemon<C> {
         Ok(Observed {
             sync,
             timestamp,
+            sync_hash,
+            head,
             metagraph,
             buckets,
             latest,

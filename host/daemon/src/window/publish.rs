@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aggregator_chain::Chain;
-use aggregator_store::{PutOptions, StoreError, delete_old_aggregates, keys, put};
+use aggregator_store::{PutOptions, StoreError, delete_old_windows, keys, put};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use thiserror::Error;
@@ -49,6 +49,7 @@ impl<C: Chain + 'static> Daemon<C> {
                     bytes = meta.size,
                     "aggregate already stored; not writing it again"
                 );
+                self.check_receipt(w).await;
                 Ok(true)
             }
             Ok(Err(object_store::Error::NotFound { .. })) => Ok(false),
@@ -64,31 +65,48 @@ impl<C: Chain + 'static> Daemon<C> {
         }
     }
 
+    /// Counts and logs a stored aggregate without a receipt (pending receipts were recovered before this check).
+    async fn check_receipt(&self, w: u64) {
+        let key = ObjectPath::from(keys::receipt(w, &self.config.version));
+        let storage = self.config.storage_timeout();
+        if let Ok(Err(object_store::Error::NotFound { .. })) =
+            tokio::time::timeout(storage, self.output.head(&key)).await
+            && !self.pending.contains(w)
+        {
+            self.metrics.window_without_receipt();
+            tracing::warn!(window = w, %key, "the stored aggregate has no receipt: this window cannot be replayed");
+        }
+    }
+
     /// Stores the aggregate; returns its size.
     pub(crate) async fn publish(&self, w: u64, bytes: Vec<u8>) -> Result<u64, PublishError> {
-        let key = ObjectPath::from(keys::aggregate(w, &self.config.version));
-        let storage = self.config.storage_timeout();
         let len = bytes.len() as u64;
-        // A put cut by the timeout is dropped mid-way: a single PUT never completes, a multipart upload is never
-        // completed (and expires with the bucket's lifecycle rules): the object is complete or absent.
-        tokio::time::timeout(
-            storage,
-            put(self.output.as_ref(), key.as_ref(), bytes.into(), &PutOptions::default()),
-        )
-        .await
-        .map_err(|_| PublishError::Timeout {
-            key: key.to_string(),
-            what: "put not done",
-            after: storage,
-        })??;
+        self.put_within(&keys::aggregate(w, &self.config.version), bytes.into())
+            .await?;
         Ok(len)
     }
 
-    /// Deletes aggregates older than `retention_windows`; a failure is logged and counted, never the window's.
+    /// Puts one object in the output bucket within `storage_timeout_s`. A put cut by the timeout is dropped mid-way:
+    /// a single PUT never completes, a multipart upload is never completed (and expires with the bucket's lifecycle
+    /// rules): the object is complete or absent.
+    pub(crate) async fn put_within(&self, key: &str, bytes: bytes::Bytes) -> Result<(), PublishError> {
+        let storage = self.config.storage_timeout();
+        tokio::time::timeout(storage, put(self.output.as_ref(), key, bytes, &PutOptions::default()))
+            .await
+            .map_err(|_| PublishError::Timeout {
+                key: key.to_string(),
+                what: "put not done",
+                after: storage,
+            })??;
+        Ok(())
+    }
+
+    /// Deletes aggregates, receipts and archived inputs older than `retention_windows`; a failure is logged and
+    /// counted, never the window's.
     pub(crate) async fn retention(&self, w: u64) {
         let cfg = &self.config;
         let storage = cfg.storage_timeout();
-        let retention = delete_old_aggregates(
+        let retention = delete_old_windows(
             self.output.as_ref(),
             &cfg.version,
             w.saturating_sub(cfg.retention_windows),

@@ -30,6 +30,29 @@ impl Kind for CatchupVerification {
     fn summary(v: &Verdict) -> String {
         format!("in sync: {}; {}", v.in_sync, v.note)
     }
+
+    fn diff(a: &Verdict, b: &Verdict) -> Vec<String> {
+        let mut out = Vec::new();
+        if a.in_sync != b.in_sync {
+            out.push(format!("in sync: {} -> {}", a.in_sync, b.in_sync));
+        }
+        for (name, x, y) in [
+            ("l2-norm", a.l2_norm, b.l2_norm),
+            ("avg-l2-norm", a.avg_l2_norm, b.avg_l2_norm),
+            ("avg-abs-diff", a.avg_abs_diff, b.avg_abs_diff),
+            ("max-diff", a.max_diff, b.max_diff),
+            ("avg-steps-behind", a.avg_steps_behind, b.avg_steps_behind),
+            ("max-steps-behind", a.max_steps_behind, b.max_steps_behind),
+        ] {
+            if x.to_bits() != y.to_bits() {
+                out.push(format!("{name}: {x} -> {y}"));
+            }
+        }
+        if a.count != b.count {
+            out.push(format!("count: {} -> {}", a.count, b.count));
+        }
+        out
+    }
 }
 
 impl sealed::Dispatch for CatchupVerification {

@@ -102,10 +102,10 @@ pub trait Kind: sealed::Dispatch + Send + Sync + 'static {
     const INTERFACE: &'static str;
     /// The WIT world exporting only this kind.
     const WORLD: &'static str;
-    /// The call's input record.
-    type Input: Clone + Send + Sync + 'static;
+    /// The call's input record (serde: a window receipt records it, and `replay` calls the policy again with it).
+    type Input: Clone + Send + Sync + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned + 'static;
     /// The decision record.
-    type Output: Clone + Send + 'static;
+    type Output: Clone + Send + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned + 'static;
     /// The host's golden input for this kind and a short description of it: every candidate component must answer
     /// it, under the production limits, with a valid output before it may be used.
     fn golden() -> (&'static str, Self::Input);
@@ -113,6 +113,9 @@ pub trait Kind: sealed::Dispatch + Send + Sync + 'static {
     fn set_config(input: &mut Self::Input, config: Vec<(String, String)>);
     /// A one-line summary of a decision (for `plugin check` and logs).
     fn summary(output: &Self::Output) -> String;
+    /// How decision `b` differs from `a`, one line per difference (peers added and removed, weights and bounds
+    /// moved, state changed); empty when they are the same decision. Notes are prose and never compared.
+    fn diff(a: &Self::Output, b: &Self::Output) -> Vec<String>;
 }
 
 pub(crate) mod sealed {

@@ -8,12 +8,21 @@ use crate::bindings::exports::templar::policy::peer_selection as wit;
 use crate::host::HostState;
 pub use wit::{Selection, SelectionInput};
 
+use aggregator_kernels::{MAX_WEIGHT, MIN_WEIGHT};
+
 use crate::types::{ChainView, Neuron, PostedList};
 
 /// Largest selection accepted from a policy.
 pub const MAX_PEERS: usize = 4096;
 /// Largest state a policy may keep.
 pub const MAX_STATE_BYTES: usize = 1 << 20;
+
+/// Whether a selection weight is one the numeric core takes: 0 (the peer is left out) or in
+/// `[MIN_WEIGHT, MAX_WEIGHT]` (so NaN, infinities, negatives, subnormals and huge values are refused here, where the
+/// policy call can still fall back, rather than in the kernels after the gather).
+pub fn weight_ok(w: f32) -> bool {
+    w == 0.0 || (MIN_WEIGHT..=MAX_WEIGHT).contains(&w)
+}
 
 /// The `peer-selection` kind.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +45,43 @@ impl Kind for PeerSelection {
 
     fn summary(s: &Selection) -> String {
         format!("{} peers; {}", s.peers.len(), s.note)
+    }
+
+    fn diff(a: &Selection, b: &Selection) -> Vec<String> {
+        let mut out = Vec::new();
+        let added: Vec<u16> = b.peers.iter().filter(|u| !a.peers.contains(u)).copied().collect();
+        let removed: Vec<u16> = a.peers.iter().filter(|u| !b.peers.contains(u)).copied().collect();
+        if !added.is_empty() {
+            out.push(format!("peers added: {added:?}"));
+        }
+        if !removed.is_empty() {
+            out.push(format!("peers removed: {removed:?}"));
+        }
+        if added.is_empty() && removed.is_empty() && a.peers != b.peers {
+            out.push(format!("peer order: {:?} -> {:?}", a.peers, b.peers));
+        }
+        let weight = |s: &Selection, uid: u16| {
+            let i = s.peers.iter().position(|u| *u == uid)?;
+            Some(s.weights.as_ref().map_or(1.0, |w| w[i]))
+        };
+        for uid in a.peers.iter().filter(|u| b.peers.contains(u)) {
+            let (wa, wb) = (weight(a, *uid), weight(b, *uid));
+            if wa.map(f32::to_bits) != wb.map(f32::to_bits) {
+                out.push(format!(
+                    "weight of uid {uid}: {} -> {}",
+                    wa.unwrap_or_default(),
+                    wb.unwrap_or_default()
+                ));
+            }
+        }
+        if a.state != b.state {
+            out.push(format!(
+                "state: {} bytes -> {} bytes (different)",
+                a.state.len(),
+                b.state.len()
+            ));
+        }
+        out
     }
 }
 
@@ -66,8 +112,11 @@ impl sealed::Dispatch for PeerSelection {
             if w.len() != s.peers.len() {
                 return Err(format!("{} weights for {} peers", w.len(), s.peers.len()));
             }
-            if let Some(bad) = w.iter().find(|x| !x.is_finite() || **x < 0.0) {
-                return Err(format!("weight {bad} is not finite and >= 0"));
+            if let Some((i, bad)) = w.iter().enumerate().find(|(_, x)| !weight_ok(**x)) {
+                return Err(format!(
+                    "weight {bad} of peer {} (position {i}) is not 0 and not in [2^-20, 2^20]",
+                    s.peers[i]
+                ));
             }
         }
         Ok(())

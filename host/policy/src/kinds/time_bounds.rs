@@ -31,6 +31,19 @@ impl Kind for TimeBounds {
     fn summary(b: &Bounds) -> String {
         format!("[{}, {}] ms; {}", b.not_before_ms, b.not_after_ms, b.note)
     }
+
+    fn diff(a: &Bounds, b: &Bounds) -> Vec<String> {
+        let moved = |name: &str, x: u64, y: u64| {
+            (x != y).then(|| format!("{name}: {x} -> {y} ms ({:+} ms)", y as i128 - x as i128))
+        };
+        [
+            moved("not-before", a.not_before_ms, b.not_before_ms),
+            moved("not-after", a.not_after_ms, b.not_after_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
 
 impl sealed::Dispatch for TimeBounds {

@@ -58,6 +58,19 @@ impl PeerSelection for Hostile {
             }
             "panic" => panic!("hostile policy panics on purpose (window {})", input.chain.window),
             "error" => Err("hostile policy refuses this input".into()),
+            // `weights=1,nan,-1`: peers 1, 2, 3, … with these weights (as Rust parses `f32`s).
+            w if w.starts_with("weights=") => {
+                let weights: Vec<f32> = w["weights=".len()..]
+                    .split(',')
+                    .map(|x| x.trim().parse().map_err(|_| format!("weight {x:?}")))
+                    .collect::<Result<_, _>>()?;
+                Ok(Selection {
+                    peers: (1..=weights.len() as u16).collect(),
+                    weights: Some(weights),
+                    state: vec![],
+                    note: "weights from config".into(),
+                })
+            }
             "bad-weights" => Ok(Selection {
                 peers: vec![1, 2],
                 weights: Some(vec![1.0]),
