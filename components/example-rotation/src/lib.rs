@@ -14,70 +14,39 @@
 //! Configuration: `max_peers` (15), `core` (10), `explore_weight` (0.5), `blacklist` (comma-separated uids).
 //! Stateless: the rotation is a function of the window number, so every node selects the same peers.
 
-wit_bindgen::generate!({ path: "../../wit", world: "peer-selector" });
-
-use exports::templar::policy::describe::{Guest as Describe, Info};
-use exports::templar::policy::peer_selection::{Guest as PeerSelection, Selection, SelectionInput};
-use templar::policy::log::{Level, log};
-use templar::policy::types::{ChainView, Neuron};
+use templar_policy_sdk::{ChainView, Config, Neuron, Neurons, SelfCheck, log};
+use world::{PeerSelection, Selection, SelectionInput};
 
 struct Rotation;
 
-fn get<T: std::str::FromStr>(config: &[(String, String)], key: &str, default: T) -> Result<T, String> {
-    match config.iter().find(|(k, _)| k == key) {
-        None => Ok(default),
-        Some((_, v)) => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("config {key}: {v:?} is not valid")),
-    }
-}
-
 impl PeerSelection for Rotation {
     fn select(input: SelectionInput) -> Result<Selection, String> {
-        let max_peers: usize = get(&input.config, "max_peers", 15)?;
-        let core: usize = get::<usize>(&input.config, "core", 10)?.min(max_peers);
-        let explore_weight: f32 = get(&input.config, "explore_weight", 0.5)?;
+        let config = Config::new(&input.config);
+        let max_peers: usize = config.get("max_peers", 15)?;
+        let core: usize = config.get::<usize>("core", 10)?.min(max_peers);
         // The host refuses any other weight (and would fall back to the default policy).
-        if !(explore_weight == 0.0 || (1.0 / 1_048_576.0..=1_048_576.0).contains(&explore_weight)) {
-            return Err(format!(
-                "config explore_weight: {explore_weight} must be 0 or in [2^-20, 2^20]"
-            ));
-        }
-        let blacklist: Vec<u16> = match input.config.iter().find(|(k, _)| k == "blacklist") {
-            None => Vec::new(),
-            Some((_, v)) => v
-                .split(',')
-                .filter(|s| !s.trim().is_empty())
-                .map(|s| s.trim().parse().map_err(|_| format!("blacklist: {s:?} is not a uid")))
-                .collect::<Result<_, _>>()?,
-        };
-        let mut candidates: Vec<&Neuron> = input
-            .neurons
-            .iter()
-            .filter(|n| n.has_bucket && !blacklist.contains(&n.uid))
-            .collect();
-        let score = |n: &Neuron| n.incentive * n.stake.max(0.0).sqrt();
-        candidates.sort_by(|a, b| score(b).total_cmp(&score(a)).then(a.uid.cmp(&b.uid)));
-        let (top, rest) = candidates.split_at(core.min(candidates.len()));
-        let mut peers: Vec<u16> = top.iter().map(|n| n.uid).collect();
+        let explore_weight = config.weight("explore_weight", 0.5)?;
+        let blacklist: Vec<u16> = config.list("blacklist")?;
+        // Ranked: highest incentive * sqrt(stake) first, ties to the lower uid.
+        let ranked = Neurons::new(&input.neurons).top_by(usize::MAX, |n: &Neuron| {
+            (n.has_bucket && !blacklist.contains(&n.uid)).then(|| n.incentive * n.stake.max(0.0).sqrt())
+        });
+        let (top, rest) = ranked.split_at(core.min(ranked.len()));
+        let mut peers: Vec<u16> = top.to_vec();
         let mut weights = vec![1.0f32; peers.len()];
         let explore = (max_peers - peers.len()).min(rest.len());
         if explore > 0 {
             let offset = (input.chain.window as usize).wrapping_mul(explore) % rest.len();
             for i in 0..explore {
-                peers.push(rest[(offset + i) % rest.len()].uid);
+                peers.push(rest[(offset + i) % rest.len()]);
                 weights.push(explore_weight);
             }
         }
-        log(
-            Level::Info,
-            &format!(
-                "window {}: {} core + {explore} exploring",
-                input.chain.window,
-                top.len()
-            ),
-        );
+        log::info(format!(
+            "window {}: {} core + {explore} exploring",
+            input.chain.window,
+            top.len()
+        ));
         Ok(Selection {
             note: format!("{} core peers by incentive*sqrt(stake), {explore} rotating", top.len()),
             peers,
@@ -87,15 +56,7 @@ impl PeerSelection for Rotation {
     }
 }
 
-impl Describe for Rotation {
-    fn describe() -> Info {
-        Info {
-            name: "example-rotation".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            policies: vec!["peer-selection".into()],
-        }
-    }
-
+impl SelfCheck for Rotation {
     fn self_check() -> Result<(), String> {
         let neurons = (0..6u16)
             .map(|uid| Neuron {
@@ -128,4 +89,4 @@ impl Describe for Rotation {
     }
 }
 
-export!(Rotation);
+templar_policy_sdk::export!(peer_selector: Rotation);

@@ -8,30 +8,20 @@
 //! `time_window_delta_seconds` (10), `timestamp_fallback_seconds` (1800; `none` disables the fallback),
 //! `sync_max_steps_behind` (3).
 
-wit_bindgen::generate!({ path: "../../wit", world: "bundle" });
-
-use exports::templar::policy::catchup_verification::{Guest as Verification, Verdict, VerifyInput};
-use exports::templar::policy::describe::{Guest as Describe, Info};
-use exports::templar::policy::peer_selection::{Guest as PeerSelection, Selection, SelectionInput};
-use exports::templar::policy::time_bounds::{Bounds, BoundsInput, Guest as TimeBounds};
-use templar::policy::log::{Level, log};
-use templar::policy::types::{ChainView, PostedList};
+use templar_policy_sdk::{ChainView, Config, PostedList, SelfCheck, log};
+use world::{
+    Bounds, BoundsInput, CatchupVerification, PeerSelection, Selection, SelectionInput, TimeBounds, Verdict,
+    VerifyInput,
+};
 
 struct Policy;
 
-/// A config value parsed as `T`, or `default` when absent.
-fn config<T: std::str::FromStr>(config: &[(String, String)], key: &str, default: T) -> Result<T, String> {
-    match config.iter().find(|(k, _)| k == key) {
-        None => Ok(default),
-        Some((_, v)) => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("config {key}: {v:?} is not a valid value")),
-    }
-}
-
 /// `update_peers` state: `next_peers` and `peers_update_window` (spec §4.4), as bytes:
 /// version 1, `peers_update_window` (i64 LE), has-next (u8), count (u16 LE), uids (u16 LE each).
+///
+/// Kept as this compact hand-written layout rather than the SDK's JSON [`templar_policy_sdk::state`]: hosts running
+/// 1.0.0 have persisted state in this layout, and a changed format would make the first call after an upgrade
+/// refuse it.
 #[derive(Debug, Clone, PartialEq)]
 struct UpdateState {
     next_peers: Option<Vec<u16>>,
@@ -80,8 +70,9 @@ impl UpdateState {
 
 impl PeerSelection for Policy {
     fn select(input: SelectionInput) -> Result<Selection, String> {
-        let freq: i64 = config(&input.config, "peer_replacement_frequency", 5)?;
-        let margin: i64 = config(&input.config, "peer_list_window_margin", 2)?;
+        let config = Config::new(&input.config);
+        let freq: i64 = config.get("peer_replacement_frequency", 5)?;
+        let margin: i64 = config.get("peer_list_window_margin", 2)?;
         let window = i64::try_from(input.chain.window).map_err(|_| "window out of range".to_string())?;
         let mut state = UpdateState::decode(&input.state)?;
         let mut peers = input.current.clone();
@@ -119,10 +110,7 @@ impl PeerSelection for Policy {
         if notes.is_empty() {
             notes.push("kept the current peers".into());
         }
-        log(
-            Level::Debug,
-            &format!("window {window}: {} peers; {}", peers.len(), notes.join("; ")),
-        );
+        log::debug(format!("window {window}: {} peers; {}", peers.len(), notes.join("; ")));
         Ok(Selection {
             peers,
             weights: None,
@@ -134,7 +122,8 @@ impl PeerSelection for Policy {
 
 impl TimeBounds for Policy {
     fn compute(input: BoundsInput) -> Result<Bounds, String> {
-        let delta_s: u64 = config(&input.config, "time_window_delta_seconds", 10)?;
+        let config = Config::new(&input.config);
+        let delta_s: u64 = config.get("time_window_delta_seconds", 10)?;
         if let Some(ts) = input.sync_timestamp_ms {
             return Ok(Bounds {
                 not_before_ms: ts,
@@ -142,12 +131,7 @@ impl TimeBounds for Policy {
                 note: format!("chain timestamp of block {} + {delta_s} s", input.sync_block),
             });
         }
-        let fallback = input
-            .config
-            .iter()
-            .find(|(k, _)| k == "timestamp_fallback_seconds")
-            .map(|(_, v)| v.trim());
-        let seconds: u64 = match fallback {
+        let seconds: u64 = match config.raw("timestamp_fallback_seconds") {
             Some("none") => {
                 return Err(format!(
                     "no timestamp for sync block {} and the fallback is disabled",
@@ -159,13 +143,10 @@ impl TimeBounds for Policy {
                 .map_err(|_| format!("config timestamp_fallback_seconds: {v:?} is not a number or none"))?,
             None => 1800,
         };
-        log(
-            Level::Warn,
-            &format!(
-                "no timestamp for sync block {}: using now ± {seconds} s",
-                input.sync_block
-            ),
-        );
+        log::warn(format!(
+            "no timestamp for sync block {}: using now ± {seconds} s",
+            input.sync_block
+        ));
         let span = seconds.saturating_mul(1000);
         Ok(Bounds {
             not_before_ms: input.now_ms.saturating_sub(span),
@@ -175,12 +156,13 @@ impl TimeBounds for Policy {
     }
 }
 
-impl Verification for Policy {
+impl CatchupVerification for Policy {
     fn verify(input: VerifyInput) -> Result<Verdict, String> {
-        let max_behind: f64 = config(&input.config, "sync_max_steps_behind", 3.0)?;
+        let config = Config::new(&input.config);
+        let max_behind: f64 = config.get("sync_max_steps_behind", 3.0)?;
         // Optional, not in Templar: a bound on the largest single difference, in steps. An exact replay (this
         // project's catch-up) differs by 0 steps; one flipped sign in one window is 2 steps.
-        let max_single: f64 = config(&input.config, "sync_max_single_steps_behind", f64::INFINITY)?;
+        let max_single: f64 = config.get("sync_max_single_steps_behind", f64::INFINITY)?;
         let (mut sq, mut abs, mut max, mut count) = (0f64, 0f64, 0f64, 0u32);
         for s in &input.samples {
             if s.local.len() != s.reference.len() {
@@ -236,19 +218,7 @@ impl Verification for Policy {
     }
 }
 
-impl Describe for Policy {
-    fn describe() -> Info {
-        Info {
-            name: "templar-default".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            policies: vec![
-                "peer-selection".into(),
-                "time-bounds".into(),
-                "catchup-verification".into(),
-            ],
-        }
-    }
-
+impl SelfCheck for Policy {
     fn self_check() -> Result<(), String> {
         let chain = |window| ChainView {
             block: window * 7,
@@ -303,4 +273,4 @@ impl Describe for Policy {
     }
 }
 
-export!(Policy);
+templar_policy_sdk::export!(bundle: Policy);

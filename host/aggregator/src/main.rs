@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use aggregator_kernels::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use cli::{aggregate, bench, catchup, codec, devnet, plugin, replay, run, sim, vectors};
+use cli::{aggregate, bench, catchup, codec, devnet, plugin, plugin_new, replay, run, sim, vectors};
 pub(crate) use device::open_device;
 
 /// Templar 0.2.73-compatible aggregation server for decentralised LLM training.
@@ -127,6 +127,9 @@ enum PluginCommand {
     /// Runs a candidate component on a recorded window's policy inputs (its receipt) and prints its decisions beside
     /// the recorded ones: peers added and removed, bounds and weights moved.
     Run(Box<plugin::RunArgs>),
+    /// Writes a ready plugin project (Rust on the guest SDK, or Python for componentize-py) for a world, with a
+    /// README giving the build, `plugin check` and `plugin run --receipt` commands.
+    New(plugin_new::NewArgs),
 }
 
 fn main() -> ExitCode {
@@ -151,6 +154,9 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Run(args),
         } => plugin::run(*args),
+        Command::Plugin {
+            command: PluginCommand::New(args),
+        } => plugin_new::new(args).map(|_| ExitCode::SUCCESS),
         Command::Replay(args) => replay::replay_command(*args, device.unwrap_or_default()),
         Command::Bench { command } => bench::run(command, device.unwrap_or_default()),
     };

@@ -169,6 +169,90 @@ pub struct PolicyFiles {
     pub components: Components,
     /// `key = "value"` settings (e.g. `time_window_delta_seconds`, `peer_replacement_frequency`).
     pub settings: BTreeMap<String, String>,
+    /// Call limits per policy kind (`[policy.limits.peer_selection] memory_mib = 256`), for the components serving
+    /// that kind (active, fallbacks, shadow); the others keep the defaults. What a Python component needs.
+    pub limits: BTreeMap<String, KindLimits>,
+    /// Shadow candidates: run beside the active policy on its input every window, compared and recorded, never
+    /// used.
+    pub shadow: ShadowFiles,
+    /// Also compute, for the peer-selection shadow candidate, the aggregate its selection would have produced (its
+    /// extra peers fetched within the same limits) and report the fraction of sign bits that agree with the stored
+    /// aggregate. The shadow aggregate is never written.
+    pub shadow_aggregate: bool,
+}
+
+/// One policy kind's call limits; an unset field keeps the default (100 000 000 fuel, 200 ms, 64 MiB).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KindLimits {
+    /// Fuel per call (a deterministic instruction budget).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline per call, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Largest linear memory of a call, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+}
+
+/// Adds `KIND.FIELD=VALUE` pairs (`--policy-limit`) to per-kind limits; an error names the pair. (The kind is
+/// checked by [`DaemonConfig::validate`].)
+pub fn add_limits(limits: &mut BTreeMap<String, KindLimits>, pairs: &[(String, String)]) -> Result<(), String> {
+    for (path, value) in pairs {
+        let (kind, field) = path
+            .split_once('.')
+            .ok_or_else(|| format!("{path}={value}: expected KIND.FIELD=VALUE"))?;
+        let n: u64 = value
+            .parse()
+            .map_err(|_| format!("{path}={value}: the value is not a whole number"))?;
+        let entry = limits.entry(kind.to_string()).or_default();
+        match field {
+            "fuel" => entry.fuel = Some(n),
+            "deadline_ms" => entry.deadline_ms = Some(n),
+            "memory_mib" => entry.memory_mib = Some(n),
+            _ => return Err(format!("{path}: the field is not fuel, deadline_ms or memory_mib")),
+        }
+    }
+    Ok(())
+}
+
+/// Largest limits a configuration may give a policy kind: 10^11 fuel, 10 s, 4 GiB.
+pub const MAX_KIND_LIMITS: (u64, u64, u64) = (100_000_000_000, 10_000, 4096);
+
+impl KindLimits {
+    /// These limits over `base`.
+    pub fn apply(&self, base: aggregator_policy::PolicyLimits) -> aggregator_policy::PolicyLimits {
+        aggregator_policy::PolicyLimits {
+            fuel: self.fuel.unwrap_or(base.fuel),
+            deadline: self.deadline_ms.map_or(base.deadline, Duration::from_millis),
+            memory_bytes: self.memory_mib.map_or(base.memory_bytes, |m| (m as usize) << 20),
+            log_lines: base.log_lines,
+        }
+    }
+}
+
+/// The shadow candidate per policy kind the daemon calls each window (catch-up verification runs in `aggregator
+/// catchup`, not in the daemon: try a verifier there, or with `aggregator plugin run --receipt`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowFiles {
+    /// Peer-selection candidate (`.wasm`; empty: none).
+    pub peer_selection: String,
+    /// Time-bounds candidate (`.wasm`; empty: none).
+    pub time_bounds: String,
+}
+
+impl ShadowFiles {
+    /// The configured candidates.
+    pub fn iter(&self) -> impl Iterator<Item = (PolicyKind, &str)> {
+        [
+            (PolicyKind::PeerSelection, self.peer_selection.as_str()),
+            (PolicyKind::TimeBounds, self.time_bounds.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, f)| !f.is_empty())
+    }
 }
 
 /// `--policy-setting KEY=VALUE` (repeatable; `AGGREGATOR_POLICY_SETTINGS` takes `k=v,k2=v2`) and one flag per
@@ -186,6 +270,39 @@ impl Args for PolicyFiles {
                 .value_parser(parse_setting)
                 .help("Policy setting KEY=VALUE (repeatable), e.g. time_window_delta_seconds=10"),
         );
+        let cmd = cmd
+            .arg(
+                Arg::new("policy_limits")
+                    .long("policy-limit")
+                    .value_name("KIND.FIELD=VALUE")
+                    .env("AGGREGATOR_POLICY_LIMITS")
+                    .value_delimiter(',')
+                    .action(ArgAction::Append)
+                    .value_parser(parse_setting)
+                    .help("Call limit of one policy kind (repeatable), e.g. peer_selection.memory_mib=256"),
+            )
+            .arg(
+                Arg::new("shadow_peer_selection")
+                    .long("shadow-peer-selection")
+                    .value_name("FILE")
+                    .env("AGGREGATOR_SHADOW_PEER_SELECTION")
+                    .help("A peer-selection shadow candidate (.wasm): run and compared every window, never used"),
+            )
+            .arg(
+                Arg::new("shadow_time_bounds")
+                    .long("shadow-time-bounds")
+                    .value_name("FILE")
+                    .env("AGGREGATOR_SHADOW_TIME_BOUNDS")
+                    .help("A time-bounds shadow candidate (.wasm): run and compared every window, never used"),
+            )
+            .arg(
+                Arg::new("shadow_aggregate")
+                    .long("shadow-aggregate")
+                    .value_name("BOOL")
+                    .env("AGGREGATOR_SHADOW_AGGREGATE")
+                    .value_parser(clap::value_parser!(bool))
+                    .help("Also compute the shadow selection's aggregate and report its sign agreement"),
+            );
         PolicyKind::ALL.into_iter().fold(cmd, |cmd, kind| {
             cmd.arg(
                 Arg::new(kind.key())
@@ -220,6 +337,21 @@ impl FromArgMatches for PolicyFiles {
             if let Some(file) = m.get_one::<String>(&kind.key()) {
                 self.components.set(kind, file.clone());
             }
+        }
+        if let Some(pairs) = m.get_many::<(String, String)>("policy_limits") {
+            let pairs: Vec<(String, String)> = pairs.cloned().collect();
+            add_limits(&mut self.limits, &pairs).map_err(|e| {
+                clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("--policy-limit {e}\n"))
+            })?;
+        }
+        if let Some(f) = m.get_one::<String>("shadow_peer_selection") {
+            self.shadow.peer_selection = f.clone();
+        }
+        if let Some(f) = m.get_one::<String>("shadow_time_bounds") {
+            self.shadow.time_bounds = f.clone();
+        }
+        if let Some(b) = m.get_one::<bool>("shadow_aggregate") {
+            self.shadow_aggregate = *b;
         }
         Ok(())
     }
@@ -456,6 +588,30 @@ impl DaemonConfig {
         }
         if !self.metrics.is_empty() {
             self.metrics_addr()?;
+        }
+        for (key, l) in &self.policy.limits {
+            if PolicyKind::from_key(key).is_none() {
+                let known: Vec<String> = PolicyKind::ALL.iter().map(|k| k.key()).collect();
+                return bad(format!(
+                    "policy.limits.{key}: not a policy kind; one of {}",
+                    known.join(", ")
+                ));
+            }
+            let (fuel, ms, mib) = MAX_KIND_LIMITS;
+            for (field, v, max) in [
+                ("fuel", l.fuel, fuel),
+                ("deadline_ms", l.deadline_ms, ms),
+                ("memory_mib", l.memory_mib, mib),
+            ] {
+                if let Some(v) = v
+                    && !(1..=max).contains(&v)
+                {
+                    return bad(format!("policy.limits.{key}.{field} {v} must be in 1..={max}"));
+                }
+            }
+        }
+        if self.policy.shadow_aggregate && self.policy.shadow.peer_selection.is_empty() {
+            return bad("policy.shadow_aggregate needs a peer-selection shadow (policy.shadow.peer_selection)".into());
         }
         Ok(())
     }

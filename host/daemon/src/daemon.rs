@@ -8,7 +8,7 @@ use std::time::Duration;
 use aggregator_chain::{Chain, window_of};
 use aggregator_kernels::{Backend, Cpu};
 use aggregator_model::ModelSpec;
-use aggregator_policy::{Policies, PolicyConfig, PolicyEngine, PolicyLimits};
+use aggregator_policy::{Policies, PolicyConfig, PolicyEngine, PolicyKind, PolicyLimits};
 use aggregator_store::{Bucket, ClientSettings, Clients};
 use object_store::ObjectStore;
 use tokio::sync::mpsc;
@@ -59,8 +59,23 @@ impl Prepared {
                     .map(|(kind, file)| (kind, PathBuf::from(file)))
                     .collect(),
                 settings: config.policy.settings.clone().into_iter().collect(),
+                limits: config
+                    .policy
+                    .limits
+                    .iter()
+                    .filter_map(|(k, l)| Some((PolicyKind::from_key(k)?, l.apply(PolicyLimits::default()))))
+                    .collect(),
+                shadow: config
+                    .policy
+                    .shadow
+                    .iter()
+                    .map(|(kind, file)| (kind, PathBuf::from(file)))
+                    .collect(),
             },
         )?;
+        for refusal in policies.shadow_refusals() {
+            tracing::warn!(%refusal, "shadow candidate refused; the active policies are unaffected");
+        }
         let clients = Clients::new(ClientSettings::default());
         let output = clients.get(&output)?;
         Ok(Self {

@@ -203,9 +203,12 @@ impl<C: Chain + 'static> Daemon<C> {
         // A retried window older than the newest one processed leaves the selection state alone: the policy's
         // state moves forward with the windows.
         let newest = self.state.last_processed.is_none_or(|l| report.window >= l);
-        if newest && let Some((peers, state)) = selection {
-            self.state.current_peers = peers;
-            self.state.selection_state = hex::encode(state);
+        if newest && let Some(next) = selection {
+            self.state.current_peers = next.peers;
+            self.state.selection_state = hex::encode(next.state);
+            if let Some(shadow) = next.shadow_state {
+                self.state.shadow_selection_state = hex::encode(shadow);
+            }
         }
         self.state.last_processed = self.state.last_processed.max(Some(report.window));
         self.save_state(retries);

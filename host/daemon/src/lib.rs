@@ -26,7 +26,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 pub use config::{
-    Components, ConfigArgs, DaemonConfig, GatherConfig, OutputBucket, PolicyFiles, parse_endpoint, parse_setting,
+    Components, ConfigArgs, DaemonConfig, GatherConfig, KindLimits, OutputBucket, PolicyFiles, ShadowFiles, add_limits,
+    parse_endpoint, parse_setting,
 };
 pub use daemon::{Daemon, Prepared};
 pub use driver::{RETRY_BASE, RETRY_MAX};

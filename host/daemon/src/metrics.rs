@@ -30,6 +30,15 @@ fn l(s: &str) -> Label {
     Label { label: s.to_string() }
 }
 
+/// A shadow candidate's call: which policy kind, and what happened (`same`, `differs`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabel {
+    /// The policy interface (`peer-selection`, `time-bounds`).
+    pub policy: String,
+    /// `same`, `differs` or `failed`.
+    pub result: String,
+}
+
 type Hist = Family<Label, Histogram, fn() -> Histogram>;
 
 fn stage_histogram() -> Histogram {
@@ -58,6 +67,13 @@ pub struct Metrics {
     chain_values_defaulted: Family<Label, Counter>,
     receipts: Family<Label, Counter>,
     windows_without_receipt: Counter,
+    shadow_calls: Family<ShadowLabel, Counter>,
+    shadow_peers_added: Counter,
+    shadow_peers_removed: Counter,
+    shadow_jaccard: Gauge<f64, AtomicU64>,
+    shadow_weights_changed: Gauge,
+    shadow_bounds_moved: Family<Label, Gauge>,
+    shadow_sign_agreement: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -89,6 +105,13 @@ impl Metrics {
             chain_values_defaulted: Family::default(),
             receipts: Family::default(),
             windows_without_receipt: Counter::default(),
+            shadow_calls: Family::default(),
+            shadow_peers_added: Counter::default(),
+            shadow_peers_removed: Counter::default(),
+            shadow_jaccard: Gauge::default(),
+            shadow_weights_changed: Gauge::default(),
+            shadow_bounds_moved: Family::default(),
+            shadow_sign_agreement: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -173,7 +196,73 @@ impl Metrics {
              lost with the state directory, or a bucket written by another server)",
             m.windows_without_receipt.clone(),
         );
+        registry.register(
+            "shadow_calls",
+            "Shadow candidates' calls on the active policies' inputs, by policy and result (same, differs, failed: \
+             an error, trap, limit or invalid output, which never affects the window)",
+            m.shadow_calls.clone(),
+        );
+        registry.register(
+            "shadow_peers_added",
+            "Peers the peer-selection shadow candidate selected that the active policy did not",
+            m.shadow_peers_added.clone(),
+        );
+        registry.register(
+            "shadow_peers_removed",
+            "Peers the active policy selected that the peer-selection shadow candidate did not",
+            m.shadow_peers_removed.clone(),
+        );
+        registry.register(
+            "shadow_jaccard",
+            "Jaccard overlap of the active and shadow peer sets in the last window (1 = the same peers)",
+            m.shadow_jaccard.clone(),
+        );
+        registry.register(
+            "shadow_weights_changed",
+            "Peers in both selections whose weight differs, last window",
+            m.shadow_weights_changed.clone(),
+        );
+        registry.register(
+            "shadow_bounds_moved_ms",
+            "Shadow time bounds minus the active ones in the last window, ms (label: not_before, not_after)",
+            m.shadow_bounds_moved.clone(),
+        );
+        registry.register(
+            "shadow_sign_agreement",
+            "Fraction of sign bits of the shadow selection's aggregate equal to the stored aggregate's, last window \
+             (with shadow_aggregate)",
+            m.shadow_sign_agreement.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts a shadow candidate's call (`same`, `differs`, `failed`).
+    pub fn shadow_call(&self, policy: &str, result: &str) {
+        self.shadow_calls
+            .get_or_create(&ShadowLabel {
+                policy: policy.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Records how the peer-selection shadow's decision compared.
+    pub fn shadow_selection(&self, added: u64, removed: u64, jaccard: f64, weights_changed: u64) {
+        self.shadow_peers_added.inc_by(added);
+        self.shadow_peers_removed.inc_by(removed);
+        self.shadow_jaccard.set(jaccard);
+        self.shadow_weights_changed.set(weights_changed as i64);
+    }
+
+    /// Records how far the time-bounds shadow moved the bounds.
+    pub fn shadow_bounds_moved(&self, not_before_ms: i64, not_after_ms: i64) {
+        self.shadow_bounds_moved.get_or_create(&l("not_before")).set(not_before_ms);
+        self.shadow_bounds_moved.get_or_create(&l("not_after")).set(not_after_ms);
+    }
+
+    /// Records the shadow aggregate's sign agreement.
+    pub fn shadow_sign_agreement(&self, fraction: f64) {
+        self.shadow_sign_agreement.set(fraction);
     }
 
     /// Counts a receipt event (`written`, `recovered`, `failed`).

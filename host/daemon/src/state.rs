@@ -17,6 +17,9 @@ pub struct PersistedState {
     pub current_peers: Vec<u16>,
     /// The peer-selection policy's opaque state, hex.
     pub selection_state: String,
+    /// The peer-selection shadow candidate's own state, hex (empty without one).
+    #[serde(default)]
+    pub shadow_selection_state: String,
     /// Windows that failed and wait for a retry, oldest first (redone while inside `max_backfill` of the newest
     /// closed window).
     #[serde(default)]
@@ -56,6 +59,7 @@ impl StateFile {
         let text = std::fs::read_to_string(&self.path).map_err(|e| err(e.to_string()))?;
         let state: PersistedState = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         hex::decode(&state.selection_state).map_err(|e| err(format!("selection_state: {e}")))?;
+        hex::decode(&state.shadow_selection_state).map_err(|e| err(format!("shadow_selection_state: {e}")))?;
         if state.retry.len() > MAX_RETRY_WINDOWS {
             return Err(err(format!(
                 "retry: {} windows (at most {MAX_RETRY_WINDOWS})",

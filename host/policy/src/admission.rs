@@ -15,6 +15,12 @@ use crate::engine::{Loaded, PolicyEngine, hex};
 use crate::kinds::{Kind, KindVisitor, PolicyKind};
 
 /// Whether a policy may import `name` (`package:namespace/interface@version`).
+///
+/// Besides the policy interfaces, the WASI 0.2 interfaces that language runtimes import whether or not a policy uses
+/// them (Rust's std: cli, io, clocks, random; CPython via componentize-py: also filesystem and sockets). The host
+/// serves them all *empty*: no preopened directories (no file can be opened), no environment or arguments, sockets
+/// that may not be created (TCP, UDP and name lookup are all refused), clocks frozen at the Unix epoch and fixed
+/// randomness ([`crate::host`]). Anything else (HTTP, custom imports) is refused at load time.
 pub fn import_allowed(name: &str) -> bool {
     let (iface, version) = name.split_once('@').unwrap_or((name, ""));
     match iface {
@@ -36,7 +42,16 @@ pub fn import_allowed(name: &str) -> bool {
         | "wasi:clocks/monotonic-clock"
         | "wasi:random/random"
         | "wasi:random/insecure"
-        | "wasi:random/insecure-seed" => version.starts_with("0.2."),
+        | "wasi:random/insecure-seed"
+        | "wasi:filesystem/types"
+        | "wasi:filesystem/preopens"
+        | "wasi:sockets/network"
+        | "wasi:sockets/instance-network"
+        | "wasi:sockets/tcp"
+        | "wasi:sockets/tcp-create-socket"
+        | "wasi:sockets/udp"
+        | "wasi:sockets/udp-create-socket"
+        | "wasi:sockets/ip-name-lookup" => version.starts_with("0.2."),
         _ => false,
     }
 }

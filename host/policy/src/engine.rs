@@ -198,6 +198,16 @@ impl PolicyEngine {
         self.limits
     }
 
+    /// The same engine (compiled code, cache, linker) with other call limits: what a policy kind configured with its
+    /// own limits (`[policy.limits.<kind>]`, e.g. for a Python component) runs under, without loosening them for
+    /// the other kinds. Components loaded by either engine run on both.
+    pub fn with_limits(&self, limits: PolicyLimits) -> Self {
+        Self {
+            limits,
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn wasmtime(&self) -> &Engine {
         &self.engine
     }

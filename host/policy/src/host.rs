@@ -58,21 +58,27 @@ pub struct HostState {
 impl HostState {
     pub(crate) fn new(memory_bytes: usize, log_lines: usize) -> Self {
         let stderr = MemoryOutputPipe::new(16 << 10);
-        // No preopened directories, environment, arguments or stdin; sockets deny every address; clocks frozen and
-        // randomness fixed, so that a policy cannot observe anything outside its input.
+        // No preopened directories, environment, arguments or stdin; no sockets (TCP, UDP and name lookup refused,
+        // and every address denied); clocks frozen and randomness fixed, so that a policy cannot observe anything
+        // outside its input.
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
             .secure_random(Deterministic::new(vec![0x5a; 64]))
             .insecure_random(Deterministic::new(vec![0xa5; 64]))
             .insecure_random_seed(0)
             .build();
+        // Instance, table and memory counts: a Rust component has a few core instances, a componentize-py one
+        // (CPython and its adapters) about 20; the bound that matters, bytes of memory, is `memory_bytes`.
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory_bytes)
-            .instances(8)
-            .tables(8)
-            .memories(4)
+            .instances(64)
+            .tables(64)
+            .memories(16)
             .table_elements(100_000)
             .trap_on_grow_failure(true)
             .build();

@@ -29,8 +29,8 @@ pub use host::PolicyLog;
 pub use kinds::catchup_verification::CatchupVerification;
 pub use kinds::peer_selection::{MAX_PEERS, MAX_STATE_BYTES, PeerSelection};
 pub use kinds::time_bounds::TimeBounds;
-pub use kinds::{Kind, PolicyKind, World};
-pub use policies::{Outcome, Policies, PolicyConfig, SlotStats, SwapEvent};
+pub use kinds::{Comparison, Kind, PolicyKind, World};
+pub use policies::{Outcome, Policies, PolicyConfig, Shadow, ShadowStats, SlotStats, SwapEvent};
 
 /// The records shared by several policy interfaces (`templar:policy/types`).
 pub mod types {
@@ -48,3 +48,6 @@ pub mod golden {
 pub const EMBEDDED_DEFAULT: &[u8] = include_bytes!(env!("TEMPLAR_DEFAULT_WASM"));
 /// `components/example-rotation`, the third-party example, embedded for `plugin check` demos and tests.
 pub const EXAMPLE_ROTATION: &[u8] = include_bytes!(env!("EXAMPLE_ROTATION_WASM"));
+/// The WIT contract this host implements (`wit/policy.wit`, package `templar:policy@1.0.0`), as text: what `plugin new`
+/// copies into a Python project for componentize-py.
+pub const WIT: &str = include_str!("../../../wit/policy.wit");

@@ -15,12 +15,12 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use sha2::{Digest, Sha256};
 
-use crate::engine::{Called, ComponentId, Loaded, PolicyEngine, hex};
+use crate::engine::{Called, ComponentId, Loaded, PolicyEngine, PolicyLimits, hex};
 use crate::host::PolicyLog;
 use crate::kinds::catchup_verification::{CatchupVerification, VerifyInput};
 use crate::kinds::peer_selection::{PeerSelection, SelectionInput};
 use crate::kinds::time_bounds::{BoundsInput, TimeBounds};
-use crate::kinds::{Kind, PolicyKind};
+use crate::kinds::{Comparison, Kind, PolicyKind};
 use crate::{EMBEDDED_DEFAULT, PolicyError};
 
 /// Which component serves each policy kind, and the operator settings passed to every call as `config`.
@@ -30,6 +30,13 @@ pub struct PolicyConfig {
     pub components: BTreeMap<PolicyKind, PathBuf>,
     /// `(key, value)` settings given to every policy.
     pub settings: Vec<(String, String)>,
+    /// Call limits per kind, for the components serving it (active, fallbacks and shadow); a kind not named here
+    /// runs under the engine's limits. What lets a Python component have the memory it needs without loosening the
+    /// other kinds' limits.
+    pub limits: BTreeMap<PolicyKind, PolicyLimits>,
+    /// A shadow candidate per kind: run on the active policy's input every call, compared, never used
+    /// ([`Policies::shadow`]).
+    pub shadow: BTreeMap<PolicyKind, PathBuf>,
 }
 
 impl PolicyConfig {
@@ -112,8 +119,51 @@ struct Counters {
     rejections: AtomicU64,
 }
 
+/// A shadow candidate's answer to the active policy's input, and how it compares. The candidate's decision is never
+/// used; its failure (an error, a trap, a limit, an invalid output) is recorded here and nowhere else.
+#[derive(Debug, Clone)]
+pub struct Shadow<K: Kind> {
+    /// The candidate.
+    pub component: ComponentId,
+    /// Its decision, when it made a valid one.
+    pub decision: Option<K::Output>,
+    /// Why it made none.
+    pub error: Option<PolicyError>,
+    /// Fuel used (0 when it failed).
+    pub fuel_used: u64,
+    /// What it logged.
+    pub logs: Vec<PolicyLog>,
+    /// How its decision compares with the active one (none when it failed).
+    pub comparison: Option<Comparison>,
+}
+
+/// Counters of one kind's shadow candidate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShadowStats {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls on which the candidate failed (error, trap, limit, invalid output).
+    pub failures: u64,
+    /// Calls on which it decided differently from the active policy.
+    pub differed: u64,
+    /// Whether the candidate was refused when the policies were loaded (its reason is in
+    /// [`Policies::shadow_refusals`]).
+    pub refused: bool,
+}
+
+#[derive(Default)]
+struct ShadowCounters {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    differed: AtomicU64,
+}
+
 struct Slot {
     kind: PolicyKind,
+    engine: PolicyEngine,
+    shadow: Option<Arc<Loaded>>,
+    shadow_refused: Option<String>,
+    shadow_counters: ShadowCounters,
     current: ArcSwap<Loaded>,
     last_good: ArcSwapOption<Loaded>,
     default: Arc<Loaded>,
@@ -178,11 +228,16 @@ pub struct Policies {
 impl Policies {
     /// Loads the embedded default and every configured component. A configured component that fails to load is an
     /// error: the operator asked for it. So is one that fails its golden inputs with the operator's settings (a
-    /// setting it cannot parse, say): it would fail every call.
+    /// setting it cannot parse, say): it would fail every call. A shadow candidate that fails to load is not: it is
+    /// left out, its reason kept ([`Policies::shadow_refusals`]), and the policies in use are unaffected.
     pub fn new(engine: PolicyEngine, config: PolicyConfig) -> Result<Self, PolicyError> {
         let default = engine.load(EMBEDDED_DEFAULT, "embedded:templar-default")?;
         let mut slots = Vec::new();
         for kind in PolicyKind::ALL {
+            let engine = config
+                .limits
+                .get(&kind)
+                .map_or_else(|| engine.clone(), |l| engine.with_limits(*l));
             let source = config.components.get(&kind).cloned();
             let (current, seen) = match &source {
                 None => (default.clone(), None),
@@ -199,8 +254,19 @@ impl Policies {
                 }
             };
             engine.check_settings(&current, kind, &config.settings)?;
+            let (shadow, shadow_refused) = match config.shadow.get(&kind) {
+                None => (None, None),
+                Some(path) => match load_for(&engine, path, kind, &config.settings) {
+                    Ok(l) => (Some(l), None),
+                    Err(e) => (None, Some(format!("shadow {} ({}): {e}", kind, path.display()))),
+                },
+            };
             slots.push(Slot {
                 kind,
+                engine: engine.clone(),
+                shadow,
+                shadow_refused,
+                shadow_counters: ShadowCounters::default(),
                 current: ArcSwap::new(current),
                 last_good: ArcSwapOption::empty(),
                 default: default.clone(),
@@ -238,8 +304,79 @@ impl Policies {
     /// last good policy, then the embedded default, when it fails.
     pub fn call<K: Kind>(&self, mut input: K::Input) -> Result<Outcome<K>, PolicyError> {
         K::set_config(&mut input, self.settings.clone());
-        self.slot(K::KIND)
-            .call::<K>(input, |l, input| self.engine.run::<K>(l, input))
+        let slot = self.slot(K::KIND);
+        slot.call::<K>(input, |l, input| slot.engine.run::<K>(l, input))
+    }
+
+    /// Runs kind `K`'s shadow candidate, if one is configured, on `input` (the active call's input, as recorded in
+    /// its [`Outcome`]) and compares its decision with `active`. Nothing the candidate does reaches the policies in
+    /// use: its decision, failure and logs are only returned and counted.
+    pub fn shadow<K: Kind>(&self, input: &K::Input, active: &K::Output) -> Option<Shadow<K>> {
+        let slot = self.slot(K::KIND);
+        let candidate = slot.shadow.as_ref()?;
+        let c = &slot.shadow_counters;
+        c.calls.fetch_add(1, Ordering::Relaxed);
+        let mut shadow = Shadow {
+            component: candidate.id(),
+            decision: None,
+            error: None,
+            fuel_used: 0,
+            logs: vec![],
+            comparison: None,
+        };
+        match slot.engine.run::<K>(candidate, input) {
+            Ok(called) => {
+                let comparison = K::compare(active, &called.value);
+                if !comparison.same() {
+                    c.differed.fetch_add(1, Ordering::Relaxed);
+                }
+                shadow.comparison = Some(comparison);
+                shadow.decision = Some(called.value);
+                shadow.fuel_used = called.fuel_used;
+                shadow.logs = called.logs;
+            }
+            Err(e) => {
+                c.failures.fetch_add(1, Ordering::Relaxed);
+                shadow.error = Some(e);
+            }
+        }
+        Some(shadow)
+    }
+
+    /// The shadow candidate configured for `kind`, if it loaded.
+    pub fn shadow_candidate(&self, kind: PolicyKind) -> Option<Arc<Loaded>> {
+        self.slot(kind).shadow.clone()
+    }
+
+    /// Why configured shadow candidates were refused at load, one line each.
+    pub fn shadow_refusals(&self) -> Vec<String> {
+        self.slots.iter().filter_map(|s| s.shadow_refused.clone()).collect()
+    }
+
+    /// Counters of each kind's shadow candidate (kinds without one are left out).
+    pub fn shadow_stats(&self) -> Vec<(PolicyKind, ShadowStats)> {
+        self.slots
+            .iter()
+            .filter(|s| s.shadow.is_some() || s.shadow_refused.is_some())
+            .map(|s| {
+                let c = &s.shadow_counters;
+                let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                (
+                    s.kind,
+                    ShadowStats {
+                        calls: get(&c.calls),
+                        failures: get(&c.failures),
+                        differed: get(&c.differed),
+                        refused: s.shadow_refused.is_some(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The limits the components serving `kind` run under.
+    pub fn limits(&self, kind: PolicyKind) -> PolicyLimits {
+        self.slot(kind).engine.limits()
     }
 
     /// Selects the peers for a window ([`Policies::call`] for `peer-selection`). When every policy fails with a
@@ -283,16 +420,7 @@ impl Policies {
                 continue;
             }
             *lock(&slot.seen_hash) = Some(hash);
-            let result = self.engine.load(&wasm, &path.display().to_string()).and_then(|l| {
-                if !l.provides(slot.kind) {
-                    return Err(PolicyError::NotProvided {
-                        policy: l.label(),
-                        interface: slot.kind.interface(),
-                    });
-                }
-                self.engine.check_settings(&l, slot.kind, &self.settings)?;
-                Ok(l)
-            });
+            let result = load_bytes_for(&slot.engine, &wasm, path, slot.kind, &self.settings);
             match result {
                 Ok(loaded) => {
                     events.push(SwapEvent::Staged {
@@ -370,6 +498,34 @@ impl Policies {
             }
         })
     }
+}
+
+/// Loads the component at `path` for `kind` with `engine`: it must export the kind and accept the settings.
+fn load_for(
+    engine: &PolicyEngine,
+    path: &PathBuf,
+    kind: PolicyKind,
+    settings: &[(String, String)],
+) -> Result<Arc<Loaded>, PolicyError> {
+    load_bytes_for(engine, &read(path)?, path, kind, settings)
+}
+
+fn load_bytes_for(
+    engine: &PolicyEngine,
+    wasm: &[u8],
+    path: &std::path::Path,
+    kind: PolicyKind,
+    settings: &[(String, String)],
+) -> Result<Arc<Loaded>, PolicyError> {
+    let l = engine.load(wasm, &path.display().to_string())?;
+    if !l.provides(kind) {
+        return Err(PolicyError::NotProvided {
+            policy: l.label(),
+            interface: kind.interface(),
+        });
+    }
+    engine.check_settings(&l, kind, settings)?;
+    Ok(l)
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, PolicyError> {

@@ -3,10 +3,11 @@
 
 mod common;
 
+use common::update_peers::{self, Step, chain, list};
+
 use aggregator_policy::kinds::catchup_verification::{ParamSample, VerifyInput};
 use aggregator_policy::kinds::peer_selection::SelectionInput;
 use aggregator_policy::kinds::time_bounds::BoundsInput;
-use aggregator_policy::types::{ChainView, PostedList};
 use aggregator_policy::{EMBEDDED_DEFAULT, Loaded, PolicyError};
 
 fn default() -> std::sync::Arc<Loaded> {
@@ -15,191 +16,32 @@ fn default() -> std::sync::Arc<Loaded> {
         .expect("the default loads")
 }
 
-fn chain(window: u64) -> ChainView {
-    ChainView {
-        block: window * 7 + 3,
-        window,
-        blocks_per_window: 7,
-        netuid: 3,
-    }
-}
 
-fn list(peers: &[u16], first_effective_window: u64) -> PostedList {
-    PostedList {
-        peers: peers.to_vec(),
-        first_effective_window,
-        sync_window: first_effective_window - 2,
-    }
-}
-
-/// One window of the table: the posted lists visible then, and the peers Templar would gather.
-struct Step {
-    window: u64,
-    latest: Option<PostedList>,
-    previous: Option<PostedList>,
-    expect: &'static [u16],
-}
-
-/// Runs consecutive windows, feeding back `current` and `state` as the host does.
+/// Runs a table on the default: Templar's peers, and no weights (every peer 1.0).
 fn run(config: &[(&str, &str)], steps: &[Step]) {
-    let policy = default();
-    let (mut current, mut state) = (Vec::new(), Vec::new());
-    for s in steps {
-        let input = SelectionInput {
-            chain: chain(s.window),
-            neurons: vec![],
-            current: current.clone(),
-            latest: s.latest.clone(),
-            previous: s.previous.clone(),
-            state: state.clone(),
-            config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
-        let out = common::engine().select(&policy, &input).unwrap().value;
-        assert_eq!(out.peers, s.expect, "window {}: {}", s.window, out.note);
-        assert!(out.weights.is_none(), "Templar weighs every peer 1.0");
-        (current, state) = (out.peers, out.state);
+    for sel in update_peers::run_on(common::engine(), &default(), &[], config, steps) {
+        assert!(sel.weights.is_none(), "Templar weighs every peer 1.0");
     }
 }
 
 #[test]
 fn start_up_takes_the_previous_list_then_switches_when_the_newest_is_effective() {
-    let (a, b) = (list(&[1, 2, 3], 98), list(&[4, 5, 6], 102));
-    run(
-        &[],
-        &[
-            // Empty peers: the previous list; the newest (effective 102) is staged at once (-1 + 5 - 100 < 2).
-            Step {
-                window: 100,
-                latest: Some(b.clone()),
-                previous: Some(a.clone()),
-                expect: &[1, 2, 3],
-            },
-            Step {
-                window: 101,
-                latest: Some(b.clone()),
-                previous: Some(a.clone()),
-                expect: &[1, 2, 3],
-            },
-            Step {
-                window: 102,
-                latest: Some(b.clone()),
-                previous: Some(a.clone()),
-                expect: &[4, 5, 6],
-            },
-            Step {
-                window: 103,
-                latest: Some(b.clone()),
-                previous: Some(a.clone()),
-                expect: &[4, 5, 6],
-            },
-        ],
-    );
+    update_peers::start_up_takes_the_previous_list_then_switches_when_the_newest_is_effective(&run);
 }
 
 #[test]
 fn a_single_posted_list_means_no_peers_until_it_is_effective() {
-    // Spec §9.17: with one list, fetch_previous gives nothing, so the first gather has no peers.
-    let only = list(&[7, 8], 51);
-    run(
-        &[],
-        &[
-            Step {
-                window: 50,
-                latest: Some(only.clone()),
-                previous: None,
-                expect: &[],
-            },
-            Step {
-                window: 51,
-                latest: Some(only.clone()),
-                previous: None,
-                expect: &[7, 8],
-            },
-        ],
-    );
+    update_peers::a_single_posted_list_means_no_peers_until_it_is_effective(&run);
 }
 
 #[test]
 fn the_next_list_is_fetched_only_past_the_margin() {
-    // Following a list effective from 100: the next is looked at once 100 + 5 - w < 2, i.e. from window 104.
-    let (first, second) = (list(&[1, 2], 100), list(&[3, 4], 103));
-    run(
-        &[],
-        &[
-            Step {
-                window: 100,
-                latest: Some(first.clone()),
-                previous: None,
-                expect: &[1, 2],
-            },
-            Step {
-                window: 101,
-                latest: Some(second.clone()),
-                previous: Some(first.clone()),
-                expect: &[1, 2],
-            },
-            Step {
-                window: 103,
-                latest: Some(second.clone()),
-                previous: Some(first.clone()),
-                expect: &[1, 2],
-            },
-            // 104: staged (effective 103 <= 104) and switched in the same call.
-            Step {
-                window: 104,
-                latest: Some(second.clone()),
-                previous: Some(first.clone()),
-                expect: &[3, 4],
-            },
-        ],
-    );
+    update_peers::the_next_list_is_fetched_only_past_the_margin(&run);
 }
 
 #[test]
 fn an_older_or_equal_list_is_ignored_and_frequency_is_configurable() {
-    let (first, same) = (list(&[1, 2], 100), list(&[9, 9], 100));
-    run(
-        &[],
-        &[
-            Step {
-                window: 100,
-                latest: Some(first.clone()),
-                previous: None,
-                expect: &[1, 2],
-            },
-            Step {
-                window: 110,
-                latest: Some(same.clone()),
-                previous: Some(first.clone()),
-                expect: &[1, 2],
-            },
-        ],
-    );
-    // peer_replacement_frequency 10: a new list is not looked at before window 109.
-    let next = list(&[5, 6], 104);
-    run(
-        &[("peer_replacement_frequency", "10")],
-        &[
-            Step {
-                window: 100,
-                latest: Some(first.clone()),
-                previous: None,
-                expect: &[1, 2],
-            },
-            Step {
-                window: 108,
-                latest: Some(next.clone()),
-                previous: Some(first.clone()),
-                expect: &[1, 2],
-            },
-            Step {
-                window: 109,
-                latest: Some(next.clone()),
-                previous: Some(first.clone()),
-                expect: &[5, 6],
-            },
-        ],
-    );
+    update_peers::an_older_or_equal_list_is_ignored_and_frequency_is_configurable(&run);
 }
 
 fn bounds(ts: Option<u64>, now: u64, config: &[(&str, &str)]) -> Result<(u64, u64, String), PolicyError> {

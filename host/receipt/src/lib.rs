@@ -16,7 +16,7 @@ pub mod replay;
 
 pub use record::{
     BucketRecord, ChainRecord, FileRecord, HostRecord, OutputRecord, PeerOutcome, PeerRecord, PolicyCall,
-    PolicyRecords, Receipt, ReceiptError, SkipRecord, Timings,
+    PolicyRecords, Receipt, ReceiptError, ShadowAggregate, ShadowCall, ShadowRecords, SkipRecord, Timings,
 };
 pub use replay::{ReplayOptions, ReplayReport, Step, Verdict, replay};
 

@@ -67,6 +67,84 @@ pub struct Receipt {
     pub output: OutputRecord,
     /// Stage timings.
     pub timings_ms: Timings,
+    /// Shadow trials: the candidates run beside the active policies on their inputs (never used). Absent when no
+    /// candidate is configured.
+    #[serde(default, skip_serializing_if = "ShadowRecords::is_empty")]
+    pub shadow: ShadowRecords,
+}
+
+/// The window's shadow trials.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowRecords {
+    /// The time-bounds candidate's call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_bounds: Option<ShadowCall<TimeBounds>>,
+    /// The peer-selection candidate's call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_selection: Option<ShadowCall<PeerSelection>>,
+    /// With `shadow_aggregate`: the aggregate the candidate's selection would have produced, against the stored one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<ShadowAggregate>,
+}
+
+impl ShadowRecords {
+    /// Whether no shadow ran.
+    pub fn is_empty(&self) -> bool {
+        self.time_bounds.is_none() && self.peer_selection.is_none() && self.aggregate.is_none()
+    }
+}
+
+/// One shadow candidate's call on the active policy's input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, bound = "")]
+pub struct ShadowCall<K: Kind> {
+    /// The candidate.
+    pub component: ComponentId,
+    /// The input it received: the active call's input (settings included), with the candidate's own `state` for a
+    /// stateful kind.
+    pub input: K::Input,
+    /// Its decision, when it made a valid one.
+    pub decision: Option<K::Output>,
+    /// Why it made none (an error, a trap, a limit, an invalid output).
+    pub error: Option<String>,
+    /// How its decision compares with the active one.
+    pub comparison: Option<aggregator_policy::Comparison>,
+    /// Fuel it used.
+    pub fuel_used: u64,
+}
+
+impl<K: Kind> ShadowCall<K> {
+    /// The record of `shadow`, run on `input`.
+    pub fn new(input: K::Input, shadow: &aggregator_policy::Shadow<K>) -> Self {
+        Self {
+            component: shadow.component.clone(),
+            input,
+            decision: shadow.decision.clone(),
+            error: shadow.error.as_ref().map(ToString::to_string),
+            comparison: shadow.comparison.clone(),
+            fuel_used: shadow.fuel_used,
+        }
+    }
+}
+
+/// The peer-selection candidate's aggregate, computed from the files its selection names (never stored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowAggregate {
+    /// Uids whose gradients it aggregated.
+    pub aggregated: Vec<u16>,
+    /// Uids the candidate selected that the active policy did not, fetched for it.
+    pub fetched: Vec<u16>,
+    /// Sign bits compared (parameters present in both aggregates).
+    pub bits_compared: u64,
+    /// Of those, bits equal in both.
+    pub bits_agreeing: u64,
+    /// `bits_agreeing / bits_compared` (1 when nothing was compared), or none when the shadow aggregate could not
+    /// be computed (see `error`).
+    pub sign_agreement: Option<f64>,
+    /// Why it could not be computed.
+    pub error: Option<String>,
 }
 
 /// The host build.

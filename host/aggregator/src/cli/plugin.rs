@@ -22,6 +22,33 @@ fn world_of(l: &Loaded) -> String {
     }
 }
 
+/// Call limits for `plugin check` and `plugin run`, as an operator sets them for a kind (`[policy.limits.<kind>]`);
+/// unset: the defaults every kind runs under.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct LimitArgs {
+    /// Fuel per call.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Deadline per call, ms.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Memory per call, MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The limits.
+    pub fn limits(&self) -> PolicyLimits {
+        aggregator_daemon::KindLimits {
+            fuel: self.fuel,
+            deadline_ms: self.deadline_ms,
+            memory_mib: self.memory_mib,
+        }
+        .apply(PolicyLimits::default())
+    }
+}
+
 /// Arguments of `plugin check`.
 #[derive(clap::Args)]
 pub struct CheckArgs {
@@ -30,11 +57,14 @@ pub struct CheckArgs {
     /// Require this world.
     #[arg(long)]
     world: Option<World>,
+    /// The limits to check under.
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Runs `plugin check`.
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let engine = PolicyEngine::new(PolicyLimits::default(), None)?;
+    let engine = PolicyEngine::new(args.limits.limits(), None)?;
     let limits = engine.limits();
     let wasm = std::fs::read(&args.file)?;
     println!("file: {} ({} bytes)", args.file.display(), wasm.len());
@@ -98,13 +128,16 @@ pub struct RunArgs {
     /// The recorded window.
     #[command(flatten)]
     source: ReceiptSource,
+    /// The limits to run under.
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Runs `plugin run`: for each policy kind the receipt recorded and the candidate exports, the recorded decision,
 /// the candidate's on the same input, and how they differ. Exit 0 when it ran (whatever it decided), 1 when the
 /// candidate is refused or fails on a recorded input.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let engine = PolicyEngine::new(PolicyLimits::default(), None)?;
+    let engine = PolicyEngine::new(args.limits.limits(), None)?;
     let wasm = std::fs::read(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let clients = Clients::new(ClientSettings::default());
     let output = args.source.output(&clients)?;

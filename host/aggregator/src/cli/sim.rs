@@ -1,10 +1,11 @@
 //! `aggregator sim`: the zero-setup simulator around the unmodified daemon.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aggregator_daemon::WindowResult;
+use aggregator_daemon::{KindLimits, WindowResult};
 use aggregator_kernels::Device;
 use aggregator_sim::{S3Target, SimOptions};
 use anyhow::Context;
@@ -63,6 +64,24 @@ pub struct SimArgs {
     /// The daemon also archives every aggregated input in its bucket (`inputs/`).
     #[arg(long)]
     archive_inputs: bool,
+    /// A peer-selection shadow candidate (`.wasm`) run beside the daemon's policy every window: its decisions are
+    /// compared, logged and recorded in the receipts, never used.
+    #[arg(long, value_name = "FILE")]
+    shadow_peer_selection: Option<PathBuf>,
+    /// Also compute the shadow selection's aggregate and report its sign agreement with the stored one.
+    #[arg(long, requires = "shadow_peer_selection")]
+    shadow_aggregate: bool,
+    /// A call limit of one policy kind for the daemon, `KIND.FIELD=VALUE` (repeatable), e.g.
+    /// `peer_selection.memory_mib=256` for a Python component.
+    #[arg(long = "policy-limit", value_name = "KIND.FIELD=VALUE", value_parser = aggregator_daemon::parse_setting)]
+    policy_limits: Vec<(String, String)>,
+}
+
+/// `--policy-limit` pairs as per-kind limits.
+fn limits(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String, KindLimits>> {
+    let mut out = BTreeMap::new();
+    aggregator_daemon::add_limits(&mut out, pairs).map_err(|e| anyhow::anyhow!("--policy-limit {e}"))?;
+    Ok(out)
 }
 
 /// Runs a simulation and prints its table.
@@ -106,6 +125,9 @@ pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
         peer_selection: args.peer_selection,
         policy_settings: args.policy_settings,
         archive_inputs: args.archive_inputs,
+        shadow_peer_selection: args.shadow_peer_selection,
+        shadow_aggregate: args.shadow_aggregate,
+        policy_limits: limits(&args.policy_limits)?,
         ..SimOptions::default()
     };
     let outcome = runtime()?.block_on(aggregator_sim::run(options))?;

@@ -34,14 +34,19 @@ pub(crate) struct Aggregated {
     pub timestamp: String,
     /// SHA-256 (hex) of `bytes` (empty without them).
     pub sha256: String,
+    /// The inputs, handed back (for the shadow aggregate, which moves the gradients it shares).
+    pub inputs: Vec<(u16, PeerInput<SkipReason>)>,
+    /// The aggregate before encoding, kept only when asked (the shadow aggregate compares with it).
+    pub file: Option<aggregator_codec::Aggregate>,
 }
 
 impl<C: Chain + 'static> Daemon<C> {
-    /// Aggregates the gathered inputs and encodes the result.
+    /// Aggregates the gathered inputs and encodes the result; with `keep_file`, the unencoded aggregate is kept.
     pub(crate) async fn aggregate(
         &self,
         w: u64,
         inputs: Vec<(u16, PeerInput<SkipReason>)>,
+        keep_file: bool,
     ) -> Result<Aggregated, AggregateError> {
         let (model, backend, version) = (self.model.clone(), self.backend.clone(), self.config.version.clone());
         tokio::task::spawn_blocking(move || {
@@ -58,6 +63,8 @@ impl<C: Chain + 'static> Daemon<C> {
                 skipped: a.skipped,
                 timestamp,
                 sha256,
+                inputs,
+                file: a.file.filter(|_| keep_file),
             })
         })
         .await

@@ -6,7 +6,8 @@ use aggregator_codec::PeerList;
 use aggregator_policy::kinds::peer_selection::SelectionInput;
 use aggregator_policy::kinds::time_bounds::BoundsInput;
 use aggregator_policy::types::{ChainView, Neuron, PostedList};
-use aggregator_policy::{Outcome, PeerSelection, TimeBounds};
+use aggregator_policy::{Outcome, PeerSelection, Policies, TimeBounds};
+use aggregator_receipt::{ShadowCall, ShadowRecords};
 use aggregator_policy::{PolicyError, PolicyKind};
 use aggregator_store::Bounds;
 use thiserror::Error;
@@ -34,6 +35,8 @@ pub(crate) struct Decision {
     pub time_bounds: Outcome<TimeBounds>,
     /// The peer-selection call: peers, weights, the policy's new state and its note.
     pub selection: Outcome<PeerSelection>,
+    /// The shadow candidates' calls on the same inputs, for the receipt (never used for the window).
+    pub shadow: ShadowRecords,
 }
 
 impl Decision {
@@ -94,13 +97,16 @@ impl<C: Chain + 'static> Daemon<C> {
             config: vec![],
         };
         let policies = self.policies.clone();
-        let (bounds, selection) = tokio::task::spawn_blocking(move || {
+        let shadow_state = hex::decode(&self.state.shadow_selection_state).unwrap_or_default();
+        let (bounds, selection, shadow) = tokio::task::spawn_blocking(move || {
             let b = policies.time_bounds(bounds_input)?;
             let s = policies.select_peers(selection_input)?;
-            Ok::<_, PolicyError>((b, s))
+            let shadow = run_shadows(&policies, &b, &s, shadow_state);
+            Ok::<_, PolicyError>((b, s, shadow))
         })
         .await
         .map_err(|e| DecideError::Panicked(e.to_string()))??;
+        self.report_shadows(w, &shadow);
         for (kind, fallback) in [
             (PolicyKind::TimeBounds, &bounds.fallback),
             (PolicyKind::PeerSelection, &selection.fallback),
@@ -131,6 +137,77 @@ impl<C: Chain + 'static> Daemon<C> {
             },
             time_bounds: bounds,
             selection,
+            shadow,
         })
+    }
+
+    /// Logs and counts what the shadow candidates decided.
+    fn report_shadows(&self, w: u64, shadow: &ShadowRecords) {
+        if let Some(c) = &shadow.time_bounds {
+            let kind = PolicyKind::TimeBounds.interface();
+            match (&c.comparison, &c.error) {
+                (Some(cmp), _) => {
+                    self.metrics.shadow_call(kind, if cmp.same() { "same" } else { "differs" });
+                    self.metrics.shadow_bounds_moved(
+                        cmp.not_before_moved_ms.unwrap_or(0),
+                        cmp.not_after_moved_ms.unwrap_or(0),
+                    );
+                    tracing::info!(window = w, policy = kind, candidate = %c.component.name,
+                        differences = ?cmp.differences, "shadow candidate decided");
+                }
+                (None, error) => {
+                    self.metrics.shadow_call(kind, "failed");
+                    tracing::warn!(window = w, policy = kind, candidate = %c.component.name,
+                        error = error.as_deref().unwrap_or(""), "shadow candidate failed (the window is unaffected)");
+                }
+            }
+        }
+        if let Some(c) = &shadow.peer_selection {
+            let kind = PolicyKind::PeerSelection.interface();
+            match (&c.comparison, &c.error) {
+                (Some(cmp), _) => {
+                    self.metrics.shadow_call(kind, if cmp.same() { "same" } else { "differs" });
+                    self.metrics.shadow_selection(
+                        cmp.peers_added.len() as u64,
+                        cmp.peers_removed.len() as u64,
+                        cmp.jaccard.unwrap_or(1.0),
+                        cmp.weights_changed.unwrap_or(0) as u64,
+                    );
+                    tracing::info!(window = w, policy = kind, candidate = %c.component.name,
+                        added = ?cmp.peers_added, removed = ?cmp.peers_removed, jaccard = cmp.jaccard,
+                        differences = ?cmp.differences, "shadow candidate decided");
+                }
+                (None, error) => {
+                    self.metrics.shadow_call(kind, "failed");
+                    tracing::warn!(window = w, policy = kind, candidate = %c.component.name,
+                        error = error.as_deref().unwrap_or(""), "shadow candidate failed (the window is unaffected)");
+                }
+            }
+        }
+    }
+}
+
+/// Runs each configured shadow candidate on its active call's input (the peer-selection candidate with its own
+/// state). A candidate's failure is part of its record, never an error of the window.
+fn run_shadows(
+    policies: &Policies,
+    bounds: &Outcome<TimeBounds>,
+    selection: &Outcome<PeerSelection>,
+    shadow_state: Vec<u8>,
+) -> ShadowRecords {
+    let time_bounds = policies
+        .shadow::<TimeBounds>(&bounds.input, &bounds.value)
+        .map(|s| ShadowCall::new(bounds.input.clone(), &s));
+    let input = SelectionInput {
+        state: shadow_state,
+        ..selection.input.clone()
+    };
+    let peer_selection = policies
+        .shadow::<PeerSelection>(&input, &selection.value)
+        .map(|s| ShadowCall::new(input, &s));
+    ShadowRecords {
+        time_bounds,
+        peer_selection,
+        aggregate: None,
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod gather;
 pub(crate) mod observe;
 pub(crate) mod publish;
 pub(crate) mod receipt;
+pub(crate) mod shadow;
 
 use std::time::Instant;
 
@@ -57,8 +58,18 @@ impl WindowError {
     }
 }
 
-/// The peers and policy state to keep after a window (none when nothing was decided).
-pub(crate) type NextSelection = Option<(Vec<u16>, Vec<u8>)>;
+/// What to keep after a window (none when nothing was decided).
+pub(crate) type NextSelection = Option<Selected>;
+
+/// The peers and policy states to keep after a window.
+pub(crate) struct Selected {
+    /// The peers in use.
+    pub peers: Vec<u16>,
+    /// The peer-selection policy's new state.
+    pub state: Vec<u8>,
+    /// The peer-selection shadow candidate's new state, when it decided.
+    pub shadow_state: Option<Vec<u8>>,
+}
 
 impl<C: Chain + 'static> Daemon<C> {
     /// One window, start to end: the phases in order, each timed into the report.
@@ -72,7 +83,7 @@ impl<C: Chain + 'static> Daemon<C> {
 
         let started = Instant::now();
         let observed = self.observe(w).await?;
-        let decision = self.decide(w, &observed).await?;
+        let mut decision = self.decide(w, &observed).await?;
         report.bounds = (decision.bounds.not_before_ms, decision.bounds.not_after_ms);
         report.selected = decision.peers().to_vec();
         report.chain = started.elapsed();
@@ -90,19 +101,39 @@ impl<C: Chain + 'static> Daemon<C> {
             })
             .collect();
         let started = Instant::now();
-        let mut aggregated = self.aggregate(w, gathered.inputs).await?;
+        let shadow_aggregate = self.config.policy.shadow_aggregate && decision.shadow.peer_selection.is_some();
+        let mut aggregated = self.aggregate(w, gathered.inputs, shadow_aggregate).await?;
         report.process = started.elapsed();
         report.aggregated = aggregated.valid.clone();
         report.skipped = aggregated.skipped.clone();
 
-        let next = Some((
-            decision.selection.value.peers.clone(),
-            decision.selection.value.state.clone(),
-        ));
+        let next = Some(Selected {
+            peers: decision.selection.value.peers.clone(),
+            state: decision.selection.value.state.clone(),
+            shadow_state: decision
+                .shadow
+                .peer_selection
+                .as_ref()
+                .and_then(|c| Some(c.decision.as_ref()?.state.clone())),
+        });
         let Some(bytes) = aggregated.bytes.take() else {
             report.result = WindowResult::NoValidPeers;
             return Ok((report, next));
         };
+        if let Some(stored) = aggregated.file.take() {
+            let inputs = std::mem::take(&mut aggregated.inputs);
+            let record = self.shadow_aggregate(w, &observed, &decision, inputs, &stored).await;
+            match record.sign_agreement {
+                Some(f) => {
+                    self.metrics.shadow_sign_agreement(f);
+                    tracing::info!(window = w, sign_agreement = f, aggregated = ?record.aggregated,
+                        fetched = ?record.fetched, "shadow aggregate compared (not stored)");
+                }
+                None => tracing::warn!(window = w, error = record.error.as_deref().unwrap_or(""),
+                    "shadow aggregate not computed (the window is unaffected)"),
+            }
+            decision.shadow.aggregate = Some(record);
+        }
         let started = Instant::now();
         let archived = if self.config.archive_inputs {
             self.archive(w, decision.peers(), gathered.bodies).await?

@@ -111,6 +111,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 process: ms(report.process),
                 put: None,
             },
+            shadow: e.decision.shadow.clone(),
         }
     }
 

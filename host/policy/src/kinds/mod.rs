@@ -116,6 +116,48 @@ pub trait Kind: sealed::Dispatch + Send + Sync + 'static {
     /// How decision `b` differs from `a`, one line per difference (peers added and removed, weights and bounds
     /// moved, state changed); empty when they are the same decision. Notes are prose and never compared.
     fn diff(a: &Self::Output, b: &Self::Output) -> Vec<String>;
+    /// How decision `b` (a shadow candidate's) compares with `a` (the active policy's), as figures for metrics and
+    /// the receipt; [`Comparison::differences`] is [`Kind::diff`].
+    fn compare(a: &Self::Output, b: &Self::Output) -> Comparison {
+        Comparison {
+            differences: Self::diff(a, b),
+            ..Comparison::default()
+        }
+    }
+}
+
+/// How a shadow candidate's decision compares with the active policy's on the same input. Fields that do not apply
+/// to a kind are left out (`None`, empty).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Comparison {
+    /// One line per difference ([`Kind::diff`]); empty when the decisions are the same.
+    pub differences: Vec<String>,
+    /// Peer selection: uids the candidate selected and the active policy did not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers_added: Vec<u16>,
+    /// Peer selection: uids the active policy selected and the candidate did not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers_removed: Vec<u16>,
+    /// Peer selection: |both| / |either| of the two peer sets (1 when both are empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jaccard: Option<f64>,
+    /// Peer selection: peers in both selections whose weight differs (none given counts as 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_changed: Option<u32>,
+    /// Time bounds: candidate's `not-before` minus the active one's, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_moved_ms: Option<i64>,
+    /// Time bounds: candidate's `not-after` minus the active one's, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after_moved_ms: Option<i64>,
+}
+
+impl Comparison {
+    /// Whether the two decisions are the same.
+    pub fn same(&self) -> bool {
+        self.differences.is_empty()
+    }
 }
 
 pub(crate) mod sealed {

@@ -3,7 +3,7 @@
 use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
 
-use super::{Kind, PolicyKind, sealed};
+use super::{Comparison, Kind, PolicyKind, sealed};
 use crate::bindings::exports::templar::policy::peer_selection as wit;
 use crate::host::HostState;
 pub use wit::{Selection, SelectionInput};
@@ -45,6 +45,35 @@ impl Kind for PeerSelection {
 
     fn summary(s: &Selection) -> String {
         format!("{} peers; {}", s.peers.len(), s.note)
+    }
+
+    fn compare(a: &Selection, b: &Selection) -> Comparison {
+        let added: Vec<u16> = b.peers.iter().filter(|u| !a.peers.contains(u)).copied().collect();
+        let removed: Vec<u16> = a.peers.iter().filter(|u| !b.peers.contains(u)).copied().collect();
+        let set = |s: &Selection| s.peers.iter().copied().collect::<std::collections::BTreeSet<u16>>();
+        let (sa, sb) = (set(a), set(b));
+        let union = sa.union(&sb).count();
+        let jaccard = if union == 0 {
+            1.0
+        } else {
+            sa.intersection(&sb).count() as f64 / union as f64
+        };
+        let weight = |s: &Selection, i: usize| s.weights.as_ref().map_or(1.0, |w| w[i]);
+        let weights_changed = a
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, uid)| Some((i, b.peers.iter().position(|u| u == uid)?)))
+            .filter(|&(i, j)| weight(a, i).to_bits() != weight(b, j).to_bits())
+            .count() as u32;
+        Comparison {
+            differences: Self::diff(a, b),
+            peers_added: added,
+            peers_removed: removed,
+            jaccard: Some(jaccard),
+            weights_changed: Some(weights_changed),
+            ..Comparison::default()
+        }
     }
 
     fn diff(a: &Selection, b: &Selection) -> Vec<String> {

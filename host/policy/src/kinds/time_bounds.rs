@@ -32,6 +32,16 @@ impl Kind for TimeBounds {
         format!("[{}, {}] ms; {}", b.not_before_ms, b.not_after_ms, b.note)
     }
 
+    fn compare(a: &Bounds, b: &Bounds) -> super::Comparison {
+        let moved = |x: u64, y: u64| i64::try_from(y as i128 - x as i128).unwrap_or(i64::MAX);
+        super::Comparison {
+            differences: Self::diff(a, b),
+            not_before_moved_ms: Some(moved(a.not_before_ms, b.not_before_ms)),
+            not_after_moved_ms: Some(moved(a.not_after_ms, b.not_after_ms)),
+            ..super::Comparison::default()
+        }
+    }
+
     fn diff(a: &Bounds, b: &Bounds) -> Vec<String> {
         let moved = |name: &str, x: u64, y: u64| {
             (x != y).then(|| format!("{name}: {x} -> {y} ms ({:+} ms)", y as i128 - x as i128))

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod update_peers;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
