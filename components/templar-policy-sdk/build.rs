@@ -14,7 +14,10 @@ fn main() {
     let wit = manifest.join("../../wit/policy.wit");
     println!("cargo:rerun-if-changed={}", wit.display());
     let text = std::fs::read_to_string(&wit).unwrap_or_else(|e| panic!("reading {}: {e}", wit.display()));
-    assert!(!text.contains("\"####"), "policy.wit must not contain the raw-string delimiter");
+    assert!(
+        !text.contains("\"####"),
+        "policy.wit must not contain the raw-string delimiter"
+    );
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("world_macro.rs");
     let src = format!(
         r#####"/// Generates world `$world`'s bindings in the calling module (see build.rs).

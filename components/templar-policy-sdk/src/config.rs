@@ -80,7 +80,10 @@ impl<'a> Config<'a> {
                 item.parse().map_err(|_| ConfigError {
                     key: key.into(),
                     value: value.into(),
-                    expected: format!("a comma-separated list of {} ({item:?} is not one)", short_type_name::<T>()),
+                    expected: format!(
+                        "a comma-separated list of {} ({item:?} is not one)",
+                        short_type_name::<T>()
+                    ),
                 })
             })
             .collect()
@@ -119,6 +122,11 @@ mod tests {
         let e = c.get("bad", 0u64).unwrap_err();
         assert_eq!(e.to_string(), "config bad: \"x\" is not a valid u64");
         assert!(c.weight("w", 1.0).unwrap_err().to_string().contains("config w"));
-        assert!(c.list::<u16>("bad").unwrap_err().to_string().contains("\"x\" is not one"));
+        assert!(
+            c.list::<u16>("bad")
+                .unwrap_err()
+                .to_string()
+                .contains("\"x\" is not one")
+        );
     }
 }

@@ -79,7 +79,6 @@ include!(concat!(env!("OUT_DIR"), "/world_macro.rs"));
 
 pub use __bindings::templar::policy::types::{ChainView, Neuron, PostedList};
 
-
 /// A policy's own tests, run by the host before it loads the component (an `Err` keeps it from loading, naming the
 /// reason). The default passes; override it to guard the rules that matter to you.
 pub trait SelfCheck {

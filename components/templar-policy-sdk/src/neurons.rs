@@ -57,7 +57,13 @@ mod tests {
 
     #[test]
     fn top_by_is_deterministic_and_skips_nan_and_none() {
-        let all = [n(3, 5.0, true), n(1, 5.0, true), n(2, f64::NAN, true), n(4, 9.0, false), n(5, 1.0, true)];
+        let all = [
+            n(3, 5.0, true),
+            n(1, 5.0, true),
+            n(2, f64::NAN, true),
+            n(4, 9.0, false),
+            n(5, 1.0, true),
+        ];
         let ns = Neurons::new(&all);
         assert_eq!(ns.top_by(3, |n| n.has_bucket.then_some(n.stake)), vec![1, 3, 5]);
         assert_eq!(ns.stake(4), 9.0);

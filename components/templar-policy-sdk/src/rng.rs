@@ -64,14 +64,18 @@ mod tests {
 
     #[test]
     fn same_window_same_stream_and_windows_differ() {
-        let a: Vec<u64> = (0..4).map({
-            let mut r = WindowRng::new(7, "explore");
-            move |_| r.next_u64()
-        }).collect();
-        let b: Vec<u64> = (0..4).map({
-            let mut r = WindowRng::new(7, "explore");
-            move |_| r.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = WindowRng::new(7, "explore");
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = WindowRng::new(7, "explore");
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(WindowRng::new(8, "explore").next_u64(), a[0]);
         assert_ne!(WindowRng::new(7, "other").next_u64(), a[0]);

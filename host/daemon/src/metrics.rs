@@ -256,8 +256,12 @@ impl Metrics {
 
     /// Records how far the time-bounds shadow moved the bounds.
     pub fn shadow_bounds_moved(&self, not_before_ms: i64, not_after_ms: i64) {
-        self.shadow_bounds_moved.get_or_create(&l("not_before")).set(not_before_ms);
-        self.shadow_bounds_moved.get_or_create(&l("not_after")).set(not_after_ms);
+        self.shadow_bounds_moved
+            .get_or_create(&l("not_before"))
+            .set(not_before_ms);
+        self.shadow_bounds_moved
+            .get_or_create(&l("not_after"))
+            .set(not_after_ms);
     }
 
     /// Records the shadow aggregate's sign agreement.

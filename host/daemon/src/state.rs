@@ -162,6 +162,7 @@ mod tests {
             last_processed: Some(41),
             current_peers: vec![1, 2],
             selection_state: "01ff".into(),
+            shadow_selection_state: String::new(),
             retry: vec![38, 40],
         };
         f.save(&s).unwrap();

@@ -202,10 +202,7 @@ impl PolicyEngine {
     /// own limits (`[policy.limits.<kind>]`, e.g. for a Python component) runs under, without loosening them for
     /// the other kinds. Components loaded by either engine run on both.
     pub fn with_limits(&self, limits: PolicyLimits) -> Self {
-        Self {
-            limits,
-            ..self.clone()
-        }
+        Self { limits, ..self.clone() }
     }
 
     pub(crate) fn wasmtime(&self) -> &Engine {

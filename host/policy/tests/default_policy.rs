@@ -16,7 +16,6 @@ fn default() -> std::sync::Arc<Loaded> {
         .expect("the default loads")
 }
 
-
 /// Runs a table on the default: Templar's peers, and no weights (every peer 1.0).
 fn run(config: &[(&str, &str)], steps: &[Step]) {
     for sel in update_peers::run_on(common::engine(), &default(), &[], config, steps) {

@@ -42,18 +42,25 @@ fn engine() -> &'static PolicyEngine {
 
 fn example() -> Arc<Loaded> {
     let wasm = python(&root().join("components/python-stake-weighted"), "peer-selector");
-    engine().load(&wasm, "python-stake-weighted").expect("the Python example loads")
+    engine()
+        .load(&wasm, "python-stake-weighted")
+        .expect("the Python example loads")
 }
 
 fn hostile() -> Arc<Loaded> {
     let wasm = python(&root().join("host/policy/tests/guests-py/hostile"), "peer-selector");
-    engine().load(&wasm, "python-hostile").expect("the hostile Python plugin passes its checks")
+    engine()
+        .load(&wasm, "python-hostile")
+        .expect("the hostile Python plugin passes its checks")
 }
 
 #[test]
 fn the_python_example_follows_the_same_update_peers_tables_as_the_rust_default() {
     let policy = example();
-    assert_eq!((policy.name.as_str(), policy.version.as_str()), ("python-stake-weighted", "0.1.0"));
+    assert_eq!(
+        (policy.name.as_str(), policy.version.as_str()),
+        ("python-stake-weighted", "0.1.0")
+    );
     for (name, table) in update_peers::ALL {
         let run = |config: &[(&str, &str)], steps: &[Step]| {
             for sel in update_peers::run_on(engine(), &policy, &[], config, steps) {
@@ -139,7 +146,10 @@ fn a_hostile_python_plugin_is_stopped_by_the_limits_and_reaches_nothing_outside(
             "{mode}: {err}"
         );
         let text = err.to_string();
-        assert!(!text.contains("allocated") && !text.contains("connected") && !text.contains("bytes of"), "{mode}: {text}");
+        assert!(
+            !text.contains("allocated") && !text.contains("connected") && !text.contains("bytes of"),
+            "{mode}: {text}"
+        );
     }
     // The same instance-per-call sandbox: a later call is unaffected.
     assert_eq!(misbehave(&policy, "").unwrap().len(), 3);
@@ -150,7 +160,11 @@ fn a_hostile_python_plugin_is_stopped_by_the_limits_and_reaches_nothing_outside(
 fn limits_per_kind_apply_to_that_kind_only() {
     let dir = common::scratch("python-limits");
     let file = dir.path().join("python_stake_weighted.wasm");
-    std::fs::write(&file, python(&root().join("components/python-stake-weighted"), "peer-selector")).unwrap();
+    std::fs::write(
+        &file,
+        python(&root().join("components/python-stake-weighted"), "peer-selector"),
+    )
+    .unwrap();
     let tight = PolicyLimits {
         fuel: 100_000,
         ..PolicyLimits::default()
@@ -167,5 +181,8 @@ fn limits_per_kind_apply_to_that_kind_only() {
     let policies = Policies::new(engine().clone(), config(PolicyKind::TimeBounds)).unwrap();
     assert_eq!(policies.limits(PolicyKind::TimeBounds), tight);
     assert_eq!(policies.limits(PolicyKind::PeerSelection), PolicyLimits::default());
-    assert_eq!(policies.current(PolicyKind::PeerSelection).name, "python-stake-weighted");
+    assert_eq!(
+        policies.current(PolicyKind::PeerSelection).name,
+        "python-stake-weighted"
+    );
 }

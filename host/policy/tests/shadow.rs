@@ -25,19 +25,31 @@ fn a_disagreeing_candidate_is_compared_and_never_used() {
     let input = selection_input(64);
     let active = with.select_peers(input.clone()).unwrap();
     let alone = without.select_peers(input).unwrap().value;
-    assert_eq!(format!("{:?}", active.value), format!("{alone:?}"), "the shadow changes nothing");
+    assert_eq!(
+        format!("{:?}", active.value),
+        format!("{alone:?}"),
+        "the shadow changes nothing"
+    );
     assert_eq!(active.component.name, "templar-default");
     let shadow = with.shadow::<PeerSelection>(&active.input, &active.value).unwrap();
     assert_eq!(shadow.component.name, "example-rotation");
     let decision = shadow.decision.expect("it decided");
     let cmp = shadow.comparison.expect("compared");
     assert!(!cmp.same(), "rotation ignores the posted lists");
-    let added: Vec<u16> = decision.peers.iter().filter(|u| !active.value.peers.contains(u)).copied().collect();
+    let added: Vec<u16> = decision
+        .peers
+        .iter()
+        .filter(|u| !active.value.peers.contains(u))
+        .copied()
+        .collect();
     assert_eq!(cmp.peers_added, added);
     let j = cmp.jaccard.unwrap();
     assert!((0.0..1.0).contains(&j), "{j}");
     // No time-bounds candidate: nothing runs.
-    assert!(with.shadow::<TimeBounds>(&aggregator_policy::golden::bounds_input(), &dummy_bounds()).is_none());
+    assert!(
+        with.shadow::<TimeBounds>(&aggregator_policy::golden::bounds_input(), &dummy_bounds())
+            .is_none()
+    );
     let stats = with.shadow_stats();
     assert_eq!(stats.len(), 1);
     assert_eq!((stats[0].1.calls, stats[0].1.differed, stats[0].1.failures), (1, 1, 0));
@@ -76,7 +88,10 @@ fn a_candidate_that_fails_its_checks_is_left_out_and_the_policies_load() {
     let with = policies(dir.path(), &common::guest("hostile", &["selfcheck-spin"]), vec![]);
     let refusals = with.shadow_refusals();
     assert_eq!(refusals.len(), 1);
-    assert!(refusals[0].contains("peer-selection") && refusals[0].contains("fuel"), "{refusals:?}");
+    assert!(
+        refusals[0].contains("peer-selection") && refusals[0].contains("fuel"),
+        "{refusals:?}"
+    );
     assert!(with.shadow_candidate(PolicyKind::PeerSelection).is_none());
     let active = with.select_peers(selection_input(8)).unwrap();
     assert!(with.shadow::<PeerSelection>(&active.input, &active.value).is_none());

@@ -8,7 +8,7 @@ use aggregator_policy::kinds::time_bounds::Bounds;
 use aggregator_receipt::record::MAX_RECEIPT_BYTES;
 use aggregator_receipt::{
     BucketRecord, ChainRecord, FileRecord, HostRecord, OutputRecord, PeerOutcome, PeerRecord, PolicyCall,
-    PolicyRecords, Receipt, ReceiptError, SCHEMA, SkipRecord, Timings,
+    PolicyRecords, Receipt, ReceiptError, SCHEMA, ShadowAggregate, ShadowCall, ShadowRecords, SkipRecord, Timings,
 };
 
 fn component() -> ComponentId {
@@ -107,7 +107,72 @@ fn receipt() -> Receipt {
             process: 3,
             put: None,
         },
+        shadow: ShadowRecords::default(),
     }
+}
+
+/// A receipt with every shadow record: a candidate that decided differently, one that failed, the shadow aggregate.
+fn shadowed() -> Receipt {
+    let mut r = receipt();
+    let rotation = ComponentId {
+        name: "example-rotation".into(),
+        ..component()
+    };
+    let decision = Selection {
+        peers: vec![2, 3],
+        weights: Some(vec![1.0, 0.5]),
+        state: vec![],
+        note: "n".into(),
+    };
+    let comparison = aggregator_policy::Comparison {
+        differences: vec!["peers added: [3]".into(), "peers removed: [1]".into()],
+        peers_added: vec![3],
+        peers_removed: vec![1],
+        jaccard: Some(1.0 / 3.0),
+        weights_changed: Some(1),
+        ..Default::default()
+    };
+    r.shadow = ShadowRecords {
+        time_bounds: Some(ShadowCall {
+            component: rotation.clone(),
+            input: bounds_input(),
+            decision: None,
+            error: Some("policy x: ran out of fuel (100000000 units)".into()),
+            comparison: None,
+            fuel_used: 0,
+        }),
+        peer_selection: Some(ShadowCall {
+            component: rotation,
+            input: selection_input(4),
+            decision: Some(decision),
+            error: None,
+            comparison: Some(comparison),
+            fuel_used: 1234,
+        }),
+        aggregate: Some(ShadowAggregate {
+            aggregated: vec![2, 3],
+            fetched: vec![3],
+            bits_compared: 1000,
+            bits_agreeing: 900,
+            sign_agreement: Some(0.9),
+            error: None,
+        }),
+    };
+    r
+}
+
+#[test]
+fn shadow_records_round_trip_and_validate_and_are_absent_without_a_shadow() {
+    let json = shadowed().to_json();
+    let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let errors: Vec<String> = validator().iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(Receipt::from_json(&json, "r").unwrap().to_json(), json);
+    let mut bad = value.clone();
+    bad["shadow"]["aggregate"]["sign_agreement"] = serde_json::json!(1.5);
+    assert!(!validator().is_valid(&bad));
+    let plain: serde_json::Value = serde_json::from_slice(&receipt().to_json()).unwrap();
+    assert!(plain.get("shadow").is_none(), "no shadow, no field: {plain}");
 }
 
 fn validator() -> jsonschema::Validator {

@@ -229,6 +229,7 @@ async fn state_ahead_of_the_chain_and_an_unknown_policy_state_are_reset() {
             last_processed: Some(u64::MAX),
             current_peers: vec![],
             selection_state: "deadbeef".into(),
+            shadow_selection_state: String::new(),
             retry: vec![u64::MAX - 1],
         })
         .unwrap();

@@ -86,7 +86,12 @@ pub fn new(args: NewArgs) -> anyhow::Result<PathBuf> {
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("created {} ({:?}, world {})", project.display(), args.lang, args.world.name());
+    println!(
+        "created {} ({:?}, world {})",
+        project.display(),
+        args.lang,
+        args.world.name()
+    );
     for (rel, _) in &files {
         println!("  {rel}");
     }
@@ -202,13 +207,7 @@ fn rust_project(name: &str, world: World, sdk: &Path) -> Vec<(String, String)> {
         (".gitignore".into(), "/target\n".into()),
         (
             "README.md".into(),
-            readme(
-                name,
-                world,
-                "cargo build --release --target wasm32-wasip2",
-                &wasm,
-                "",
-            ),
+            readme(name, world, "cargo build --release --target wasm32-wasip2", &wasm, ""),
         ),
     ]
 }

@@ -7,8 +7,8 @@ use aggregator_policy::kinds::peer_selection::SelectionInput;
 use aggregator_policy::kinds::time_bounds::BoundsInput;
 use aggregator_policy::types::{ChainView, Neuron, PostedList};
 use aggregator_policy::{Outcome, PeerSelection, Policies, TimeBounds};
-use aggregator_receipt::{ShadowCall, ShadowRecords};
 use aggregator_policy::{PolicyError, PolicyKind};
+use aggregator_receipt::{ShadowCall, ShadowRecords};
 use aggregator_store::Bounds;
 use thiserror::Error;
 
@@ -147,7 +147,8 @@ impl<C: Chain + 'static> Daemon<C> {
             let kind = PolicyKind::TimeBounds.interface();
             match (&c.comparison, &c.error) {
                 (Some(cmp), _) => {
-                    self.metrics.shadow_call(kind, if cmp.same() { "same" } else { "differs" });
+                    self.metrics
+                        .shadow_call(kind, if cmp.same() { "same" } else { "differs" });
                     self.metrics.shadow_bounds_moved(
                         cmp.not_before_moved_ms.unwrap_or(0),
                         cmp.not_after_moved_ms.unwrap_or(0),
@@ -166,7 +167,8 @@ impl<C: Chain + 'static> Daemon<C> {
             let kind = PolicyKind::PeerSelection.interface();
             match (&c.comparison, &c.error) {
                 (Some(cmp), _) => {
-                    self.metrics.shadow_call(kind, if cmp.same() { "same" } else { "differs" });
+                    self.metrics
+                        .shadow_call(kind, if cmp.same() { "same" } else { "differs" });
                     self.metrics.shadow_selection(
                         cmp.peers_added.len() as u64,
                         cmp.peers_removed.len() as u64,

@@ -129,8 +129,11 @@ impl<C: Chain + 'static> Daemon<C> {
                     tracing::info!(window = w, sign_agreement = f, aggregated = ?record.aggregated,
                         fetched = ?record.fetched, "shadow aggregate compared (not stored)");
                 }
-                None => tracing::warn!(window = w, error = record.error.as_deref().unwrap_or(""),
-                    "shadow aggregate not computed (the window is unaffected)"),
+                None => tracing::warn!(
+                    window = w,
+                    error = record.error.as_deref().unwrap_or(""),
+                    "shadow aggregate not computed (the window is unaffected)"
+                ),
             }
             decision.shadow.aggregate = Some(record);
         }

@@ -33,7 +33,14 @@ pub fn run_on(
             .select(policy, &input)
             .unwrap_or_else(|e| panic!("{}: window {}: {e}", policy.label(), s.window))
             .value;
-        assert_eq!(sel.peers, s.expect, "{}: window {}: {}", policy.label(), s.window, sel.note);
+        assert_eq!(
+            sel.peers,
+            s.expect,
+            "{}: window {}: {}",
+            policy.label(),
+            s.window,
+            sel.note
+        );
         (current, state) = (sel.peers.clone(), sel.state.clone());
         out.push(sel);
     }
@@ -72,14 +79,22 @@ pub struct Step {
 /// A table's runner: the policy under test on `(config, steps)`.
 pub type Run<'a> = &'a dyn Fn(&[(&str, &str)], &[Step]);
 
+/// A table: it runs its windows through the runner it is given.
+pub type Table = fn(Run);
+
 /// Every table, by name, for a policy that follows the posted lists.
-pub const ALL: [(&str, fn(Run)); 4] = [
-    ("start-up", start_up_takes_the_previous_list_then_switches_when_the_newest_is_effective),
+pub const ALL: [(&str, Table); 4] = [
+    (
+        "start-up",
+        start_up_takes_the_previous_list_then_switches_when_the_newest_is_effective,
+    ),
     ("single list", a_single_posted_list_means_no_peers_until_it_is_effective),
     ("margin", the_next_list_is_fetched_only_past_the_margin),
-    ("older list, frequency", an_older_or_equal_list_is_ignored_and_frequency_is_configurable),
+    (
+        "older list, frequency",
+        an_older_or_equal_list_is_ignored_and_frequency_is_configurable,
+    ),
 ];
-
 
 pub fn start_up_takes_the_previous_list_then_switches_when_the_newest_is_effective(run: Run) {
     let (a, b) = (list(&[1, 2, 3], 98), list(&[4, 5, 6], 102));
@@ -217,4 +232,3 @@ pub fn an_older_or_equal_list_is_ignored_and_frequency_is_configurable(run: Run)
         ],
     );
 }
-

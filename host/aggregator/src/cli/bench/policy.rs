@@ -128,9 +128,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     println!(
         "{:<44} {:>24} {:>28}",
-        "peer-selection policy",
-        "Rust",
-        "Python (componentize-py)"
+        "peer-selection policy", "Rust", "Python (componentize-py)"
     );
     println!("{}", "-".repeat(98));
     line("component", &|c| c.name.clone());
@@ -157,7 +155,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     println!();
-    println!("{:<58} {:>10} {:>10} {:>10}", "other calls (Rust)", "median µs", "min µs", "p99 µs");
+    println!(
+        "{:<58} {:>10} {:>10} {:>10}",
+        "other calls (Rust)", "median µs", "min µs", "p99 µs"
+    );
     println!("{}", "-".repeat(91));
     let row = |label: &str, samples: Vec<Duration>| {
         let (med, min, p99) = stats(samples);
