@@ -101,6 +101,12 @@ fn values(dir: &std::path::Path) -> BTreeMap<&'static str, (String, String, toml
             "archive_inputs",
             ("true".into(), "true".into(), toml::Value::Boolean(true)),
         ),
+        ("policy.shadow.peer_selection", s(&format!("{d}/shadow-sel.wasm"))),
+        ("policy.shadow.time_bounds", s(&format!("{d}/shadow-tb.wasm"))),
+        (
+            "policy.shadow_aggregate",
+            ("true".into(), "true".into(), toml::Value::Boolean(true)),
+        ),
     ])
 }
 
@@ -147,6 +153,7 @@ fn every_configuration_key_is_settable_by_file_flag_and_environment() {
         // A key that is only valid with another (an output endpoint needs a bucket name) is set with it, by flag.
         let companion: &[&str] = match key.as_str() {
             "output.endpoint" => &["--output-name", "my-bucket"],
+            "policy.shadow_aggregate" => &["--shadow-peer-selection", "cand.wasm"],
             _ => &[],
         };
         let check = |how: &str, cmd: &mut Command| {
@@ -173,5 +180,59 @@ fn every_configuration_key_is_settable_by_file_flag_and_environment() {
             "environment",
             aggregator().args(["run", "--check-config"]).env(env_var(key), arg),
         );
+    }
+}
+
+/// `policy.limits` is a table per policy kind (absent by default): the file's table, `--policy-limit KIND.FIELD=V`
+/// (repeatable) and `AGGREGATOR_POLICY_LIMITS` (comma-separated) all set it; a kind or field that does not exist is
+/// refused, naming it.
+#[test]
+fn policy_limits_are_settable_by_file_flag_and_environment() {
+    let dir = tempfile::Builder::new()
+        .prefix("config-limits-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "[policy.limits.peer_selection]\nmemory_mib = 256\nfuel = 2000000000\n",
+    )
+    .unwrap();
+    let want = |got: &BTreeMap<String, toml::Value>| {
+        assert_eq!(
+            got["policy.limits.peer_selection.memory_mib"],
+            toml::Value::Integer(256)
+        );
+        assert_eq!(
+            got["policy.limits.peer_selection.fuel"],
+            toml::Value::Integer(2_000_000_000)
+        );
+    };
+    want(&check_config(
+        aggregator().args(["run", "--check-config", "--config"]).arg(&file),
+    ));
+    want(&check_config(aggregator().args([
+        "run",
+        "--check-config",
+        "--policy-limit",
+        "peer_selection.memory_mib=256",
+        "--policy-limit",
+        "peer_selection.fuel=2000000000",
+    ])));
+    want(&check_config(aggregator().args(["run", "--check-config"]).env(
+        "AGGREGATOR_POLICY_LIMITS",
+        "peer_selection.memory_mib=256,peer_selection.fuel=2000000000",
+    )));
+    for (arg, needle) in [
+        ("peer_selektion.fuel=1", "peer_selektion"),
+        ("peer_selection.stack=1", "stack"),
+        ("peer_selection.memory_mib=99999", "memory_mib"),
+    ] {
+        let out = aggregator()
+            .args(["run", "--check-config", "--policy-limit", arg])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{arg}: {err}");
     }
 }

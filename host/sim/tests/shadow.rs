@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use aggregator_codec::{Aggregate, Limits};
 use aggregator_daemon::WindowResult;
 use aggregator_model::ModelSpec;
-use aggregator_policy::EXAMPLE_ROTATION;
+use aggregator_policy::{EXAMPLE_ROTATION, PolicyEngine, PolicyLimits};
 use aggregator_receipt::Receipt;
 use aggregator_sim::{self as sim, SimOptions, SimOutcome};
 use aggregator_store::keys;
@@ -43,7 +43,7 @@ type Stored = BTreeMap<u64, (Vec<(String, Vec<u8>)>, Receipt)>;
 fn stored(dir: &Path, outcome: &SimOutcome) -> Stored {
     let out = dir.join("sim/store").join(sim::OUTPUT_BUCKET);
     let model = ModelSpec::preset("tiny").unwrap();
-    let limits = Limits::for_gradient(model.sparse_bytes() as u64);
+    let limits = Limits::default();
     outcome
         .reports
         .iter()
@@ -162,7 +162,11 @@ async fn a_candidate_that_never_returns_changes_only_its_counter() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let candidate = dir.join("python_hostile.wasm");
-    std::fs::write(&candidate, hostile).unwrap();
+    std::fs::write(&candidate, &hostile).unwrap();
+    // Compile it into the daemon's cache first (as a restarted daemon finds it): compiling CPython cold takes
+    // seconds, which would make the daemon start after the simulated miners' first window.
+    let engine = PolicyEngine::new(PolicyLimits::default(), Some(dir.join("spun/sim/state/policy-cache"))).unwrap();
+    engine.load(&hostile, "python-hostile").unwrap();
     let spun = simulate(
         &dir.join("spun"),
         SimOptions {
