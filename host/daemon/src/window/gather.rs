@@ -3,7 +3,7 @@
 //! typed [`SkipReason`]), and the window goes on with the others.
 
 use aggregator_chain::Chain;
-use aggregator_store::{FileRecord, GatherOptions, PeerRequest, SkipReason, gather};
+use aggregator_store::{Bounds, FileRecord, GatherOptions, PeerRequest, SkipReason, gather};
 use aggregator_window::PeerInput;
 use bytes::Bytes;
 
@@ -24,31 +24,7 @@ pub(crate) struct Gathered {
 impl<C: Chain + 'static> Daemon<C> {
     /// Each selected peer's gradient or skip reason, in selection order.
     pub(crate) async fn gather(&self, w: u64, o: &Observed, d: &Decision) -> Gathered {
-        let cfg = &self.config;
-        let requests: Vec<PeerRequest> = d
-            .peers()
-            .iter()
-            .map(|uid| PeerRequest {
-                uid: *uid,
-                bucket: o.buckets.get(uid).cloned(),
-            })
-            .collect();
-        let options = GatherOptions {
-            timeout: cfg.gather_timeout(),
-            concurrency: cfg.gather.concurrency,
-            keep_bytes: cfg.archive_inputs,
-            ..GatherOptions::default()
-        };
-        let gathered = gather(
-            &self.clients,
-            w,
-            &cfg.version,
-            &requests,
-            d.bounds,
-            self.model.clone(),
-            &options,
-        )
-        .await;
+        let gathered = self.fetch(w, o, d.bounds, d.peers(), self.config.archive_inputs).await;
         let mut out = Gathered {
             inputs: Vec::with_capacity(gathered.len()),
             files: Vec::with_capacity(gathered.len()),
@@ -67,5 +43,41 @@ impl<C: Chain + 'static> Daemon<C> {
             out.bodies.push(g.body);
         }
         out
+    }
+
+    /// `uids`' files for window `w` inside `bounds` (from their committed buckets), with the configured time limit
+    /// and concurrency; `keep_bytes` keeps each valid file's bytes.
+    pub(crate) async fn fetch(
+        &self,
+        w: u64,
+        o: &Observed,
+        bounds: Bounds,
+        uids: &[u16],
+        keep_bytes: bool,
+    ) -> Vec<aggregator_store::Gathered> {
+        let cfg = &self.config;
+        let requests: Vec<PeerRequest> = uids
+            .iter()
+            .map(|uid| PeerRequest {
+                uid: *uid,
+                bucket: o.buckets.get(uid).cloned(),
+            })
+            .collect();
+        let options = GatherOptions {
+            timeout: cfg.gather_timeout(),
+            concurrency: cfg.gather.concurrency,
+            keep_bytes,
+            ..GatherOptions::default()
+        };
+        gather(
+            &self.clients,
+            w,
+            &cfg.version,
+            &requests,
+            bounds,
+            self.model.clone(),
+            &options,
+        )
+        .await
     }
 }

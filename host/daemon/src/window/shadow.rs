@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use aggregator_chain::Chain;
 use aggregator_codec::Aggregate;
 use aggregator_receipt::ShadowAggregate;
-use aggregator_store::{GatherOptions, PeerRequest, SkipReason, gather};
+use aggregator_store::SkipReason;
 use aggregator_window::{PeerInput, aggregate_window};
 
 use super::decide::Decision;
@@ -45,29 +45,7 @@ impl<C: Chain + 'static> Daemon<C> {
             .filter(|u| !have.contains_key(u))
             .collect();
         if !record.fetched.is_empty() {
-            let requests: Vec<PeerRequest> = record
-                .fetched
-                .iter()
-                .map(|uid| PeerRequest {
-                    uid: *uid,
-                    bucket: o.buckets.get(uid).cloned(),
-                })
-                .collect();
-            let options = GatherOptions {
-                timeout: self.config.gather_timeout(),
-                concurrency: self.config.gather.concurrency,
-                ..GatherOptions::default()
-            };
-            let extra = gather(
-                &self.clients,
-                w,
-                &self.config.version,
-                &requests,
-                d.bounds,
-                self.model.clone(),
-                &options,
-            )
-            .await;
+            let extra = self.fetch(w, o, d.bounds, &record.fetched, false).await;
             for g in extra {
                 let input = match g.outcome {
                     Ok(gradient) => PeerInput::Valid {
