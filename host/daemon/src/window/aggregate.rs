@@ -34,19 +34,21 @@ pub(crate) struct Aggregated {
     pub timestamp: String,
     /// SHA-256 (hex) of `bytes` (empty without them).
     pub sha256: String,
-    /// The inputs, handed back (for the shadow aggregate, which moves the gradients it shares).
+    /// The inputs, handed back only for the shadow aggregate (which moves the gradients it shares); otherwise empty,
+    /// the gradients freed on the blocking thread as soon as the aggregate is made.
     pub inputs: Vec<(u16, PeerInput<SkipReason>)>,
-    /// The aggregate before encoding, kept only when asked (the shadow aggregate compares with it).
+    /// The aggregate before encoding, kept only for the shadow aggregate (which compares with it).
     pub file: Option<aggregator_codec::Aggregate>,
 }
 
 impl<C: Chain + 'static> Daemon<C> {
-    /// Aggregates the gathered inputs and encodes the result; with `keep_file`, the unencoded aggregate is kept.
+    /// Aggregates the gathered inputs and encodes the result; `for_shadow` keeps the inputs and the unencoded
+    /// aggregate for the shadow aggregate.
     pub(crate) async fn aggregate(
         &self,
         w: u64,
         inputs: Vec<(u16, PeerInput<SkipReason>)>,
-        keep_file: bool,
+        for_shadow: bool,
     ) -> Result<Aggregated, AggregateError> {
         let (model, backend, version) = (self.model.clone(), self.backend.clone(), self.config.version.clone());
         tokio::task::spawn_blocking(move || {
@@ -63,8 +65,8 @@ impl<C: Chain + 'static> Daemon<C> {
                 skipped: a.skipped,
                 timestamp,
                 sha256,
-                inputs,
-                file: a.file.filter(|_| keep_file),
+                inputs: if for_shadow { inputs } else { Vec::new() },
+                file: a.file.filter(|_| for_shadow),
             })
         })
         .await
