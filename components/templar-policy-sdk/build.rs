@@ -31,8 +31,8 @@ macro_rules! __generate_world {{
             runtime_path: "templar_policy_sdk::__rt::rt",
             default_bindings_module: $module,
             with: {{
-                "templar:policy/types@1.0.0": templar_policy_sdk::__bindings::templar::policy::types,
-                "templar:policy/log@1.0.0": templar_policy_sdk::__bindings::templar::policy::log,
+                "templar:policy/types@1.1.0": templar_policy_sdk::__bindings::templar::policy::types,
+                "templar:policy/log@1.1.0": templar_policy_sdk::__bindings::templar::policy::log,
             }},
         }});
     }};

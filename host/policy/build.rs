@@ -9,9 +9,10 @@ use std::process::Command;
 mod wasm_target;
 
 /// The components this crate embeds: (package, wasm file stem, env var the crate reads).
-const COMPONENTS: [(&str, &str, &str); 2] = [
+const COMPONENTS: [(&str, &str, &str); 3] = [
     ("templar-default", "templar_default", "TEMPLAR_DEFAULT_WASM"),
     ("example-rotation", "example_rotation", "EXAMPLE_ROTATION_WASM"),
+    ("example-robust", "example_robust", "EXAMPLE_ROBUST_WASM"),
 ];
 
 /// The target the components are built for.
@@ -27,7 +28,7 @@ fn main() {
     let components = root.join("components");
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rerun-if-changed=build/wasm_target.rs");
-    for p in ["Cargo.toml", "Cargo.lock", "templar-default", "example-rotation"] {
+    for p in ["Cargo.toml", "Cargo.lock", "templar-policy-sdk", "templar-default", "example-rotation", "example-robust"] {
         println!("cargo:rerun-if-changed={}", components.join(p).display());
     }
     // One wasm target dir for every host profile (debug, release, test, clippy): `<target>/wasm-components`, found

@@ -2,7 +2,9 @@
 //! * peer selection: `update_peers` (spec §4.4), following the leader's posted lists;
 //! * time bounds: `[T, T + time_window_delta_seconds]` from `Timestamp::Now` at the sync block, with the aggregator's
 //!   `now ± 30 min` fallback when the timestamp is unavailable (spec §2.3; configurable, or disabled);
-//! * catch-up verification: the debug-dict metrics and `avg_steps_behind <= sync_max_steps_behind` (spec §7.4).
+//! * catch-up verification: the debug-dict metrics and `avg_steps_behind <= sync_max_steps_behind` (spec §7.4);
+//! * contribution weighting (WIT 1.1.0): every peer keeps its selection weight, so the aggregate is the selection's
+//!   (Templar averages whatever the selected peers upload; robust rules are plugins, e.g. `example-robust`).
 //!
 //! Configuration keys (all optional): `peer_replacement_frequency` (5), `peer_list_window_margin` (2),
 //! `time_window_delta_seconds` (10), `timestamp_fallback_seconds` (1800; `none` disables the fallback),
@@ -10,8 +12,8 @@
 
 use templar_policy_sdk::{ChainView, Config, PostedList, SelfCheck, log};
 use world::{
-    Bounds, BoundsInput, CatchupVerification, PeerSelection, Selection, SelectionInput, TimeBounds, Verdict,
-    VerifyInput,
+    Bounds, BoundsInput, CatchupVerification, ContributionWeighting, PeerSelection, Selection, SelectionInput,
+    TimeBounds, Verdict, VerifyInput, Weighting, WeightingInput,
 };
 
 struct Policy;
@@ -215,6 +217,17 @@ impl CatchupVerification for Policy {
             }
         };
         Ok(verdict)
+    }
+}
+
+impl ContributionWeighting for Policy {
+    /// Templar: every gathered peer counts at its selection weight; the evidence is not used.
+    fn weigh(input: WeightingInput) -> Result<Weighting, String> {
+        Ok(Weighting {
+            weights: input.peers.iter().map(|p| p.selection_weight).collect(),
+            state: vec![],
+            note: "selection weights unchanged (Templar)".into(),
+        })
     }
 }
 

@@ -209,6 +209,9 @@ impl<C: Chain + 'static> Daemon<C> {
             if let Some(shadow) = next.shadow_state {
                 self.state.shadow_selection_state = hex::encode(shadow);
             }
+            if let Some(weighting) = next.weighting_state {
+                self.state.weighting_state = hex::encode(weighting);
+            }
         }
         self.state.last_processed = self.state.last_processed.max(Some(report.window));
         self.save_state(retries);

@@ -74,6 +74,7 @@ pub struct Metrics {
     shadow_weights_changed: Gauge,
     shadow_bounds_moved: Family<Label, Gauge>,
     shadow_sign_agreement: Gauge<f64, AtomicU64>,
+    weighting_excluded: Counter,
 }
 
 impl Default for Metrics {
@@ -112,6 +113,7 @@ impl Metrics {
             shadow_weights_changed: Gauge::default(),
             shadow_bounds_moved: Family::default(),
             shadow_sign_agreement: Gauge::default(),
+            weighting_excluded: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -233,6 +235,11 @@ impl Metrics {
              (with shadow_aggregate)",
             m.shadow_sign_agreement.clone(),
         );
+        registry.register(
+            "weighting_excluded_peers",
+            "Valid peers the contribution-weighting policy gave weight 0 although their selection weight was not 0",
+            m.weighting_excluded.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -267,6 +274,11 @@ impl Metrics {
     /// Records the shadow aggregate's sign agreement.
     pub fn shadow_sign_agreement(&self, fraction: f64) {
         self.shadow_sign_agreement.set(fraction);
+    }
+
+    /// Counts peers the contribution-weighting policy left out of a window.
+    pub fn weighting_excluded(&self, peers: u64) {
+        self.weighting_excluded.inc_by(peers);
     }
 
     /// Counts a receipt event (`written`, `recovered`, `failed`).

@@ -20,6 +20,9 @@ pub struct PersistedState {
     /// The peer-selection shadow candidate's own state, hex (empty without one).
     #[serde(default)]
     pub shadow_selection_state: String,
+    /// The contribution-weighting policy's opaque state, hex (empty until it returns one).
+    #[serde(default)]
+    pub weighting_state: String,
     /// Windows that failed and wait for a retry, oldest first (redone while inside `max_backfill` of the newest
     /// closed window).
     #[serde(default)]
@@ -60,6 +63,7 @@ impl StateFile {
         let state: PersistedState = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         hex::decode(&state.selection_state).map_err(|e| err(format!("selection_state: {e}")))?;
         hex::decode(&state.shadow_selection_state).map_err(|e| err(format!("shadow_selection_state: {e}")))?;
+        hex::decode(&state.weighting_state).map_err(|e| err(format!("weighting_state: {e}")))?;
         if state.retry.len() > MAX_RETRY_WINDOWS {
             return Err(err(format!(
                 "retry: {} windows (at most {MAX_RETRY_WINDOWS})",
@@ -163,6 +167,7 @@ mod tests {
             current_peers: vec![1, 2],
             selection_state: "01ff".into(),
             shadow_selection_state: String::new(),
+            weighting_state: "02".into(),
             retry: vec![38, 40],
         };
         f.save(&s).unwrap();

@@ -17,6 +17,7 @@ use crate::bindings::Bundle;
 use crate::bindings::exports::templar::policy::describe;
 use crate::host::{HostState, PolicyLog};
 use crate::kinds::catchup_verification::{CatchupVerification, Verdict, VerifyInput};
+use crate::kinds::contribution_weighting::{ContributionWeighting, Weighting, WeightingInput};
 use crate::kinds::peer_selection::{PeerSelection, Selection, SelectionInput};
 use crate::kinds::sealed::Dispatch;
 use crate::kinds::time_bounds::{Bounds, BoundsInput, TimeBounds};
@@ -331,7 +332,7 @@ impl PolicyEngine {
         })?;
         let called = self.call(l, &l.label(), |s, i, _| K::invoke(idx, s, i, input))?;
         let called = called.accepted(l)?;
-        K::check(&called.value).map_err(|reason| PolicyError::InvalidOutput {
+        K::check(input, &called.value).map_err(|reason| PolicyError::InvalidOutput {
             policy: l.label(),
             reason,
         })?;
@@ -346,6 +347,11 @@ impl PolicyEngine {
     /// [`PolicyEngine::run`] for `time-bounds`.
     pub fn bounds(&self, l: &Loaded, input: &BoundsInput) -> Result<Called<Bounds>, PolicyError> {
         self.run::<TimeBounds>(l, input)
+    }
+
+    /// [`PolicyEngine::run`] for `contribution-weighting`.
+    pub fn weigh(&self, l: &Loaded, input: &WeightingInput) -> Result<Called<Weighting>, PolicyError> {
+        self.run::<ContributionWeighting>(l, input)
     }
 
     /// [`PolicyEngine::run`] for `catchup-verification`.

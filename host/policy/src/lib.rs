@@ -1,5 +1,5 @@
-//! The policy runtime: peer selection, time bounds and catch-up verification as sandboxed WebAssembly components
-//! (the WIT contract is `wit/policy.wit`, package `templar:policy@1.0.0`).
+//! The policy runtime: peer selection, time bounds, catch-up verification and contribution weighting as sandboxed WebAssembly components
+//! (the WIT contract is `wit/policy.wit`, package `templar:policy@1.1.0`).
 //!
 //! * [`kinds`]: one module per policy interface ([`Kind`]): its input and output types, how to call it, how its
 //!   output is validated, and its golden input. Everything else is generic over the kind.
@@ -27,6 +27,7 @@ pub use engine::{Called, ComponentId, Loaded, PolicyEngine, PolicyLimits};
 pub use error::PolicyError;
 pub use host::PolicyLog;
 pub use kinds::catchup_verification::CatchupVerification;
+pub use kinds::contribution_weighting::ContributionWeighting;
 pub use kinds::peer_selection::{MAX_PEERS, MAX_STATE_BYTES, PeerSelection};
 pub use kinds::time_bounds::TimeBounds;
 pub use kinds::{Comparison, Kind, PolicyKind, World};
@@ -40,6 +41,7 @@ pub mod types {
 /// The host's golden inputs, one per kind (each kind's module has its own; these are the names tests and tools use).
 pub mod golden {
     pub use crate::kinds::catchup_verification::golden_input as verify_input;
+    pub use crate::kinds::contribution_weighting::golden_input as weighting_input;
     pub use crate::kinds::peer_selection::golden_input as selection_input;
     pub use crate::kinds::time_bounds::golden_input as bounds_input;
 }
@@ -48,6 +50,9 @@ pub mod golden {
 pub const EMBEDDED_DEFAULT: &[u8] = include_bytes!(env!("TEMPLAR_DEFAULT_WASM"));
 /// `components/example-rotation`, the third-party example, embedded for `plugin check` demos and tests.
 pub const EXAMPLE_ROTATION: &[u8] = include_bytes!(env!("EXAMPLE_ROTATION_WASM"));
-/// The WIT contract this host implements (`wit/policy.wit`, package `templar:policy@1.0.0`), as text: what `plugin new`
+/// `components/example-robust`, the contribution-weighting example (copies and disagreeing peers left out), embedded
+/// for `bench robust`, `plugin check` demos and tests.
+pub const EXAMPLE_ROBUST: &[u8] = include_bytes!(env!("EXAMPLE_ROBUST_WASM"));
+/// The WIT contract this host implements (`wit/policy.wit`, package `templar:policy@1.1.0`), as text: what `plugin new`
 /// copies into a Python project for componentize-py.
 pub const WIT: &str = include_str!("../../../wit/policy.wit");

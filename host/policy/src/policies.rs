@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::{Called, ComponentId, Loaded, PolicyEngine, PolicyLimits, hex};
 use crate::host::PolicyLog;
 use crate::kinds::catchup_verification::{CatchupVerification, VerifyInput};
+use crate::kinds::contribution_weighting::{ContributionWeighting, WeightingInput};
 use crate::kinds::peer_selection::{PeerSelection, SelectionInput};
 use crate::kinds::time_bounds::{BoundsInput, TimeBounds};
 use crate::kinds::{Comparison, Kind, PolicyKind};
@@ -407,6 +408,24 @@ impl Policies {
     /// Judges a catch-up comparison ([`Policies::call`] for `catchup-verification`).
     pub fn verify(&self, input: VerifyInput) -> Result<Outcome<CatchupVerification>, PolicyError> {
         self.call::<CatchupVerification>(input)
+    }
+
+    /// Weighs a window's gathered peers ([`Policies::call`] for `contribution-weighting`). As with
+    /// [`Policies::select_peers`], a saved `state` that every policy refuses is dropped and the call made again.
+    pub fn weigh(&self, input: WeightingInput) -> Result<Outcome<ContributionWeighting>, PolicyError> {
+        match self.call::<ContributionWeighting>(input.clone()) {
+            Err(refused) if !input.state.is_empty() => {
+                let fresh = WeightingInput { state: vec![], ..input };
+                match self.call::<ContributionWeighting>(fresh) {
+                    Ok(mut outcome) => {
+                        outcome.state_reset = Some(refused);
+                        Ok(outcome)
+                    }
+                    Err(_) => Err(refused),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Looks at every configured file; a changed one is checked and staged, or rejected.

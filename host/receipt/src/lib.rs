@@ -10,15 +10,18 @@
 //!
 //! * [`record`]: the receipt's types ([`Receipt`]), read and written as JSON.
 //! * [`replay`]: the verification, step by step ([`ReplayReport`]).
+//! * [`weighting`]: the `contribution-weighting` input built from the evidence (daemon, replay and bench share it).
 
 pub mod record;
 pub mod replay;
+pub mod weighting;
 
 pub use record::{
     BucketRecord, ChainRecord, FileRecord, HostRecord, OutputRecord, PeerOutcome, PeerRecord, PolicyCall,
     PolicyRecords, Receipt, ReceiptError, ShadowAggregate, ShadowCall, ShadowRecords, SkipRecord, Timings,
 };
 pub use replay::{ReplayOptions, ReplayReport, Step, Verdict, replay};
+pub use weighting::weighting_input;
 
 /// The receipt format this host writes (`schema_version`). A reader refuses any other.
 pub const SCHEMA_VERSION: u32 = 1;

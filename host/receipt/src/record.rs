@@ -1,7 +1,7 @@
 //! The receipt of one window, as stored: plain serde types, `deny_unknown_fields` throughout (a receipt with a field
 //! this host does not know is another format, not one to half-read).
 
-use aggregator_policy::{ComponentId, Kind, PeerSelection, TimeBounds};
+use aggregator_policy::{ComponentId, ContributionWeighting, Kind, PeerSelection, TimeBounds};
 pub use aggregator_store::FileRecord;
 use aggregator_store::{Bucket, Endpoint};
 use serde::{Deserialize, Serialize};
@@ -191,6 +191,10 @@ pub struct PolicyRecords {
     pub time_bounds: PolicyCall<TimeBounds>,
     /// `peer-selection`.
     pub peer_selection: PolicyCall<PeerSelection>,
+    /// `contribution-weighting` (WIT 1.1.0), on the evidence computed from the gathered files; absent when no
+    /// selected peer had a valid gradient, and in receipts of hosts before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contribution_weighting: Option<PolicyCall<ContributionWeighting>>,
 }
 
 /// One policy call: who answered, on what, and what it decided.
@@ -368,5 +372,23 @@ impl Receipt {
     pub fn selection_weights(&self) -> Vec<f32> {
         let d = &self.policies.peer_selection.decision;
         d.weights.clone().unwrap_or_else(|| vec![1.0; d.peers.len()])
+    }
+
+    /// The weight each selected peer was aggregated at: the contribution-weighting decision's for the peers it
+    /// weighed (the valid ones, in order), the selection's for the others.
+    pub fn aggregation_weights(&self) -> Vec<f32> {
+        let mut weights = self.selection_weights();
+        if let Some(call) = &self.policies.contribution_weighting {
+            let mut decided = call.input.peers.iter().map(|p| p.uid).zip(&call.decision.weights);
+            for (w, p) in weights.iter_mut().zip(&self.policies.peer_selection.decision.peers) {
+                if let Some((uid, x)) = decided.clone().next()
+                    && uid == *p
+                {
+                    *w = *x;
+                    decided.next();
+                }
+            }
+        }
+        weights
     }
 }

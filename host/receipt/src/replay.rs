@@ -9,15 +9,19 @@ use std::time::Duration;
 use aggregator_codec::{Aggregate, Gradient, Limits};
 use aggregator_kernels::Backend;
 use aggregator_model::ModelSpec;
-use aggregator_policy::{EMBEDDED_DEFAULT, EXAMPLE_ROTATION, Kind, Loaded, PolicyEngine};
+use aggregator_policy::{EMBEDDED_DEFAULT, EXAMPLE_ROBUST, EXAMPLE_ROTATION, Kind, Loaded, PolicyEngine};
 use aggregator_store::{Clients, size_cap};
 use aggregator_window::{PeerInput, aggregate_window};
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use aggregator_policy::ContributionWeighting;
+use aggregator_policy::kinds::contribution_weighting::WeightingInput;
+use aggregator_window::evidence::{self, EvidencePeer};
+
 use crate::record::{PeerOutcome, PolicyCall, Receipt};
-use crate::sha256_hex;
+use crate::{sha256_hex, weighting_input};
 
 /// How one check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,10 +152,14 @@ pub async fn replay(receipt: &Receipt, o: &ReplayOptions) -> ReplayReport {
     let calls = &receipt.policies;
     report.steps.push(rerun(&calls.time_bounds, o));
     report.steps.push(rerun(&calls.peer_selection, o));
+    if let Some(call) = &calls.contribution_weighting {
+        report.steps.push(rerun(call, o));
+    }
 
-    // 3. The peers listed are the ones selected, with the decided weights.
+    // 3. The peers listed are the ones selected, at the decided weights (the contribution weighting's for the
+    // peers it weighed).
     let decided = &calls.peer_selection.decision.peers;
-    let weights = receipt.selection_weights();
+    let weights = receipt.aggregation_weights();
     let listed: Vec<u16> = receipt.peers.iter().map(|p| p.uid).collect();
     let listed_weights: Vec<u32> = receipt.peers.iter().map(|p| p.weight.to_bits()).collect();
     if &listed != decided {
@@ -163,7 +171,7 @@ pub async fn replay(receipt: &Receipt, o: &ReplayOptions) -> ReplayReport {
         report.push(
             "selection",
             Verdict::Differs(format!(
-                "weights {:?} recorded, the selection decided {weights:?}",
+                "weights {:?} recorded, the policies decided {weights:?}",
                 receipt.peers.iter().map(|p| p.weight).collect::<Vec<_>>()
             )),
         );
@@ -266,7 +274,24 @@ pub async fn replay(receipt: &Receipt, o: &ReplayOptions) -> ReplayReport {
         }
     }
 
-    // 5. The aggregate, recomputed and compared bit for bit.
+    // 5. The contribution-weighting evidence, re-derived from the inputs and compared with the recorded input.
+    let inputs = match &calls.contribution_weighting {
+        Some(call) if complete => {
+            let (step, inputs) = rederive_evidence(receipt, call, inputs, o).await;
+            report.steps.push(step);
+            inputs
+        }
+        Some(_) => {
+            report.push(
+                "evidence",
+                Verdict::NotChecked("not every aggregated input is at hand".into()),
+            );
+            inputs
+        }
+        None => inputs,
+    };
+
+    // 6. The aggregate, recomputed and compared bit for bit.
     let what = format!("recomputed on {}", o.backend.name());
     if !complete {
         report.push(
@@ -349,6 +374,94 @@ fn first_difference(recomputed: &Aggregate, stored: &[u8], model: &ModelSpec) ->
     }
 }
 
+/// Computes the evidence again from the decoded inputs (at their selection weights, with the recorded upload times
+/// and digests) and compares it with the contribution-weighting call's recorded input, field by field.
+async fn rederive_evidence(
+    receipt: &Receipt,
+    call: &PolicyCall<ContributionWeighting>,
+    inputs: Vec<(u16, PeerInput<String>)>,
+    o: &ReplayOptions,
+) -> (Step, Vec<(u16, PeerInput<String>)>) {
+    let what = "evidence (contribution-weighting input)".to_string();
+    let selection = receipt.selection_weights();
+    let records: Vec<(u64, Option<String>)> = receipt
+        .peers
+        .iter()
+        .map(|p| {
+            let f = p.file.as_ref();
+            (
+                f.map_or(0, |f| f.last_modified_ms),
+                f.and_then(|f| f.sha256.clone()),
+            )
+        })
+        .collect();
+    let model = o.model.clone();
+    let recorded = call.input.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let peers: Vec<EvidencePeer> = inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (uid, input))| match input {
+                PeerInput::Valid { gradient, .. } => Some(EvidencePeer {
+                    uid: *uid,
+                    gradient,
+                    weight: selection[i],
+                    last_modified_ms: records[i].0,
+                    sha256: records[i].1.as_deref(),
+                }),
+                PeerInput::Skipped(_) => None,
+            })
+            .collect();
+        let stats = evidence::compute(&model, &peers);
+        let again = weighting_input(recorded.chain, stats, model.params.len(), recorded.state.clone());
+        let verdict = compare_evidence(&recorded, &again);
+        (verdict, inputs)
+    })
+    .await;
+    match joined {
+        Ok((verdict, inputs)) => (Step { what, verdict }, inputs),
+        Err(e) => (
+            Step {
+                what,
+                verdict: Verdict::Unavailable(format!("the evidence task failed: {e}")),
+            },
+            Vec::new(),
+        ),
+    }
+}
+
+/// Whether the re-derived evidence equals the recorded one (config and state are the call's own, not evidence).
+fn compare_evidence(recorded: &WeightingInput, again: &WeightingInput) -> Verdict {
+    let as_json = |p: &aggregator_policy::kinds::contribution_weighting::PeerEvidence| {
+        serde_json::to_value(p).unwrap_or_default()
+    };
+    if recorded.peers.len() != again.peers.len() || recorded.params != again.params {
+        return Verdict::Differs(format!(
+            "{} peers and {} parameters recorded, {} and {} re-derived",
+            recorded.peers.len(),
+            recorded.params,
+            again.peers.len(),
+            again.params
+        ));
+    }
+    for (a, b) in recorded.peers.iter().zip(&again.peers) {
+        let (ja, jb) = (as_json(a), as_json(b));
+        if ja != jb {
+            let field = ja
+                .as_object()
+                .and_then(|m| m.iter().find(|(k, v)| jb.get(k.as_str()) != Some(v)).map(|(k, _)| k.clone()))
+                .unwrap_or_default();
+            return Verdict::Differs(format!(
+                "uid {}: recorded {field} {}, re-derived {}",
+                a.uid,
+                ja.get(&field).cloned().unwrap_or_default(),
+                jb.get(&field).cloned().unwrap_or_default()
+            ));
+        }
+    }
+    Verdict::Match(format!("{} peers' evidence re-derived, identical", recorded.peers.len()))
+}
+
 /// Calls the recorded component again on the recorded input.
 fn rerun<K: Kind>(call: &PolicyCall<K>, o: &ReplayOptions) -> Step {
     let what = format!(
@@ -395,6 +508,7 @@ fn find_component(sha: &str, origin: &str, o: &ReplayOptions) -> Result<Option<A
     let mut candidates: Vec<(Vec<u8>, String)> = vec![
         (EMBEDDED_DEFAULT.to_vec(), "embedded:templar-default".into()),
         (EXAMPLE_ROTATION.to_vec(), "embedded:example-rotation".into()),
+        (EXAMPLE_ROBUST.to_vec(), "embedded:example-robust".into()),
     ];
     let mut files: Vec<PathBuf> = vec![PathBuf::from(origin)];
     for c in &o.components {

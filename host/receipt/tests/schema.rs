@@ -2,7 +2,8 @@
 //! another schema version, oversized files.
 
 use aggregator_policy::ComponentId;
-use aggregator_policy::golden::{bounds_input, selection_input};
+use aggregator_policy::golden::{bounds_input, selection_input, weighting_input};
+use aggregator_policy::kinds::contribution_weighting::Weighting;
 use aggregator_policy::kinds::peer_selection::Selection;
 use aggregator_policy::kinds::time_bounds::Bounds;
 use aggregator_receipt::record::MAX_RECEIPT_BYTES;
@@ -64,6 +65,17 @@ fn receipt() -> Receipt {
                     note: String::new(),
                 },
             },
+            contribution_weighting: Some(PolicyCall {
+                component: component(),
+                fallback: None,
+                state_reset: None,
+                input: weighting_input(),
+                decision: Weighting {
+                    weights: (1..=15).map(|u| if u == 13 || u == 14 { 0.0 } else { 1.0 }).collect(),
+                    state: vec![],
+                    note: "2 left out".into(),
+                },
+            }),
         },
         peers: vec![
             PeerRecord {

@@ -8,6 +8,8 @@
 //! stopped looking by then, so it reports the peer *missing*; only a backfill sees it *too late*), **missing**,
 //! **malformed** (a truncated file) or **oversized** (larger than the model's size cap).
 
+pub mod adversary;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

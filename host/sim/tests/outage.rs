@@ -230,6 +230,7 @@ async fn state_ahead_of_the_chain_and_an_unknown_policy_state_are_reset() {
             current_peers: vec![],
             selection_state: "deadbeef".into(),
             shadow_selection_state: String::new(),
+            weighting_state: String::new(),
             retry: vec![u64::MAX - 1],
         })
         .unwrap();

@@ -1,6 +1,10 @@
 //! One window's aggregation step (spec §2.5, §2.6, §3.1): per-peer outcomes in, the `aggregator-{w}-v{V}.pt`
 //! payload out. The daemon, the simulator and `aggregator aggregate` all call [`aggregate_window`].
 
+pub mod evidence;
+
+use std::collections::HashMap;
+
 use aggregator_codec::{Aggregate, Gradient};
 use aggregator_kernels::{Backend, Contribution, KernelError, PeerSparse};
 use aggregator_model::ModelSpec;
@@ -162,4 +166,60 @@ pub fn aggregate_window<R: Clone>(
         valid_uids: valid.iter().map(|(u, ..)| *u).collect(),
         skipped,
     })
+}
+
+/// Sign bits compared and agreeing between two aggregates, over the parameters present in both (by name). Packed
+/// signs are padded with zero bits in both, so XOR over whole bytes counts only real disagreements.
+pub fn sign_agreement(model: &ModelSpec, a: &Aggregate, b: &Aggregate) -> (u64, u64) {
+    let theirs: HashMap<&str, &[u8]> = b.params.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect();
+    let numel: HashMap<&str, usize> = model
+        .params
+        .iter()
+        .map(|p| (p.name.as_str(), p.layout.numel()))
+        .collect();
+    let (mut compared, mut differing) = (0u64, 0u64);
+    for (name, ours) in &a.params {
+        let (Some(other), Some(n)) = (theirs.get(name.as_str()), numel.get(name.as_str())) else {
+            continue;
+        };
+        if other.len() != ours.len() {
+            continue;
+        }
+        compared += *n as u64;
+        differing += ours
+            .iter()
+            .zip(other.iter())
+            .map(|(x, y)| u64::from((x ^ y).count_ones()))
+            .sum::<u64>();
+    }
+    (compared, compared.saturating_sub(differing))
+}
+
+#[cfg(test)]
+mod sign_tests {
+    use super::*;
+
+    #[test]
+    fn agreement_counts_bits_of_common_parameters() {
+        let model = ModelSpec::preset("tiny").unwrap();
+        let p = &model.params[0];
+        let bytes = p.layout.numel().div_ceil(8);
+        let agg = |fill: u8| Aggregate {
+            params: vec![(p.name.clone(), vec![fill; bytes])],
+            timestamp: String::new(),
+            window: 1,
+            version: "v".into(),
+            skipped_uids: vec![],
+            success_rate: 1.0,
+            global_step: 0,
+        };
+        assert_eq!(
+            sign_agreement(&model, &agg(0), &agg(0)),
+            (p.layout.numel() as u64, p.layout.numel() as u64)
+        );
+        let mut b = agg(0);
+        b.params[0].1[0] = 0b0000_0101;
+        let (c, a) = sign_agreement(&model, &agg(0), &b);
+        assert_eq!((c, a), (p.layout.numel() as u64, p.layout.numel() as u64 - 2));
+    }
 }

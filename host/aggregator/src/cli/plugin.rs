@@ -5,16 +5,33 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use aggregator_policy::{Kind, Loaded, PolicyEngine, PolicyLimits, World};
+use aggregator_policy::{Kind, Loaded, PolicyEngine, PolicyKind, PolicyLimits, World};
 use aggregator_receipt::PolicyCall;
 use aggregator_store::{ClientSettings, Clients};
 
 use crate::cli::replay::ReceiptSource;
 use crate::runtime;
 
-fn world_of(l: &Loaded) -> String {
+/// The kinds a 1.0 `bundle` exports (1.1 added `contribution-weighting` to it).
+const BUNDLE_1_0: [PolicyKind; 3] = [
+    PolicyKind::PeerSelection,
+    PolicyKind::TimeBounds,
+    PolicyKind::CatchupVerification,
+];
+
+/// The kinds world `w` requires of a component built against package version `package`.
+fn required(w: World, package: &str) -> Vec<PolicyKind> {
+    if w == World::Bundle && package.starts_with("1.0.") {
+        BUNDLE_1_0.to_vec()
+    } else {
+        w.kinds()
+    }
+}
+
+fn world_of(l: &Loaded, package: &str) -> String {
     match World::of(&l.kinds) {
         Some(w) => w.to_string(),
+        None if package.starts_with("1.0.") && l.kinds == BUNDLE_1_0 => "bundle".to_string(),
         None => format!(
             "custom ({})",
             l.kinds.iter().map(|k| k.interface()).collect::<Vec<_>>().join(", ")
@@ -91,7 +108,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         "component: {} {} (sha256 {})",
         loaded.name, loaded.version, loaded.sha256
     );
-    println!("implements: world {} of templar:policy@{package}", world_of(&loaded));
+    println!("implements: world {} of templar:policy@{package}", world_of(&loaded, package));
     println!("imports: {} (all allowed)", loaded.imports.join(", "));
     println!(
         "loaded, self-checked and run on the golden inputs in {:.0} ms",
@@ -108,7 +125,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(w) = args.world
-        && let Some(missing) = w.kinds().iter().find(|k| !loaded.provides(**k))
+        && let Some(missing) = required(w, package).iter().find(|k| !loaded.provides(**k))
     {
         println!(
             "verdict: refused: world {w} requires {} which the component does not export",

@@ -99,7 +99,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<PathBuf> {
     Ok(project)
 }
 
-const RUST_SNIPPETS: [(PolicyKind, &str, &str); 3] = [
+const RUST_SNIPPETS: [(PolicyKind, &str, &str); 4] = [
     (
         PolicyKind::PeerSelection,
         "PeerSelection, Selection, SelectionInput",
@@ -115,9 +115,14 @@ const RUST_SNIPPETS: [(PolicyKind, &str, &str); 3] = [
         "CatchupVerification, Verdict, VerifyInput",
         include_str!("../../templates/plugin/rust-catchup-verification.rs"),
     ),
+    (
+        PolicyKind::ContributionWeighting,
+        "ContributionWeighting, Weighting, WeightingInput",
+        include_str!("../../templates/plugin/rust-contribution-weighting.rs"),
+    ),
 ];
 
-const PY_SNIPPETS: [(PolicyKind, &str, &str); 3] = [
+const PY_SNIPPETS: [(PolicyKind, &str, &str); 4] = [
     (
         PolicyKind::PeerSelection,
         "peer_selection",
@@ -132,6 +137,11 @@ const PY_SNIPPETS: [(PolicyKind, &str, &str); 3] = [
         PolicyKind::CatchupVerification,
         "catchup_verification",
         include_str!("../../templates/plugin/py-catchup-verification.py"),
+    ),
+    (
+        PolicyKind::ContributionWeighting,
+        "contribution_weighting",
+        include_str!("../../templates/plugin/py-contribution-weighting.py"),
     ),
 ];
 

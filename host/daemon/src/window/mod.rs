@@ -1,5 +1,5 @@
 //! One window, phase by phase, one file each: [`observe`] (chain reads) → [`decide`] (the policies) → [`gather`]
-//! (peer files inside the bounds) → [`aggregate`] (the numeric step and encoding) → [`publish`] (the existence
+//! (peer files inside the bounds) → [`weigh`] (evidence about the files, and the contribution weights) → [`aggregate`] (the numeric step and encoding) → [`publish`] (the existence
 //! check, the put, retention), with [`receipt`] (what produced the aggregate, written beside it, and the archived
 //! inputs). Each phase has its own error enum; [`WindowError`] composes them. What happens between windows (queue,
 //! retries, state) is the driver's ([`crate::driver`]).
@@ -11,6 +11,7 @@ pub(crate) mod observe;
 pub(crate) mod publish;
 pub(crate) mod receipt;
 pub(crate) mod shadow;
+pub(crate) mod weigh;
 
 use std::time::Instant;
 
@@ -27,6 +28,7 @@ pub use aggregate::AggregateError;
 pub use decide::DecideError;
 pub use observe::ObserveError;
 pub use publish::PublishError;
+pub use weigh::WeighError;
 
 /// Why an attempt at a window failed. Every variant is a transient failure worth a retry (the driver retries it);
 /// a peer's bad file is not an error but that peer's outcome.
@@ -38,6 +40,9 @@ pub enum WindowError {
     /// Running the policies.
     #[error(transparent)]
     Decide(#[from] DecideError),
+    /// The contribution-weighting policy.
+    #[error(transparent)]
+    Weigh(#[from] WeighError),
     /// The numeric step or encoding.
     #[error(transparent)]
     Aggregate(#[from] AggregateError),
@@ -51,8 +56,10 @@ impl WindowError {
     pub fn kind(&self) -> &'static str {
         match self {
             WindowError::Observe(_) => "chain",
-            WindowError::Decide(DecideError::Policy(_)) => "policy",
-            WindowError::Decide(DecideError::Panicked(_)) | WindowError::Aggregate(_) => "internal",
+            WindowError::Decide(DecideError::Policy(_)) | WindowError::Weigh(WeighError::Policy(_)) => "policy",
+            WindowError::Decide(DecideError::Panicked(_))
+            | WindowError::Weigh(WeighError::Panicked(_))
+            | WindowError::Aggregate(_) => "internal",
             WindowError::Publish(_) => "storage",
         }
     }
@@ -69,6 +76,8 @@ pub(crate) struct Selected {
     pub state: Vec<u8>,
     /// The peer-selection shadow candidate's new state, when it decided.
     pub shadow_state: Option<Vec<u8>>,
+    /// The contribution-weighting policy's new state, when it was called.
+    pub weighting_state: Option<Vec<u8>>,
 }
 
 impl<C: Chain + 'static> Daemon<C> {
@@ -92,6 +101,10 @@ impl<C: Chain + 'static> Daemon<C> {
         let gathered = self.gather(w, &observed, &decision).await;
         report.gather = started.elapsed();
 
+        let started = Instant::now();
+        let (mut gathered, weighting) = self.weigh(w, &decision, gathered).await?;
+        let weighed = started.elapsed();
+
         let outcomes: Vec<Option<SkipReason>> = gathered
             .inputs
             .iter()
@@ -102,8 +115,9 @@ impl<C: Chain + 'static> Daemon<C> {
             .collect();
         let started = Instant::now();
         let shadow_aggregate = self.config.policy.shadow_aggregate && decision.shadow.peer_selection.is_some();
-        let mut aggregated = self.aggregate(w, gathered.inputs, shadow_aggregate).await?;
-        report.process = started.elapsed();
+        let inputs = std::mem::take(&mut gathered.inputs);
+        let mut aggregated = self.aggregate(w, inputs, shadow_aggregate).await?;
+        report.process = started.elapsed() + weighed;
         report.aggregated = aggregated.valid.clone();
         report.skipped = aggregated.skipped.clone();
 
@@ -115,6 +129,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 .peer_selection
                 .as_ref()
                 .and_then(|c| Some(c.decision.as_ref()?.state.clone())),
+            weighting_state: weighting.as_ref().map(|o| o.value.state.clone()),
         });
         let Some(bytes) = aggregated.bytes.take() else {
             report.result = WindowResult::NoValidPeers;
@@ -148,6 +163,7 @@ impl<C: Chain + 'static> Daemon<C> {
         let evidence = Evidence {
             observed: &observed,
             decision: &decision,
+            weighting: weighting.as_ref(),
             files: &gathered.files,
             outcomes: &outcomes,
             archived: &archived,

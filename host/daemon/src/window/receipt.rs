@@ -31,6 +31,8 @@ use crate::report::WindowReport;
 pub(crate) struct Evidence<'a> {
     pub observed: &'a Observed,
     pub decision: &'a Decision,
+    /// The contribution-weighting call (none when no peer was valid).
+    pub weighting: Option<&'a aggregator_policy::Outcome<aggregator_policy::ContributionWeighting>>,
     /// Each selected peer's file record, in selection order.
     pub files: &'a [Option<aggregator_store::FileRecord>],
     /// Each selected peer's skip reason (none: aggregated), in selection order.
@@ -80,7 +82,7 @@ impl<C: Chain + 'static> Daemon<C> {
             })
             .collect();
         let (key, size, sha256) = output;
-        Receipt {
+        let mut receipt = Receipt {
             schema_version: SCHEMA_VERSION,
             window: w,
             version: self.config.version.clone(),
@@ -96,6 +98,7 @@ impl<C: Chain + 'static> Daemon<C> {
             policies: PolicyRecords {
                 time_bounds: PolicyCall::from(&e.decision.time_bounds),
                 peer_selection: PolicyCall::from(&e.decision.selection),
+                contribution_weighting: e.weighting.map(PolicyCall::from),
             },
             peers,
             backend: self.backend.name().to_string(),
@@ -112,7 +115,13 @@ impl<C: Chain + 'static> Daemon<C> {
                 put: None,
             },
             shadow: e.decision.shadow.clone(),
+        };
+        // Each peer at the weight it was aggregated at (the contribution weighting's, for the valid ones).
+        let weights = receipt.aggregation_weights();
+        for (p, w) in receipt.peers.iter_mut().zip(weights) {
+            p.weight = w;
         }
+        receipt
     }
 
     /// Copies each aggregated peer's file into the output bucket (`archive_inputs`); returns each peer's key.

@@ -93,7 +93,7 @@ impl<C: Chain + 'static> Daemon<C> {
             record.error = Some("no peer of the candidate's selection had a valid gradient".into());
             return record;
         };
-        let (compared, agreeing) = sign_agreement(&self.model, stored, &file);
+        let (compared, agreeing) = aggregator_window::sign_agreement(&self.model, stored, &file);
         record.bits_compared = compared;
         record.bits_agreeing = agreeing;
         record.sign_agreement = Some(if compared == 0 {
@@ -102,61 +102,5 @@ impl<C: Chain + 'static> Daemon<C> {
             agreeing as f64 / compared as f64
         });
         record
-    }
-}
-
-/// Sign bits compared and agreeing between two aggregates, over the parameters present in both (by name). Packed
-/// signs are padded with zero bits in both, so XOR over whole bytes counts only real disagreements.
-fn sign_agreement(model: &aggregator_model::ModelSpec, a: &Aggregate, b: &Aggregate) -> (u64, u64) {
-    let theirs: HashMap<&str, &[u8]> = b.params.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect();
-    let numel: HashMap<&str, usize> = model
-        .params
-        .iter()
-        .map(|p| (p.name.as_str(), p.layout.numel()))
-        .collect();
-    let (mut compared, mut differing) = (0u64, 0u64);
-    for (name, ours) in &a.params {
-        let (Some(other), Some(n)) = (theirs.get(name.as_str()), numel.get(name.as_str())) else {
-            continue;
-        };
-        if other.len() != ours.len() {
-            continue;
-        }
-        compared += *n as u64;
-        differing += ours
-            .iter()
-            .zip(other.iter())
-            .map(|(x, y)| u64::from((x ^ y).count_ones()))
-            .sum::<u64>();
-    }
-    (compared, compared.saturating_sub(differing))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agreement_counts_bits_of_common_parameters() {
-        let model = aggregator_model::ModelSpec::preset("tiny").unwrap();
-        let p = &model.params[0];
-        let bytes = p.layout.numel().div_ceil(8);
-        let agg = |fill: u8| Aggregate {
-            params: vec![(p.name.clone(), vec![fill; bytes])],
-            timestamp: String::new(),
-            window: 1,
-            version: "v".into(),
-            skipped_uids: vec![],
-            success_rate: 1.0,
-            global_step: 0,
-        };
-        assert_eq!(
-            sign_agreement(&model, &agg(0), &agg(0)),
-            (p.layout.numel() as u64, p.layout.numel() as u64)
-        );
-        let mut b = agg(0);
-        b.params[0].1[0] = 0b0000_0101;
-        let (c, a) = sign_agreement(&model, &agg(0), &b);
-        assert_eq!((c, a), (p.layout.numel() as u64, p.layout.numel() as u64 - 2));
     }
 }

@@ -71,7 +71,7 @@ impl sealed::Dispatch for CatchupVerification {
         idx.load(&mut *store, instance)?.call_verify(&mut *store, input)
     }
 
-    fn check(v: &Verdict) -> Result<(), String> {
+    fn check(_: &VerifyInput, v: &Verdict) -> Result<(), String> {
         let metrics = [
             v.l2_norm,
             v.avg_l2_norm,

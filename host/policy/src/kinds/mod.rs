@@ -7,6 +7,7 @@
 //! [`Kind`], and one line in each of [`PolicyKind`], [`PolicyKind::ALL`] and [`PolicyKind::visit`] below.
 
 pub mod catchup_verification;
+pub mod contribution_weighting;
 pub mod peer_selection;
 pub mod time_bounds;
 
@@ -25,14 +26,17 @@ pub enum PolicyKind {
     TimeBounds,
     /// `catchup-verification`.
     CatchupVerification,
+    /// `contribution-weighting` (since WIT 1.1.0).
+    ContributionWeighting,
 }
 
 impl PolicyKind {
     /// Every kind, in the order slots and reports list them.
-    pub const ALL: [PolicyKind; 3] = [
+    pub const ALL: [PolicyKind; 4] = [
         PolicyKind::PeerSelection,
         PolicyKind::TimeBounds,
         PolicyKind::CatchupVerification,
+        PolicyKind::ContributionWeighting,
     ];
 
     /// Runs `v` with the kind's [`Kind`] type: the one place that maps the enum to the types.
@@ -41,6 +45,7 @@ impl PolicyKind {
             PolicyKind::PeerSelection => v.visit::<peer_selection::PeerSelection>(),
             PolicyKind::TimeBounds => v.visit::<time_bounds::TimeBounds>(),
             PolicyKind::CatchupVerification => v.visit::<catchup_verification::CatchupVerification>(),
+            PolicyKind::ContributionWeighting => v.visit::<contribution_weighting::ContributionWeighting>(),
         }
     }
 
@@ -179,8 +184,9 @@ pub(crate) mod sealed {
         ) -> wasmtime::Result<Result<<Self as super::Kind>::Output, String>>
         where
             Self: super::Kind;
-        /// Checks a decision beyond its type (lengths, ordering, finiteness); the reason names the field.
-        fn check(output: &<Self as super::Kind>::Output) -> Result<(), String>
+        /// Checks a decision against its input beyond its type (lengths, ordering, finiteness); the reason names the
+        /// field.
+        fn check(input: &<Self as super::Kind>::Input, output: &<Self as super::Kind>::Output) -> Result<(), String>
         where
             Self: super::Kind;
     }

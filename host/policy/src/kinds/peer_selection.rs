@@ -130,7 +130,7 @@ impl sealed::Dispatch for PeerSelection {
         idx.load(&mut *store, instance)?.call_select(&mut *store, input)
     }
 
-    fn check(s: &Selection) -> Result<(), String> {
+    fn check(_: &SelectionInput, s: &Selection) -> Result<(), String> {
         if s.peers.len() > MAX_PEERS {
             return Err(format!("{} peers (limit {MAX_PEERS})", s.peers.len()));
         }

@@ -72,7 +72,7 @@ impl sealed::Dispatch for TimeBounds {
         idx.load(&mut *store, instance)?.call_compute(&mut *store, input)
     }
 
-    fn check(b: &Bounds) -> Result<(), String> {
+    fn check(_: &BoundsInput, b: &Bounds) -> Result<(), String> {
         if b.not_before_ms > b.not_after_ms {
             return Err(format!(
                 "not-before {} is after not-after {}",

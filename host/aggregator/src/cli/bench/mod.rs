@@ -4,6 +4,7 @@ mod catchup;
 mod gather;
 mod policy;
 mod process;
+mod robust;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,9 @@ pub enum BenchCommand {
     Catchup(catchup::BenchCatchupArgs),
     /// Gather throughput (MB/s) and peak RSS for N peers' gradient files from a local SeaweedFS.
     Gather(gather::GatherArgs),
+    /// Poisoned gradients (sign-flip, random, copy, stale, collusion) against the default and a robust
+    /// contribution-weighting policy: sign agreement with the honest-only aggregate, peers excluded.
+    Robust(robust::RobustArgs),
 }
 
 /// Runs one benchmark (`device`: the numeric backend, for `process`).
@@ -30,6 +34,7 @@ pub fn run(command: BenchCommand, device: Device) -> anyhow::Result<ExitCode> {
         BenchCommand::Policy(args) => policy::bench(args),
         BenchCommand::Catchup(args) => catchup::bench(args),
         BenchCommand::Gather(args) => gather::gather(args),
+        BenchCommand::Robust(args) => robust::robust(args),
     }
     .map(|()| ExitCode::SUCCESS)
 }
