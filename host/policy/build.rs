@@ -28,7 +28,14 @@ fn main() {
     let components = root.join("components");
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rerun-if-changed=build/wasm_target.rs");
-    for p in ["Cargo.toml", "Cargo.lock", "templar-policy-sdk", "templar-default", "example-rotation", "example-robust"] {
+    for p in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "templar-policy-sdk",
+        "templar-default",
+        "example-rotation",
+        "example-robust",
+    ] {
         println!("cargo:rerun-if-changed={}", components.join(p).display());
     }
     // One wasm target dir for every host profile (debug, release, test, clippy): `<target>/wasm-components`, found

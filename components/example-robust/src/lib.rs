@@ -46,7 +46,12 @@ impl Rule {
     /// Why `p` is left out, if it is.
     fn exclude(&self, p: &PeerEvidence) -> Option<String> {
         let copy = |s: &&world::SimilarPeer| s.identical || s.overlap >= self.copy_overlap;
-        if let Some(s) = p.similar.iter().filter(copy).find(|s| s.last_modified_ms < p.last_modified_ms) {
+        if let Some(s) = p
+            .similar
+            .iter()
+            .filter(copy)
+            .find(|s| s.last_modified_ms < p.last_modified_ms)
+        {
             return Some(format!(
                 "uid {} copies uid {} (overlap {:.3}, {} ms later)",
                 p.uid,
@@ -73,7 +78,11 @@ impl Rule {
             .count();
         let w = p.selection_weight / (ties + 1) as f32;
         // The host's smallest non-zero weight is 2^-20.
-        if templar_policy_sdk::weight_ok(w) { w } else { templar_policy_sdk::MIN_WEIGHT }
+        if templar_policy_sdk::weight_ok(w) {
+            w
+        } else {
+            templar_policy_sdk::MIN_WEIGHT
+        }
     }
 }
 
@@ -161,7 +170,10 @@ impl SelfCheck for Robust {
             peer(4, 0.8, 2000, vec![]),
         ]))?;
         if w.weights != [1.0, 0.0, 0.0, 1.0] {
-            return Err(format!("copy and sign flip: weights {:?}, expected [1, 0, 0, 1]", w.weights));
+            return Err(format!(
+                "copy and sign flip: weights {:?}, expected [1, 0, 0, 1]",
+                w.weights
+            ));
         }
         let honest = Self::weigh(input(vec![peer(1, 0.8, 1000, vec![]), peer(2, 0.9, 2000, vec![])]))?;
         if honest.weights != [1.0, 1.0] {

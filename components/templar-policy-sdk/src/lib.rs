@@ -205,7 +205,12 @@ macro_rules! export {
         }
         $crate::__describe!(
             $ty,
-            ["peer-selection", "time-bounds", "catchup-verification", "contribution-weighting"]
+            [
+                "peer-selection",
+                "time-bounds",
+                "catchup-verification",
+                "contribution-weighting"
+            ]
         );
         world::export!($ty);
     };

@@ -111,9 +111,14 @@ fn a_1_0_plugin_loads_on_this_1_1_host() {
 
     let wasm = common::guest("v1-0", &[]);
     let engine = common::engine();
-    let loaded = engine.load(&wasm, "v1-0").expect("a 1.0 component passes admission on a 1.1 host");
+    let loaded = engine
+        .load(&wasm, "v1-0")
+        .expect("a 1.0 component passes admission on a 1.1 host");
     assert!(
-        loaded.exports.iter().any(|e| e == "templar:policy/peer-selection@1.0.0"),
+        loaded
+            .exports
+            .iter()
+            .any(|e| e == "templar:policy/peer-selection@1.0.0"),
         "{:?}",
         loaded.exports
     );
@@ -134,6 +139,9 @@ fn a_1_0_plugin_loads_on_this_1_1_host() {
         .call::<ContributionWeighting>(aggregator_policy::golden::weighting_input())
         .unwrap();
     assert_eq!(w.component.name, "templar-default");
-    assert!(w.fallback.is_none(), "not a fallback: the default is that kind's policy");
+    assert!(
+        w.fallback.is_none(),
+        "not a fallback: the default is that kind's policy"
+    );
     assert_eq!(w.value.weights.len(), 15);
 }

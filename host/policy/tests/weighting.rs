@@ -6,9 +6,7 @@ mod common;
 
 use aggregator_policy::golden::weighting_input;
 use aggregator_policy::kinds::contribution_weighting::WeightingInput;
-use aggregator_policy::{
-    EXAMPLE_ROBUST, Policies, PolicyConfig, PolicyError, PolicyKind, PolicyLimits,
-};
+use aggregator_policy::{EXAMPLE_ROBUST, Policies, PolicyConfig, PolicyError, PolicyKind, PolicyLimits};
 
 fn policies(dir: &std::path::Path, wasm: &[u8], settings: Vec<(String, String)>) -> Policies {
     try_policies(dir, wasm, settings).unwrap()
@@ -76,11 +74,19 @@ fn the_robust_example_leaves_out_the_copier_and_the_dissenter_only() {
     }
     assert!(out.value.note.contains("uid 14 copies uid 3"), "{}", out.value.note);
     // A threshold from the operator's settings: 0.95 would leave out everyone, so no one is.
-    let strict = policies(dir.path(), EXAMPLE_ROBUST, vec![("min_sign_agreement".into(), "0.95".into())]);
+    let strict = policies(
+        dir.path(),
+        EXAMPLE_ROBUST,
+        vec![("min_sign_agreement".into(), "0.95".into())],
+    );
     let out = strict.weigh(weighting_input()).unwrap();
     assert!(out.value.note.contains("no one left out"), "{}", out.value.note);
     // A bad setting is refused when the policies load (admission runs the golden input with the settings).
-    let Err(why) = try_policies(dir.path(), EXAMPLE_ROBUST, vec![("min_sign_agreement".into(), "high".into())]) else {
+    let Err(why) = try_policies(
+        dir.path(),
+        EXAMPLE_ROBUST,
+        vec![("min_sign_agreement".into(), "high".into())],
+    ) else {
         panic!("a bad setting loads");
     };
     assert!(why.to_string().contains("min_sign_agreement"), "{why}");

@@ -389,10 +389,7 @@ async fn rederive_evidence(
         .iter()
         .map(|p| {
             let f = p.file.as_ref();
-            (
-                f.map_or(0, |f| f.last_modified_ms),
-                f.and_then(|f| f.sha256.clone()),
-            )
+            (f.map_or(0, |f| f.last_modified_ms), f.and_then(|f| f.sha256.clone()))
         })
         .collect();
     let model = o.model.clone();
@@ -449,7 +446,11 @@ fn compare_evidence(recorded: &WeightingInput, again: &WeightingInput) -> Verdic
         if ja != jb {
             let field = ja
                 .as_object()
-                .and_then(|m| m.iter().find(|(k, v)| jb.get(k.as_str()) != Some(v)).map(|(k, _)| k.clone()))
+                .and_then(|m| {
+                    m.iter()
+                        .find(|(k, v)| jb.get(k.as_str()) != Some(v))
+                        .map(|(k, _)| k.clone())
+                })
                 .unwrap_or_default();
             return Verdict::Differs(format!(
                 "uid {}: recorded {field} {}, re-derived {}",
@@ -459,7 +460,10 @@ fn compare_evidence(recorded: &WeightingInput, again: &WeightingInput) -> Verdic
             ));
         }
     }
-    Verdict::Match(format!("{} peers' evidence re-derived, identical", recorded.peers.len()))
+    Verdict::Match(format!(
+        "{} peers' evidence re-derived, identical",
+        recorded.peers.len()
+    ))
 }
 
 /// Calls the recorded component again on the recorded input.

@@ -94,9 +94,7 @@ impl FromStr for Adversaries {
             let (kind, count) = part
                 .split_once(':')
                 .ok_or_else(|| format!("{part:?}: expected KIND:COUNT"))?;
-            let count: u16 = count
-                .parse()
-                .map_err(|e| format!("{part:?}: count {count:?}: {e}"))?;
+            let count: u16 = count.parse().map_err(|e| format!("{part:?}: count {count:?}: {e}"))?;
             if count == 0 {
                 return Err(format!("{part:?}: the count must be at least 1"));
             }
@@ -289,13 +287,22 @@ mod tests {
         let copy = miners.upload(&model, &cpu, 4, 10).unwrap();
         assert_eq!(copy.copy_of, Some(1));
         let victim = miners.upload(&model, &cpu, 1, 10).unwrap();
-        assert_eq!(copy.gradient.to_bytes(&model).unwrap(), victim.gradient.to_bytes(&model).unwrap());
+        assert_eq!(
+            copy.gradient.to_bytes(&model).unwrap(),
+            victim.gradient.to_bytes(&model).unwrap()
+        );
         let (a, b) = (
             miners.upload(&model, &cpu, 5, 10).unwrap(),
             miners.upload(&model, &cpu, 6, 10).unwrap(),
         );
-        assert_eq!(a.gradient.to_bytes(&model).unwrap(), b.gradient.to_bytes(&model).unwrap());
+        assert_eq!(
+            a.gradient.to_bytes(&model).unwrap(),
+            b.gradient.to_bytes(&model).unwrap()
+        );
         let honest2 = miners.upload(&model, &cpu, 2, 10).unwrap();
-        assert_ne!(honest2.gradient.to_bytes(&model).unwrap(), victim.gradient.to_bytes(&model).unwrap());
+        assert_ne!(
+            honest2.gradient.to_bytes(&model).unwrap(),
+            victim.gradient.to_bytes(&model).unwrap()
+        );
     }
 }

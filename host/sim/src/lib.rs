@@ -165,6 +165,11 @@ pub struct SimOptions {
     pub shadow_aggregate: bool,
     /// Call limits per policy kind for the daemon (`policy.limits`).
     pub policy_limits: BTreeMap<String, aggregator_daemon::KindLimits>,
+    /// Adversarial miners (the last uids). With any, every miner draws from [`adversary::Miners`] (honest ones
+    /// share a direction plus noise) and each window's stored aggregate is compared with the honest-only one.
+    pub adversaries: adversary::Adversaries,
+    /// A contribution-weighting component for the daemon (default: the embedded templar-default).
+    pub contribution_weighting: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SimOptions {
@@ -205,6 +210,8 @@ impl Default for SimOptions {
             shadow_peer_selection: None,
             shadow_aggregate: false,
             policy_limits: BTreeMap::new(),
+            adversaries: adversary::Adversaries::default(),
+            contribution_weighting: None,
         }
     }
 }
@@ -228,6 +235,9 @@ pub struct SimOutcome {
     pub metrics_text: String,
     /// The simulated validator's checkpoints, `checkpoint-{w}.safetensors` after each window.
     pub validator_dir: PathBuf,
+    /// With adversaries: per stored window, the fraction of the stored aggregate's sign bits equal to those of the
+    /// aggregate of the honest miners it aggregated alone.
+    pub honest_agreement: BTreeMap<u64, f64>,
 }
 
 /// Why a simulation could not run or finish.
@@ -285,9 +295,25 @@ struct World {
     /// Gradients reused round-robin for large models (compressing 1.2 B parameters per miner per window would
     /// dominate the simulation); small models get a fresh gradient per miner and window.
     pool: Vec<Arc<Vec<u8>>>,
+    /// With adversaries: who attacks and what everyone uploads.
+    miners: Option<Arc<adversary::Miners>>,
 }
 
 impl World {
+    /// `uid`'s upload for window `w`, and the uid it copies (with adversaries).
+    async fn upload_of(&self, uid: u16, w: u64) -> Result<(Arc<Vec<u8>>, Option<u16>), SimError> {
+        let Some(miners) = self.miners.clone() else {
+            return Ok((self.gradient(uid, w).await?, None));
+        };
+        let (model, cpu) = (self.model.clone(), self.cpu.clone());
+        tokio::task::spawn_blocking(move || {
+            let u = miners.upload(&model, &cpu, uid, w)?;
+            Ok((Arc::new(u.gradient.to_bytes(&model).map_err(sim_err)?), u.copy_of))
+        })
+        .await
+        .map_err(sim_err)?
+    }
+
     async fn gradient(&self, uid: u16, w: u64) -> Result<Arc<Vec<u8>>, SimError> {
         if !self.pool.is_empty() {
             return Ok(self.pool[(uid as usize + w as usize) % self.pool.len()].clone());
@@ -335,6 +361,8 @@ pub struct Network {
     pub peer_buckets: BTreeMap<u16, Bucket>,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// With adversaries: who attacks.
+    pub adversaries: Option<Arc<adversary::Miners>>,
     endpoint: Endpoint,
     miners: tokio::task::JoinHandle<()>,
     options: SimOptions,
@@ -448,6 +476,21 @@ impl Network {
         } else {
             vec![]
         };
+        let adversaries = if options.adversaries.0.is_empty() {
+            None
+        } else {
+            let m = adversary::Miners::new(options.peers, &options.adversaries, options.seed)
+                .map_err(|e| DaemonError::Config(format!("adversaries: {e}")))?;
+            say(format!(
+                "sim: adversaries {}",
+                m.attacks
+                    .iter()
+                    .map(|(u, a)| format!("uid {u} {a}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            Some(Arc::new(m))
+        };
         let world = Arc::new(World {
             clients: clients.clone(),
             writer_buckets,
@@ -455,6 +498,7 @@ impl Network {
             cpu: Arc::new(Cpu::new()),
             options: options.clone(),
             pool,
+            miners: adversaries.clone(),
         });
 
         // The first simulated window starts after the present one; the leader posts its list for it. A daemon starts
@@ -525,7 +569,7 @@ impl Network {
                             if f == Some(Fault::Missing) {
                                 return;
                             }
-                            let bytes = match world.gradient(uid, w).await {
+                            let (bytes, copy_of) = match world.upload_of(uid, w).await {
                                 Ok(b) => b,
                                 Err(e) => return tracing::error!(uid, error = %e, "sim miner"),
                             };
@@ -539,10 +583,12 @@ impl Network {
                                 _ => {
                                     wait_for_block(&devnet, sync).await;
                                     let t = devnet.timestamp_ms(sync).unwrap_or_else(now_ms);
-                                    let jitter = (uid as u64 * 97 + w * 31) % 500;
-                                    let at = match f {
-                                        Some(Fault::Late) => t + world.options.delta_s * 1000 + 1500,
-                                        _ => t + 1200 + jitter,
+                                    let jitter = |uid: u16| (uid as u64 * 97 + w * 31) % 500;
+                                    let at = match (f, copy_of) {
+                                        (Some(Fault::Late), _) => t + world.options.delta_s * 1000 + 1500,
+                                        // A copier re-uploads its victim's file after it appeared.
+                                        (_, Some(victim)) => t + 1200 + jitter(victim) + adversary::COPY_DELAY_MS,
+                                        _ => t + 1200 + jitter(uid),
                                     };
                                     let wait = at.saturating_sub(now_ms());
                                     tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -558,6 +604,7 @@ impl Network {
             })
         };
         Ok(Network {
+            adversaries,
             devnet,
             first_window: first,
             last_window: last,
@@ -580,6 +627,9 @@ impl Network {
         let mut components = aggregator_daemon::Components::default();
         if let Some(file) = &options.peer_selection {
             components.set(PolicyKind::PeerSelection, file.display().to_string());
+        }
+        if let Some(file) = &options.contribution_weighting {
+            components.set(PolicyKind::ContributionWeighting, file.display().to_string());
         }
         DaemonConfig {
             chain_url: self.devnet.url(),
@@ -681,6 +731,7 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
     // signals the daemon to stop, and what was collected is kept and printed.
     let collect = async {
         let mut reports = Vec::new();
+        let mut agreement = BTreeMap::new();
         let started = Instant::now();
         let deadline = Duration::from_secs(120 + 4 * bpw * options.block_time.as_secs().max(1));
         let mut error = None;
@@ -704,6 +755,20 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
                         (r.gather + r.process + r.put).as_secs_f64(),
                         started.elapsed().as_secs_f64()
                     ));
+                    if let Some(miners) = &network.adversaries
+                        && r.result == WindowResult::Stored
+                    {
+                        match honest_agreement(&network, miners, &r).await {
+                            Ok(f) => {
+                                say(format!(
+                                    "sim: window {} sign agreement with the honest-only aggregate: {f:.4}",
+                                    r.window
+                                ));
+                                agreement.insert(r.window, f);
+                            }
+                            Err(e) => say(format!("sim: window {}: honest-only aggregate: {e}", r.window)),
+                        }
+                    }
                     reports.push(r);
                     // A retried window can be reported after newer ones; the validator applies them in order.
                     let validated = validator.catch_up(&reports).await;
@@ -724,9 +789,9 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
             None => String::new(),
         };
         let _ = stop_tx.send(true);
-        (reports, metrics_text, error)
+        (reports, metrics_text, error, agreement)
     };
-    let (daemon_result, (mut reports, metrics_text, collect_error)) = tokio::join!(daemon, collect);
+    let (daemon_result, (mut reports, metrics_text, collect_error, honest_agreement)) = tokio::join!(daemon, collect);
     reports.sort_by_key(|r| r.window);
     let error = match (daemon_result, collect_error) {
         (Err(e), _) => Some(SimError::Daemon(e)),
@@ -747,6 +812,7 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
         peer_buckets: network.peer_buckets.clone(),
         metrics_text,
         validator_dir: validator.dir.clone(),
+        honest_agreement,
     };
     if error.is_some() {
         network.abort().await;
@@ -765,6 +831,42 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
     }
 }
 
+/// The fraction of the stored aggregate's sign bits for report `r`'s window that equal those of the aggregate of the
+/// honest miners it aggregated, alone (recomputed from the miners' deterministic uploads).
+async fn honest_agreement(
+    network: &Network,
+    miners: &Arc<adversary::Miners>,
+    r: &WindowReport,
+) -> Result<f64, SimError> {
+    use object_store::ObjectStoreExt;
+    let model = Arc::new(ModelSpec::load(&network.options.model).map_err(sim_err)?);
+    let store = Clients::new(ClientSettings::default()).get(&network.output)?;
+    let key = object_store::path::Path::from(keys::aggregate(r.window, VERSION));
+    let bytes = store.get(&key).await.map_err(sim_err)?.bytes().await.map_err(sim_err)?;
+    let honest: Vec<u16> = r.aggregated.iter().copied().filter(|u| miners.honest(*u)).collect();
+    let (miners, w) = (miners.clone(), r.window);
+    tokio::task::spawn_blocking(move || {
+        let stored = aggregator_codec::Aggregate::read(&bytes, Some(&model), &aggregator_codec::Limits::default())
+            .map_err(sim_err)?;
+        let cpu = Cpu::new();
+        let inputs = honest
+            .iter()
+            .map(|&uid| {
+                let u = miners.upload(&model, &cpu, uid, w)?;
+                Ok((uid, aggregator_window::PeerInput::<String>::valid(u.gradient)))
+            })
+            .collect::<Result<Vec<_>, SimError>>()?;
+        let reference = aggregator_window::aggregate_window(&model, &cpu, w as i64, VERSION, &inputs, String::new())
+            .map_err(sim_err)?
+            .file
+            .ok_or_else(|| sim_err("no honest miner was aggregated"))?;
+        let (compared, agreeing) = aggregator_window::sign_agreement(&model, &stored, &reference);
+        Ok(agreeing as f64 / compared.max(1) as f64)
+    })
+    .await
+    .map_err(sim_err)?
+}
+
 /// `GET /metrics` over plain HTTP/1.0 (the simulator's own check; a tiny client, not worth a dependency).
 pub async fn fetch_metrics(addr: SocketAddr) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -778,7 +880,7 @@ pub async fn fetch_metrics(addr: SocketAddr) -> std::io::Result<String> {
 
 fn print_table(o: &SimOutcome) {
     println!(
-        "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9} {:>10} {:>8} {:>12} {:>12}  skipped (uid: reason)",
+        "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9} {:>10} {:>8} {:>12} {:>12} {:>8}  skipped (uid: reason)",
         "window",
         "result",
         "selected",
@@ -788,7 +890,8 @@ fn print_table(o: &SimOutcome) {
         "process s",
         "put s",
         "output bytes",
-        "sha256"
+        "sha256",
+        "honest"
     );
     let mut worst = Duration::ZERO;
     for r in &o.reports {
@@ -800,8 +903,12 @@ fn print_table(o: &SimOutcome) {
             .map(|(u, why)| format!("{u}: {}", why.kind()))
             .collect();
         let sha = r.output_sha256.as_deref().map_or("-", |s| &s[..12.min(s.len())]);
+        let honest = o
+            .honest_agreement
+            .get(&r.window)
+            .map_or("-".to_string(), |f| format!("{f:.4}"));
         println!(
-            "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9.2} {:>10.2} {:>8.2} {:>12} {:>12}  {}",
+            "{:>8} {:>14} {:>8} {:>10} {:>8}  {:>9.2} {:>10.2} {:>8.2} {:>12} {:>12} {:>8}  {}",
             r.window,
             r.result.label(),
             r.selected.len(),
@@ -812,6 +919,7 @@ fn print_table(o: &SimOutcome) {
             r.put.as_secs_f64(),
             r.output_bytes,
             sha,
+            honest,
             skipped.join(", ")
         );
     }

@@ -169,7 +169,10 @@ pub fn compute(model: &ModelSpec, peers: &[EvidencePeer<'_>]) -> Vec<PeerStats> 
             p.gradient
                 .params
                 .iter()
-                .map(|sp| sp.as_ref().map_or((0.0, 0.0), |s| (l2_norm(&s.vals), norm_f64(&s.vals))))
+                .map(|sp| {
+                    sp.as_ref()
+                        .map_or((0.0, 0.0), |s| (l2_norm(&s.vals), norm_f64(&s.vals)))
+                })
                 .unzip()
         })
         .unzip();

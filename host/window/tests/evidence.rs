@@ -169,7 +169,10 @@ fn naive(model: &ModelSpec, peers: &[Peer]) -> Vec<PeerStats> {
                 .g
                 .params
                 .iter()
-                .map(|sp| sp.as_ref().map_or(0.0, |s| s.vals.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()))
+                .map(|sp| {
+                    sp.as_ref()
+                        .map_or(0.0, |s| s.vals.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
+                })
                 .collect();
             let mut similar: Vec<evidence::Similar> = (0..n)
                 .filter(|&q| q != p)
@@ -197,7 +200,11 @@ fn naive(model: &ModelSpec, peers: &[Peer]) -> Vec<PeerStats> {
                 param_norms: norms,
                 slots: slots_p,
                 copies: size(group[p]) as u32,
-                index_overlap: if slots_p == 0 { 0.0 } else { overlapped as f64 / slots_p as f64 },
+                index_overlap: if slots_p == 0 {
+                    0.0
+                } else {
+                    overlapped as f64 / slots_p as f64
+                },
                 cosine: (cc > 0.0 && mm > 0.0).then(|| dot / (cc.sqrt() * mm.sqrt())),
                 sign_agreement: (compared > 0).then(|| agree as f64 / compared as f64),
                 compared,
@@ -225,7 +232,10 @@ fn assert_matches(fast: &[PeerStats], slow: &[PeerStats]) {
         assert_eq!(f.sign_agreement, s.sign_agreement, "{ctx}");
         assert_eq!(f.majority_agreement, s.majority_agreement, "{ctx}");
         assert_eq!(f.index_overlap, s.index_overlap, "{ctx}");
-        assert!(f.param_norms.iter().zip(&s.param_norms).all(|(a, b)| close(*a, *b)), "{ctx}");
+        assert!(
+            f.param_norms.iter().zip(&s.param_norms).all(|(a, b)| close(*a, *b)),
+            "{ctx}"
+        );
         assert!(close(f.total_norm, s.total_norm), "{ctx}");
         match (f.cosine, s.cosine) {
             (Some(a), Some(b)) => assert!(close(a, b), "{ctx}"),
@@ -274,10 +284,21 @@ fn matches_the_definitions_with_ties_repeats_copies_and_weight_zero() {
     let fast = run(&m, &peers);
     assert_matches(&fast, &naive(&m, &peers));
     // The cases were hit: repeated indices (3 slots, k entries per block), ties, copies.
-    assert!(fast.iter().any(|p| p.compared < p.slots), "some LOO means are 0 or absent: {fast:?}");
+    assert!(
+        fast.iter().any(|p| p.compared < p.slots),
+        "some LOO means are 0 or absent: {fast:?}"
+    );
     assert_eq!(fast[1].copies, 2, "uid 2 and its copy uid 6");
-    assert!(fast[1].similar.iter().any(|s| s.uid == 6 && s.identical && s.overlap == 1.0));
-    assert!(fast[2].similar.iter().any(|s| s.uid == 7 && s.identical), "same SHA-256");
+    assert!(
+        fast[1]
+            .similar
+            .iter()
+            .any(|s| s.uid == 6 && s.identical && s.overlap == 1.0)
+    );
+    assert!(
+        fast[2].similar.iter().any(|s| s.uid == 7 && s.identical),
+        "same SHA-256"
+    );
     assert_eq!(fast[3].selection_weight, 0.0);
 }
 

@@ -108,7 +108,10 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         "component: {} {} (sha256 {})",
         loaded.name, loaded.version, loaded.sha256
     );
-    println!("implements: world {} of templar:policy@{package}", world_of(&loaded, package));
+    println!(
+        "implements: world {} of templar:policy@{package}",
+        world_of(&loaded, package)
+    );
     println!("imports: {} (all allowed)", loaded.imports.join(", "));
     println!(
         "loaded, self-checked and run on the golden inputs in {:.0} ms",

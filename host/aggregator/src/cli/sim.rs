@@ -75,6 +75,15 @@ pub struct SimArgs {
     /// `peer_selection.memory_mib=256` for a Python component.
     #[arg(long = "policy-limit", value_name = "KIND.FIELD=VALUE", value_parser = aggregator_daemon::parse_setting)]
     policy_limits: Vec<(String, String)>,
+    /// Adversarial miners, `KIND:COUNT[,KIND:COUNT…]` with KIND one of sign-flip, random, copy, stale, collusion
+    /// (the last uids attack; honest miners then share a direction plus noise). Each window's stored aggregate is
+    /// compared with the honest miners' alone (the `honest` column).
+    #[arg(long, value_name = "KIND:COUNT,…")]
+    adversaries: Option<aggregator_sim::adversary::Adversaries>,
+    /// The daemon's contribution-weighting component (`.wasm`; default: the embedded templar-default, which keeps
+    /// the selection's weights), e.g. `target/wasm-components/wasm32-wasip2/release/example_robust.wasm`.
+    #[arg(long, value_name = "FILE")]
+    contribution_weighting: Option<PathBuf>,
 }
 
 /// `--policy-limit` pairs as per-kind limits.
@@ -128,6 +137,8 @@ pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
         shadow_peer_selection: args.shadow_peer_selection,
         shadow_aggregate: args.shadow_aggregate,
         policy_limits: limits(&args.policy_limits)?,
+        adversaries: args.adversaries.unwrap_or_default(),
+        contribution_weighting: args.contribution_weighting,
         ..SimOptions::default()
     };
     let outcome = runtime()?.block_on(aggregator_sim::run(options))?;

@@ -34,7 +34,11 @@ impl<C: Chain + 'static> Daemon<C> {
         d: &Decision,
         mut gathered: Gathered,
     ) -> Result<(Gathered, Option<Outcome<ContributionWeighting>>), WeighError> {
-        if !gathered.inputs.iter().any(|(_, i)| matches!(i, PeerInput::Valid { .. })) {
+        if !gathered
+            .inputs
+            .iter()
+            .any(|(_, i)| matches!(i, PeerInput::Valid { .. }))
+        {
             return Ok((gathered, None));
         }
         let (model, policies) = (self.model.clone(), self.policies.clone());
@@ -79,7 +83,8 @@ impl<C: Chain + 'static> Daemon<C> {
                 "policy failed; a fallback answered");
         }
         if let Some(e) = &outcome.state_reset {
-            self.metrics.policy_state_reset(PolicyKind::ContributionWeighting.interface());
+            self.metrics
+                .policy_state_reset(PolicyKind::ContributionWeighting.interface());
             tracing::warn!(window = w, policy = PolicyKind::ContributionWeighting.interface(), error = %e,
                 "every policy refused the saved state; weighed again with an empty one");
         }

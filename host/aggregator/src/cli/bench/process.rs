@@ -253,8 +253,52 @@ pub fn process(args: ProcessArgs, device: Device) -> anyhow::Result<()> {
         if let Some(gpu) = &numeric.gpu {
             resident(&model, &sparse, gpu, args.runs, &out)?;
         }
-        Ok(())
+        drop(sparse);
+        evidence(&model, peers, args.runs, wall)
     })
+}
+
+/// The contribution-weighting evidence (`aggregator_window::evidence`) on the same inputs, which move into
+/// gradients (no copy), timed beside the process step `process`.
+fn evidence(model: &ModelSpec, peers: Vec<PeerData>, runs: usize, process: Duration) -> anyhow::Result<()> {
+    use aggregator_codec::{Gradient, GradientMetadata, SparseParam};
+    use aggregator_window::evidence::{EvidencePeer, compute};
+    let gradients: Vec<Gradient> = peers
+        .into_iter()
+        .map(|data| Gradient {
+            params: data
+                .into_iter()
+                .map(|(idxs, vals)| Some(SparseParam { idxs, vals }))
+                .collect(),
+            metadata: GradientMetadata::default(),
+            global_step: 0,
+        })
+        .collect();
+    let inputs: Vec<EvidencePeer> = gradients
+        .iter()
+        .enumerate()
+        .map(|(i, g)| EvidencePeer {
+            uid: i as u16 + 1,
+            gradient: g,
+            weight: 1.0,
+            last_modified_ms: 0,
+            sha256: None,
+        })
+        .collect();
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        std::hint::black_box(compute(model, &inputs));
+        times.push(t.elapsed());
+    }
+    let t = median(times);
+    println!(
+        "evidence for contribution weighting (norms, overlap, leave-one-out, copies): median {:.3} s, {:.0}% of the \
+         process step",
+        t.as_secs_f64(),
+        100.0 * t.as_secs_f64() / process.as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The process step with the inputs already on the device: every parameter's normalised inputs are uploaded once,

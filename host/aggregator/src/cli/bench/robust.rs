@@ -116,7 +116,10 @@ pub fn robust(args: RobustArgs) -> anyhow::Result<()> {
                             column.adversaries_excluded += 1;
                         }
                         let victim = miners.attacks.values().any(|a| *a == Attack::Copy)
-                            && miners.attacks.keys().any(|c| miners.attacks[c] == Attack::Copy && miners.victim(*c) == uid);
+                            && miners
+                                .attacks
+                                .keys()
+                                .any(|c| miners.attacks[c] == Attack::Copy && miners.victim(*c) == uid);
                         column.victims_excluded += victim as u64;
                     }
                 }
@@ -135,7 +138,10 @@ pub fn robust(args: RobustArgs) -> anyhow::Result<()> {
             let possible = count as u64 * windows;
             let mut extra = String::new();
             if *name != "default" {
-                extra = format!("  bit-identical to default in {}/{windows} windows", c.identical_to_default);
+                extra = format!(
+                    "  bit-identical to default in {}/{windows} windows",
+                    c.identical_to_default
+                );
                 if c.victims_excluded > 0 {
                     extra.push_str(&format!("; copy victims excluded {}", c.victims_excluded));
                 }
@@ -201,7 +207,10 @@ impl Window {
     }
 
     fn show(&self, attack: &str, miners: &Miners) {
-        println!("  {attack} window {}: uid role cosine sign-agreement (compared) majority (voted) overlap similar", self.w);
+        println!(
+            "  {attack} window {}: uid role cosine sign-agreement (compared) majority (voted) overlap similar",
+            self.w
+        );
         let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
         for p in &self.input.peers {
             let role = miners.attacks.get(&p.uid).map_or("honest", |a| a.name());
@@ -249,7 +258,14 @@ impl Window {
                 )
             })
             .collect();
-        let a = aggregate_window(model, cpu, self.w as i64, "0.2.73", &inputs, "2026-01-01T00:00:00+00:00".into())?;
+        let a = aggregate_window(
+            model,
+            cpu,
+            self.w as i64,
+            "0.2.73",
+            &inputs,
+            "2026-01-01T00:00:00+00:00".into(),
+        )?;
         a.file.context("no aggregate")
     }
 }
