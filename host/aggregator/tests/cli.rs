@@ -271,10 +271,25 @@ fn plugin_check_gives_a_verdict_and_an_exit_status() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        stdout.contains("implements: world peer-selector of templar:policy@1.0.0"),
+        stdout.contains("implements: world peer-selector of templar:policy@1.1.0"),
         "{stdout}"
     );
     assert_eq!(stdout.lines().last(), Some("verdict: ok"));
+    // The contribution-weighting example: its world, and its answer to the host's golden input.
+    let robust = out_dir.join("robust.wasm");
+    std::fs::write(&robust, aggregator_policy::EXAMPLE_ROBUST).unwrap();
+    let out = aggregator()
+        .args(["plugin", "check", "--world", "contribution-weigher"])
+        .arg(&robust)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("implements: world contribution-weigher of templar:policy@1.1.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("contribution-weighting: 15 weights, 3 zero"), "{stdout}");
     let wrong_world = aggregator()
         .args(["plugin", "check", "--world", "bundle"])
         .arg(&good)

@@ -81,6 +81,7 @@ fn values(dir: &std::path::Path) -> BTreeMap<&'static str, (String, String, toml
         ("policy.peer_selection", s(&format!("{d}/sel.wasm"))),
         ("policy.time_bounds", s(&format!("{d}/tb.wasm"))),
         ("policy.catchup_verification", s(&format!("{d}/cv.wasm"))),
+        ("policy.contribution_weighting", s(&format!("{d}/cw.wasm"))),
         (
             "policy.settings",
             (

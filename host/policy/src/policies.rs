@@ -385,19 +385,8 @@ impl Policies {
     /// an empty state, so that a bad state cannot fail every window; the outcome then names the refusal in
     /// `state_reset`.
     pub fn select_peers(&self, input: SelectionInput) -> Result<Outcome<PeerSelection>, PolicyError> {
-        match self.call::<PeerSelection>(input.clone()) {
-            Err(refused) if !input.state.is_empty() => {
-                let fresh = SelectionInput { state: vec![], ..input };
-                match self.call::<PeerSelection>(fresh) {
-                    Ok(mut outcome) => {
-                        outcome.state_reset = Some(refused);
-                        Ok(outcome)
-                    }
-                    Err(_) => Err(refused),
-                }
-            }
-            other => other,
-        }
+        let has_state = !input.state.is_empty();
+        self.call_resetting_state::<PeerSelection>(input, has_state, |i| SelectionInput { state: vec![], ..i })
     }
 
     /// Computes a window's upload time bounds ([`Policies::call`] for `time-bounds`).
@@ -413,17 +402,26 @@ impl Policies {
     /// Weighs a window's gathered peers ([`Policies::call`] for `contribution-weighting`). As with
     /// [`Policies::select_peers`], a saved `state` that every policy refuses is dropped and the call made again.
     pub fn weigh(&self, input: WeightingInput) -> Result<Outcome<ContributionWeighting>, PolicyError> {
-        match self.call::<ContributionWeighting>(input.clone()) {
-            Err(refused) if !input.state.is_empty() => {
-                let fresh = WeightingInput { state: vec![], ..input };
-                match self.call::<ContributionWeighting>(fresh) {
-                    Ok(mut outcome) => {
-                        outcome.state_reset = Some(refused);
-                        Ok(outcome)
-                    }
-                    Err(_) => Err(refused),
+        let has_state = !input.state.is_empty();
+        self.call_resetting_state::<ContributionWeighting>(input, has_state, |i| WeightingInput { state: vec![], ..i })
+    }
+
+    /// [`Policies::call`]; when every policy fails and the input carries a saved state (`has_state`), once more
+    /// with `fresh(input)` (the state emptied), the outcome naming the refusal in `state_reset`.
+    fn call_resetting_state<K: Kind>(
+        &self,
+        input: K::Input,
+        has_state: bool,
+        fresh: impl FnOnce(K::Input) -> K::Input,
+    ) -> Result<Outcome<K>, PolicyError> {
+        match self.call::<K>(input.clone()) {
+            Err(refused) if has_state => match self.call::<K>(fresh(input)) {
+                Ok(mut outcome) => {
+                    outcome.state_reset = Some(refused);
+                    Ok(outcome)
                 }
-            }
+                Err(_) => Err(refused),
+            },
             other => other,
         }
     }

@@ -231,8 +231,8 @@ fn uniform(seed: u64, w: u64, pi: usize, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
 }
 
-/// A gradient for window `w` whose parameter `pi` compresses `dense(pi, numel)`.
-fn gradient(
+/// A gradient for window `w` whose parameter `pi` compresses `dense(pi, numel)` (on `cpu`, the miner-side code).
+pub(crate) fn gradient(
     model: &ModelSpec,
     cpu: &Cpu,
     w: u64,

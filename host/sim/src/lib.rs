@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aggregator_catchup::{Checkpoint, Schedule, apply_aggregate};
-use aggregator_codec::{Gradient, GradientMetadata, PeerList, SparseParam, StartWindow};
+use aggregator_codec::{PeerList, StartWindow};
 use aggregator_devnet::{Devnet, DevnetConfig, Neuron as DevNeuron, Timestamps};
 use aggregator_kernels::{Backend, Cpu};
 use aggregator_model::ModelSpec;
@@ -25,7 +25,6 @@ use aggregator_policy::PolicyKind;
 use aggregator_store::{Bucket, ClientSettings, Clients, Endpoint, PutOptions, SkipKind, keys, put, size_cap};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use rayon::prelude::*;
 use tokio::sync::{mpsc, watch};
 
 use aggregator_daemon::{DaemonConfig, DaemonError, OutputBucket, WindowReport, WindowResult, now_ms};
@@ -261,27 +260,10 @@ fn sim_err(e: impl std::fmt::Display) -> SimError {
 /// A simulated miner's honest upload for `window`: every parameter of `model` from uniform noise in `[-1, 1)` seeded
 /// by `seed`, DCT-top-k compressed on `cpu`, as `gradient-{w}-{uid}-v{V}.pt` bytes.
 pub fn miner_gradient(model: &ModelSpec, cpu: &Cpu, seed: u64, window: u64) -> Result<Vec<u8>, SimError> {
-    let params = model
-        .params
-        .par_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let l = &p.layout;
-            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let x: Vec<f32> = (0..l.numel()).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-            let (mut idxs, mut vals) = (vec![0i16; l.sparse_len()], vec![0f32; l.sparse_len()]);
-            cpu.compress(l, &x, &mut idxs, &mut vals).map_err(sim_err)?;
-            Ok(Some(SparseParam { idxs, vals }))
-        })
-        .collect::<Result<Vec<_>, SimError>>()?;
-    Gradient {
-        params,
-        metadata: GradientMetadata {
-            pages_info: vec![],
-            window: Some(window as i64),
-        },
-        global_step: 0,
-    }
+    adversary::gradient(model, cpu, window, |i, n| {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    })?
     .to_bytes(model)
     .map_err(sim_err)
 }
