@@ -289,7 +289,10 @@ fn plugin_check_gives_a_verdict_and_an_exit_status() {
         stdout.contains("implements: world contribution-weigher of templar:policy@1.1.0"),
         "{stdout}"
     );
-    assert!(stdout.contains("contribution-weighting: 15 weights, 3 zero"), "{stdout}");
+    assert!(
+        stdout.contains("contribution-weighting: 15 weights, 3 zero"),
+        "{stdout}"
+    );
     let wrong_world = aggregator()
         .args(["plugin", "check", "--world", "bundle"])
         .arg(&good)

@@ -2,9 +2,10 @@
 //! (norms, index overlap, cosine and sign agreement with the leave-one-out mean, near-copies). The statistics are
 //! defined in `wit/policy.wit` (interface `contribution-weighting`); this module computes them exactly so.
 //!
-//! Two passes over every peer's entries, block by block (the walk of the aggregation's scatter, without the DCT):
-//! the first compares every pair of peers at each slot both sent (near-copies), the second computes the statistics
-//! against the others, with each group of copies counting as one peer. The work per slot is quadratic in the peers
+//! One pass over every peer's entries, block by block (the walk of the aggregation's scatter, without the DCT),
+//! compares every pair of peers at each slot both sent (near-copies) and computes the statistics against the others;
+//! when some peers turn out to be copies, a second pass computes the statistics again with each group of copies
+//! counting as one peer. The work per slot is quadratic in the peers
 //! that sent it, so at most `peers × entries` in all. Memory: per block, scratch of the block's size; per chunk of
 //! blocks, a few numbers per peer and a counter pair per pair of peers that shared a slot.
 //!
@@ -34,6 +35,8 @@ pub const MAX_SIMILAR: usize = 16;
 pub const MATCH_TOLERANCE: f64 = 1.0 / 1024.0;
 /// Entries per chunk of work (a chunk holds whole blocks; at least one).
 const CHUNK_ENTRIES: usize = 1 << 16;
+/// Chunks run in parallel before their partial sums are added (in order).
+const BATCH_CHUNKS: usize = 64;
 
 /// One valid peer, as the evidence needs it.
 #[derive(Debug, Clone, Copy)]
@@ -188,32 +191,65 @@ pub fn compute(model: &ModelSpec, peers: &[EvidencePeer<'_>]) -> Vec<PeerStats> 
             b = e;
         }
     }
-    let walk = |pi: usize, b0: usize, b1: usize, visit: &mut dyn FnMut(&[Here])| {
-        walk_slots(&model.params[pi].layout, pi, b0, b1, peers, &norms, visit)
+    let new_stats = || StatPartial {
+        peers: vec![PeerSums::default(); n],
+        groups: vec![GroupSums::default(); n],
+        full_sq: 0.0,
+    };
+    // The statistics' sums are floats, so the chunks' partials are added in model order: a batch of chunks runs in
+    // parallel, then its partials are added one by one (memory: one batch of partials).
+    let add_stats = |total: &mut StatPartial, part: &StatPartial| {
+        total.full_sq += part.full_sq;
+        for (t, s) in total.peers.iter_mut().zip(&part.peers) {
+            t.dot += s.dot;
+            t.cc += s.cc;
+            t.slots += s.slots;
+            t.overlapped += s.overlapped;
+            t.agree += s.agree;
+            t.compared += s.compared;
+            t.majority_agree += s.majority_agree;
+            t.voted += s.voted;
+        }
+        for (t, s) in total.groups.iter_mut().zip(&part.groups) {
+            t.full_sq_at += s.full_sq_at;
+            t.out_sq += s.out_sq;
+        }
     };
 
-    // Pass 1: pairs.
-    let pair_parts: Vec<PairPartial> = work
-        .par_iter()
-        .map(|&(pi, b0, b1)| {
-            let mut part = PairPartial {
-                slots: vec![0; n],
-                ..PairPartial::default()
-            };
-            walk(pi, b0, b1, &mut |here| pair_slot(here, &mut part));
-            part
-        })
-        .collect();
+    // Pass 1: the pairs, and the statistics as if no peer had a copy (every group a single peer), which is final
+    // in the usual window.
+    let alone: Vec<usize> = (0..n).collect();
+    let weights: Vec<f64> = peers.iter().map(|p| p.weight as f64).collect();
     let mut slots = vec![0u64; n];
     let mut pairs = Pairs::new();
-    for part in pair_parts {
-        for (t, s) in slots.iter_mut().zip(&part.slots) {
-            *t += s;
-        }
-        for (k, (m, e)) in part.pairs {
-            let t = pairs.entry(k).or_default();
-            t.0 += m;
-            t.1 += e;
+    let mut total = new_stats();
+    for batch in work.chunks(BATCH_CHUNKS) {
+        let parts: Vec<(PairPartial, StatPartial)> = batch
+            .par_iter()
+            .map(|&(pi, b0, b1)| {
+                let mut pp = PairPartial {
+                    slots: vec![0; n],
+                    ..PairPartial::default()
+                };
+                let mut sp = new_stats();
+                let mut seen = Vec::new();
+                walk_slots(&model.params[pi].layout, pi, b0, b1, peers, &norms, |here| {
+                    pair_slot(here, &mut pp);
+                    stat_slot(here, &alone, &weights, &mut seen, &mut sp);
+                });
+                (pp, sp)
+            })
+            .collect();
+        for (pp, sp) in parts {
+            for (t, x) in slots.iter_mut().zip(&pp.slots) {
+                *t += x;
+            }
+            for (k, (m, e)) in pp.pairs {
+                let t = pairs.entry(k).or_default();
+                t.0 += m;
+                t.1 += e;
+            }
+            add_stats(&mut total, &sp);
         }
     }
     let same_sha = |p: usize, q: usize| matches!((peers[p].sha256, peers[q].sha256), (Some(a), Some(b)) if a == b);
@@ -254,42 +290,24 @@ pub fn compute(model: &ModelSpec, peers: &[EvidencePeer<'_>]) -> Vec<PeerStats> 
     // Each peer's weight among the others: its selection weight shared with its copies.
     let vote: Vec<f64> = (0..n).map(|i| peers[i].weight as f64 / size[group[i]] as f64).collect();
 
-    // Pass 2: the statistics.
-    let stat_parts: Vec<StatPartial> = work
-        .par_iter()
-        .map(|&(pi, b0, b1)| {
-            let mut part = StatPartial {
-                peers: vec![PeerSums::default(); n],
-                groups: vec![GroupSums::default(); n],
-                full_sq: 0.0,
-            };
-            let mut seen = Vec::new();
-            walk(pi, b0, b1, &mut |here| {
-                stat_slot(here, &group, &vote, &mut seen, &mut part)
-            });
-            part
-        })
-        .collect();
-    let mut total = StatPartial {
-        peers: vec![PeerSums::default(); n],
-        groups: vec![GroupSums::default(); n],
-        full_sq: 0.0,
-    };
-    for part in stat_parts {
-        total.full_sq += part.full_sq;
-        for (t, s) in total.peers.iter_mut().zip(&part.peers) {
-            t.dot += s.dot;
-            t.cc += s.cc;
-            t.slots += s.slots;
-            t.overlapped += s.overlapped;
-            t.agree += s.agree;
-            t.compared += s.compared;
-            t.majority_agree += s.majority_agree;
-            t.voted += s.voted;
-        }
-        for (t, s) in total.groups.iter_mut().zip(&part.groups) {
-            t.full_sq_at += s.full_sq_at;
-            t.out_sq += s.out_sq;
+    // Pass 2, only when some peers are copies: the statistics again, each group one voice.
+    if size.iter().any(|s| *s > 1) {
+        total = new_stats();
+        for batch in work.chunks(BATCH_CHUNKS) {
+            let parts: Vec<StatPartial> = batch
+                .par_iter()
+                .map(|&(pi, b0, b1)| {
+                    let mut part = new_stats();
+                    let mut seen = Vec::new();
+                    walk_slots(&model.params[pi].layout, pi, b0, b1, peers, &norms, |here| {
+                        stat_slot(here, &group, &vote, &mut seen, &mut part)
+                    });
+                    part
+                })
+                .collect();
+            for part in &parts {
+                add_stats(&mut total, part);
+            }
         }
     }
 
@@ -366,7 +384,7 @@ fn walk_slots(
     b1: usize,
     peers: &[EvidencePeer<'_>],
     norms: &[Vec<f32>],
-    visit: &mut dyn FnMut(&[Here]),
+    mut visit: impl FnMut(&[Here]),
 ) {
     let n = peers.len();
     let k = layout.k();
@@ -450,6 +468,19 @@ fn pair_slot(here: &[Here], out: &mut PairPartial) {
 
 /// Pass 2 at one slot: each peer against the others outside its copy group.
 fn stat_slot(here: &[Here], group: &[usize], vote: &[f64], seen: &mut Vec<usize>, out: &mut StatPartial) {
+    // Most slots have one peer: no others, so only its own sums and the full mean (the same operations as below).
+    if let [x] = here {
+        let v = vote[x.peer];
+        if v > 0.0 {
+            let m = (v * x.sum) / (v * x.count as f64);
+            out.full_sq += m * m;
+            out.groups[group[x.peer]].full_sq_at += m * m;
+        }
+        let st = &mut out.peers[x.peer];
+        st.slots += 1;
+        st.cc += x.c * x.c;
+        return;
+    }
     // The full mean, each peer at its shared weight.
     let (mut s_all, mut w_all) = (0f64, 0f64);
     for h in here {
