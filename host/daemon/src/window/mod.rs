@@ -1,6 +1,6 @@
 //! One window, phase by phase, one file each: [`observe`] (chain reads) → [`decide`] (the policies) → [`gather`]
-//! (peer files inside the bounds) → [`weigh`] (evidence about the files, and the contribution weights) → [`aggregate`] (the numeric step and encoding) → [`publish`] (the existence
-//! check, the put, retention), with [`receipt`] (what produced the aggregate, written beside it, and the archived
+//! (peer files inside the bounds) → [`weigh`] (evidence about the files, and the contribution weights) →
+//! [`aggregate`] (the numeric step and encoding) → [`publish`] (the existence check, the put, retention), with [`receipt`] (what produced the aggregate, written beside it, and the archived
 //! inputs). Each phase has its own error enum; [`WindowError`] composes them. What happens between windows (queue,
 //! retries, state) is the driver's ([`crate::driver`]).
 
