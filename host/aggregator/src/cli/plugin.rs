@@ -177,6 +177,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     ok &= compare(&engine, &candidate, &receipt.policies.time_bounds, &mut ran);
     ok &= compare(&engine, &candidate, &receipt.policies.peer_selection, &mut ran);
+    if let Some(call) = &receipt.policies.contribution_weighting {
+        ok &= compare(&engine, &candidate, call, &mut ran);
+    }
     if ran == 0 {
         println!("the candidate exports none of the recorded policy kinds");
     }

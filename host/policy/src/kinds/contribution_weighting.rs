@@ -62,7 +62,7 @@ impl Kind for ContributionWeighting {
         } else {
             for (i, (x, y)) in a.weights.iter().zip(&b.weights).enumerate() {
                 if x.to_bits() != y.to_bits() {
-                    out.push(format!("weight of peer {i}: {x} -> {y}"));
+                    out.push(format!("weight at position {i}: {x} -> {y}"));
                 }
             }
         }
