@@ -66,13 +66,7 @@ impl Kind for ContributionWeighting {
                 }
             }
         }
-        if a.state != b.state {
-            out.push(format!(
-                "state: {} bytes -> {} bytes (different)",
-                a.state.len(),
-                b.state.len()
-            ));
-        }
+        out.extend(super::state_diff(&a.state, &b.state));
         out
     }
 }

@@ -165,6 +165,12 @@ impl Comparison {
     }
 }
 
+/// The [`Kind::diff`] line for two decisions' `state` bytes, when they differ (the bytes are the policy's own, so
+/// only their sizes are shown).
+pub(crate) fn state_diff(a: &[u8], b: &[u8]) -> Option<String> {
+    (a != b).then(|| format!("state: {} bytes -> {} bytes (different)", a.len(), b.len()))
+}
+
 pub(crate) mod sealed {
     use super::*;
 

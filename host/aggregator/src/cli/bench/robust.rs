@@ -115,11 +115,10 @@ pub fn robust(args: RobustArgs) -> anyhow::Result<()> {
                         } else {
                             column.adversaries_excluded += 1;
                         }
-                        let victim = miners.attacks.values().any(|a| *a == Attack::Copy)
-                            && miners
-                                .attacks
-                                .keys()
-                                .any(|c| miners.attacks[c] == Attack::Copy && miners.victim(*c) == uid);
+                        let victim = miners
+                            .attacks
+                            .iter()
+                            .any(|(c, a)| *a == Attack::Copy && miners.victim(*c) == uid);
                         column.victims_excluded += victim as u64;
                     }
                 }
