@@ -10,13 +10,44 @@ use std::process::ExitCode;
 use aggregator_kernels::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use cli::{aggregate, bench, catchup, codec, devnet, plugin, plugin_new, replay, run, sim, vectors};
+use cli::{aggregate, bench, catchup, codec, completions, devnet, plugin, plugin_new, replay, run, sim, vectors};
 pub(crate) use device::open_device;
 
+/// The git commit this binary was built from (see `build.rs`).
+pub(crate) const GIT_SHA: &str = env!("AGGREGATOR_GIT_SHA");
+
+/// `--version`: the crate version, the commit and the enabled features.
+#[cfg(feature = "gpu")]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("AGGREGATOR_GIT_SHA"),
+    "; features: cpu gpu[wgpu cuda]; Templar wire format 0.2.73)"
+);
+/// `--version`: the crate version, the commit and the enabled features.
+#[cfg(not(feature = "gpu"))]
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("AGGREGATOR_GIT_SHA"),
+    "; features: cpu; Templar wire format 0.2.73)"
+);
+
+/// What the daemon and the simulator report about this binary (`aggregator_build_info`, the status page).
+pub(crate) fn build_info(device: &str) -> aggregator_daemon::metrics::BuildInfo {
+    aggregator_daemon::metrics::BuildInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        git_sha: GIT_SHA.into(),
+        device: device.into(),
+    }
+}
+
 /// Templar 0.2.73-compatible aggregation server for decentralised LLM training.
+///
+/// Exit status: 0 success, 1 a runtime error (or a check that failed), 2 a usage error.
 #[derive(Parser)]
-#[command(name = "aggregator", version, about)]
-struct Cli {
+#[command(name = "aggregator", version = LONG_VERSION, about)]
+pub(crate) struct Cli {
     /// Log format: human or json (filter with RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "AGGREGATOR_LOG_FORMAT")]
     log_format: LogFormat,
@@ -43,9 +74,27 @@ enum LogFormat {
     Json,
 }
 
+/// An invalid command line or configuration: exit status 2 (everything else that fails is 1).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// The async runtime every command that needs one uses.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Colour only for a terminal, and never with `NO_COLOR` set (<https://no-color.org>).
+fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn init_logging(format: LogFormat) {
@@ -53,6 +102,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(format == LogFormat::Human && use_colour())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -96,6 +146,13 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Prints a shell completion script (e.g. `aggregator completions bash > /etc/bash_completion.d/aggregator`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff; `aggregator man | man -l -`).
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -159,10 +216,20 @@ fn main() -> ExitCode {
         } => plugin_new::new(args).map(|_| ExitCode::SUCCESS),
         Command::Replay(args) => replay::replay_command(*args, device.unwrap_or_default()),
         Command::Bench { command } => bench::run(command, device.unwrap_or_default()),
+        Command::Completions { shell } => completions::completions(shell).map(|()| ExitCode::SUCCESS),
+        Command::Man => completions::man().map(|()| ExitCode::SUCCESS),
     };
+    // A usage error is 2 (clap exits 2 itself on a bad command line before this point); any other error is 1.
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
-        ExitCode::from(2)
+        tracing::error!("{e:#}");
+        if !tracing::enabled!(tracing::Level::ERROR) {
+            eprintln!("error: {e:#}");
+        }
+        if e.downcast_ref::<UsageError>().is_some() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::FAILURE
+        }
     })
 }
 

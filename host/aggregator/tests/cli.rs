@@ -59,7 +59,7 @@ fn vectors_check_on_a_missing_directory_is_a_clear_error() {
         .args(["vectors", "check", "/nonexistent/vectors"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1), "a runtime error");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/vectors/manifest.json"), "{stderr}");
 }
@@ -351,7 +351,7 @@ fn devnet_help_documents_the_seed_format_and_the_devnet_serves() {
 
     std::fs::write(&seed, r#"{"netuid": 3, "neurons": [{"uid": 0, "hotkey": "0x12"}]}"#).unwrap();
     let bad = aggregator().args(["devnet", "--seed"]).arg(&seed).output().unwrap();
-    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(bad.status.code(), Some(1), "a runtime error");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("neurons[0].hotkey"));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -94,6 +94,9 @@ fn values(dir: &std::path::Path) -> BTreeMap<&'static str, (String, String, toml
             ),
         ),
         ("metrics", s("127.0.0.1:9100")),
+        ("health.stale_blocks", i(9)),
+        ("health.block_time_s", f(6.5)),
+        ("status_windows", i(50)),
         ("policy_cache", s(&format!("{d}/cache"))),
         ("device", s("cpu")),
         ("chain_timeout_s", f(7.5)),
@@ -116,6 +119,8 @@ fn values(dir: &std::path::Path) -> BTreeMap<&'static str, (String, String, toml
 fn flag(key: &str) -> String {
     let name = match key {
         "policy.settings" => "policy-setting".to_string(),
+        // `--version` is the server's own; the key `version` is the Templar version in object names.
+        "version" => "templar-version".to_string(),
         k => k.strip_prefix("policy.").unwrap_or(k).replace(['.', '_'], "-"),
     };
     format!("--{name}")

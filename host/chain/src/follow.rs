@@ -63,7 +63,7 @@ pub async fn follow_heads(
             None => match SubtensorClient::connect(config.clone()).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "chain: cannot connect");
+                    tracing::warn!(error = %e, retry_in_s = delay.as_secs_f64(), "chain: cannot connect");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(backoff.max);
                     continue;
@@ -103,7 +103,7 @@ pub async fn follow_heads(
                 client = Some(c);
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "chain: cannot subscribe to heads");
+                tracing::warn!(error = %e, retry_in_s = delay.as_secs_f64(), "chain: cannot subscribe to heads");
                 // Keep the client unless it is the subscription itself that cannot work; a fresh connection is
                 // the safer retry after repeated failures.
                 if delay < backoff.max {

@@ -29,8 +29,9 @@ pub struct DaemonConfig {
     /// Blocks per window (Templar: 7).
     #[arg(long, env = "AGGREGATOR_BLOCKS_PER_WINDOW", required = false)]
     pub blocks_per_window: u32,
-    /// Templar version in object names (`aggregator-{w}-v{V}.pt`).
-    #[arg(long, env = "AGGREGATOR_VERSION", required = false)]
+    /// Templar version in object names (`aggregator-{w}-v{V}.pt`). Its flag is `--templar-version` (`--version`
+    /// prints the server's own).
+    #[arg(long = "templar-version", env = "AGGREGATOR_TEMPLAR_VERSION", required = false)]
     pub version: String,
     /// Model preset (`tiny`, `small`, `templar-1b`) or a model JSON file.
     #[arg(long, env = "AGGREGATOR_MODEL", required = false)]
@@ -62,9 +63,16 @@ pub struct DaemonConfig {
     /// Policy components and their settings.
     #[command(flatten)]
     pub policy: PolicyFiles,
-    /// Prometheus `/metrics` and `/healthz` address (empty: off).
+    /// Address of the status endpoint: `/metrics`, `/healthz`, `/readyz`, the status page `/` and `/api/windows`
+    /// (`HOST:PORT`, a host name such as `localhost:9100`, or `:PORT` for every interface; empty: off).
     #[arg(long, env = "AGGREGATOR_METRICS", required = false)]
     pub metrics: String,
+    /// When `/healthz` calls the chain stale.
+    #[command(flatten)]
+    pub health: HealthConfig,
+    /// Recent windows kept for the status page and `/api/windows`.
+    #[arg(long, env = "AGGREGATOR_STATUS_WINDOWS", required = false)]
+    pub status_windows: usize,
     /// Compiled-policy cache directory (empty: `state_dir/policy-cache`).
     #[arg(long, env = "AGGREGATOR_POLICY_CACHE", required = false)]
     pub policy_cache: String,
@@ -155,6 +163,38 @@ impl Default for GatherConfig {
         Self {
             timeout_s: 15.0,
             concurrency: 15,
+        }
+    }
+}
+
+/// When `/healthz` (and so `/readyz`) calls the chain stale: no head for `stale_blocks` block times, the block time
+/// being the one observed (the median interval of recent heads), or `block_time_s` until enough heads were seen.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Unhealthy after this many block times without a head (at least 5 s).
+    #[arg(
+        id = "health_stale_blocks",
+        long = "health-stale-blocks",
+        env = "AGGREGATOR_HEALTH_STALE_BLOCKS",
+        required = false
+    )]
+    pub stale_blocks: u32,
+    /// The block time assumed until it is observed, seconds (Bittensor: 12).
+    #[arg(
+        id = "health_block_time_s",
+        long = "health-block-time-s",
+        env = "AGGREGATOR_HEALTH_BLOCK_TIME_S",
+        required = false
+    )]
+    pub block_time_s: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            stale_blocks: 5,
+            block_time_s: 12.0,
         }
     }
 }
@@ -393,6 +433,18 @@ impl Args for ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// Whether the key with clap id `id` was given by flag or environment variable.
+    pub fn is_set(&self, id: &str) -> bool {
+        matches!(
+            self.0
+                .try_get_raw(id)
+                .ok()
+                .flatten()
+                .and_then(|_| self.0.value_source(id)),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        )
+    }
+
     /// Sets every key given by flag or environment variable in `config`; the others keep their value.
     pub fn apply(&self, config: &mut DaemonConfig) -> Result<(), DaemonError> {
         config
@@ -497,6 +549,8 @@ impl Default for DaemonConfig {
             gather: GatherConfig::default(),
             policy: PolicyFiles::default(),
             metrics: String::new(),
+            health: HealthConfig::default(),
+            status_windows: 200,
             policy_cache: String::new(),
             device: Device::Auto,
             chain_timeout_s: 30.0,
@@ -589,6 +643,24 @@ impl DaemonConfig {
         if !self.metrics.is_empty() {
             self.metrics_addr()?;
         }
+        if !(1..=100_000).contains(&self.health.stale_blocks) {
+            return bad(format!(
+                "health.stale_blocks {} must be in 1..=100000",
+                self.health.stale_blocks
+            ));
+        }
+        if !(self.health.block_time_s.is_finite()
+            && self.health.block_time_s > 0.0
+            && self.health.block_time_s <= 3600.0)
+        {
+            return bad(format!(
+                "health.block_time_s {} must be in (0, 3600]",
+                self.health.block_time_s
+            ));
+        }
+        if !(1..=100_000).contains(&self.status_windows) {
+            return bad(format!("status_windows {} must be in 1..=100000", self.status_windows));
+        }
         for (key, l) in &self.policy.limits {
             if PolicyKind::from_key(key).is_none() {
                 let known: Vec<String> = PolicyKind::ALL.iter().map(|k| k.key()).collect();
@@ -616,15 +688,32 @@ impl DaemonConfig {
         Ok(())
     }
 
-    /// The metrics address, if enabled.
+    /// The status endpoint's address, if enabled: `HOST:PORT` with an IP or a host name (resolved; the first
+    /// address), or `:PORT` for every interface (`0.0.0.0:PORT`).
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, DaemonError> {
         if self.metrics.is_empty() {
             return Ok(None);
         }
-        self.metrics
-            .parse()
+        let bad = |why: String| DaemonError::Config(format!("metrics {:?}: {why}", self.metrics));
+        let text = match self.metrics.strip_prefix(':') {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None => self.metrics.clone(),
+        };
+        if let Ok(a) = text.parse() {
+            return Ok(Some(a));
+        }
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected HOST:PORT or :PORT".into()))?;
+        let port: u16 = port.parse().map_err(|e| bad(format!("port {port:?}: {e}")))?;
+        use std::net::ToSocketAddrs;
+        let mut addrs = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| bad(format!("host {host:?}: {e}")))?;
+        addrs
+            .next()
             .map(Some)
-            .map_err(|e| DaemonError::Config(format!("metrics {:?}: {e}", self.metrics)))
+            .ok_or_else(|| bad(format!("host {host:?} has no address")))
     }
 
     /// The peer endpoint override (`validate` has checked it parses).

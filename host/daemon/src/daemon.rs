@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 use crate::DaemonError;
 use crate::config::DaemonConfig;
 use crate::driver::RETRY_BASE;
-use crate::metrics::{Health, Metrics};
+use crate::metrics::{BuildInfo, Metrics};
 use crate::report::WindowReport;
 use crate::state::{PendingReceipts, PersistedState, StateFile};
+use crate::status::{HealthRule, Status};
 
 /// Everything the daemon loads before it needs the chain: the configuration (validated), the model, the policies
 /// (checked with the operator's settings), the output bucket, the persisted state, and the metrics. Loading this
@@ -30,15 +31,16 @@ pub struct Prepared {
     output: Arc<dyn ObjectStore>,
     model: Arc<ModelSpec>,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    status: Arc<Status>,
     state_file: StateFile,
     state: PersistedState,
     pending: PendingReceipts,
 }
 
 impl Prepared {
-    /// Validates `config`, loads the model, the policies, the output bucket and the persisted state.
-    pub fn load(config: DaemonConfig, output: Bucket) -> Result<Self, DaemonError> {
+    /// Validates `config`, loads the model, the policies, the output bucket and the persisted state; `build` is
+    /// what `aggregator_build_info` and the status page report.
+    pub fn load(config: DaemonConfig, output: Bucket, build: BuildInfo) -> Result<Self, DaemonError> {
         config.validate()?;
         let model = ModelSpec::load(&config.model).map_err(|e| DaemonError::Config(format!("model: {e}")))?;
         let state_file = StateFile::open(&config.state_dir)?;
@@ -78,14 +80,28 @@ impl Prepared {
         }
         let clients = Clients::new(ClientSettings::default());
         let output = clients.get(&output)?;
+        let metrics = Arc::new(Metrics::new(&build));
+        let status = Arc::new(Status::new(
+            build,
+            config.chain_url.clone(),
+            HealthRule {
+                stale_blocks: config.health.stale_blocks,
+                block_time_s: config.health.block_time_s,
+            },
+            config.status_windows,
+            metrics.clone(),
+            Some(output.clone()),
+        ));
+        status.policies(&policies);
+        metrics.policies(&policies.stats());
         Ok(Self {
             config,
             policies: Arc::new(policies),
             clients,
             output,
             model: Arc::new(model),
-            metrics: Arc::new(Metrics::new()),
-            health: Arc::new(Health::default()),
+            metrics,
+            status,
             state_file,
             state,
             pending,
@@ -97,9 +113,9 @@ impl Prepared {
         self.metrics.clone()
     }
 
-    /// The health record.
-    pub fn health(&self) -> Arc<Health> {
-        self.health.clone()
+    /// The status record (served before the chain connects).
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
     }
 
     /// The persisted state as loaded.
@@ -121,13 +137,13 @@ impl Prepared {
         }
         tracing::warn!(
             last_processed = self.state.last_processed.unwrap_or_default(),
-            retry = ?self.state.retry,
+            retry = %crate::list(&self.state.retry),
             head,
             open_window = open,
             "state: windows past the chain's open window; this state belongs to another chain or was edited. \
              Starting from the head as a fresh daemon would (the state file is rewritten)"
         );
-        self.metrics.error("state_ahead_of_chain");
+        self.metrics.error(crate::metrics::ErrorKind::StateAheadOfChain);
         if last_ahead {
             self.state.last_processed = None;
         }
@@ -148,7 +164,7 @@ pub struct Daemon<C: Chain> {
     pub(crate) model: Arc<ModelSpec>,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) health: Arc<Health>,
+    pub(crate) status: Arc<Status>,
     pub(crate) state_file: StateFile,
     pub(crate) state: PersistedState,
     pub(crate) pending: PendingReceipts,
@@ -159,7 +175,10 @@ pub struct Daemon<C: Chain> {
 impl<C: Chain + 'static> Daemon<C> {
     /// Loads the model, the policies, the output bucket and the persisted state.
     pub fn new(config: DaemonConfig, chain: C, output: Bucket) -> Result<Self, DaemonError> {
-        Ok(Self::from_prepared(Prepared::load(config, output)?, chain))
+        Ok(Self::from_prepared(
+            Prepared::load(config, output, BuildInfo::default())?,
+            chain,
+        ))
     }
 
     /// The daemon from parts loaded beforehand.
@@ -173,7 +192,7 @@ impl<C: Chain + 'static> Daemon<C> {
             model: p.model,
             backend: Arc::new(Cpu::new()),
             metrics: p.metrics,
-            health: p.health,
+            status: p.status,
             state_file: p.state_file,
             state: p.state,
             pending: p.pending,
@@ -206,9 +225,9 @@ impl<C: Chain + 'static> Daemon<C> {
         self.metrics.clone()
     }
 
-    /// The health record.
-    pub fn health(&self) -> Arc<Health> {
-        self.health.clone()
+    /// The status record (served before the chain connects).
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
     }
 
     /// The persisted state as loaded (the follower's tracker resumes from its `last_processed`).

@@ -17,6 +17,7 @@ use crate::DaemonError;
 use crate::daemon::Daemon;
 use crate::now_ms;
 use crate::report::{WindowReport, WindowResult};
+use crate::status::WindowSummary;
 use crate::window::NextSelection;
 
 /// A window waiting for another attempt.
@@ -159,12 +160,10 @@ impl<C: Chain + 'static> Daemon<C> {
     }
 
     fn on_head(&self, ev: &HeadEvent, queue: &mut VecDeque<u64>, newest_closed: &mut Option<u64>) {
-        self.metrics.head(ev.block);
-        self.health
-            .last_head_ms
-            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        // Usually recorded already by `crate::run`'s forwarder as the head arrived; a repeat is ignored.
+        self.status.head(ev.block, now_ms());
         if ev.closed.skipped > 0 {
-            self.metrics.error("backfill_limit");
+            self.metrics.error(crate::metrics::ErrorKind::BackfillLimit);
             tracing::warn!(
                 skipped = ev.closed.skipped,
                 "windows older than the backfill limit are not processed"
@@ -183,23 +182,29 @@ impl<C: Chain + 'static> Daemon<C> {
         self.state.retry = retries.keys().copied().collect();
         self.metrics.retry_queue(retries.len());
         if let Err(e) = self.state_file.save(&self.state) {
-            self.metrics.error("state");
+            self.metrics.error(crate::metrics::ErrorKind::State);
             tracing::error!(error = %e, "state: cannot save; kept in memory and saved again after the next window");
         }
     }
 
     fn finish(&mut self, report: WindowReport, selection: NextSelection, retries: &BTreeMap<u64, Retry>) {
-        self.metrics.window(report.result.label());
+        let finished = now_ms();
+        self.metrics.window(report.window, &report.result, finished);
         self.metrics
             .peers(report.selected.len(), report.aggregated.len(), &report.skipped);
-        self.metrics.stage("chain", report.chain.as_secs_f64());
-        self.metrics.stage("gather", report.gather.as_secs_f64());
-        self.metrics.stage("process", report.process.as_secs_f64());
-        self.metrics.stage("put", report.put.as_secs_f64());
-        self.metrics.output(report.output_bytes);
-        for (kind, stats) in self.policies.stats() {
-            self.metrics.policy_fallbacks(kind.interface(), stats.fallbacks);
+        let summary = WindowSummary::new(&report, finished);
+        for (stage, seconds) in [
+            ("chain", summary.stages.chain),
+            ("gather", summary.stages.gather),
+            ("process", summary.stages.process),
+            ("put", summary.stages.put),
+        ] {
+            self.metrics.stage(stage, seconds);
         }
+        self.metrics.output(report.output_bytes);
+        self.metrics.policies(&self.policies.stats());
+        self.status.policies(&self.policies);
+        self.status.window(summary);
         // A retried window older than the newest one processed leaves the selection state alone: the policy's
         // state moves forward with the windows.
         let newest = self.state.last_processed.is_none_or(|l| report.window >= l);

@@ -13,6 +13,7 @@ mod driver;
 pub mod metrics;
 mod report;
 mod state;
+pub mod status;
 pub mod window;
 
 use std::sync::Arc;
@@ -22,8 +23,9 @@ use aggregator_chain::{Backoff, ClientConfig, SubtensorClient, WindowTracker, fo
 use aggregator_kernels::Backend;
 use aggregator_policy::SwapEvent;
 use aggregator_store::Bucket;
+use metrics::{BuildInfo, ErrorKind};
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{
     Components, ConfigArgs, DaemonConfig, GatherConfig, KindLimits, OutputBucket, PolicyFiles, ShadowFiles, add_limits,
@@ -59,17 +61,22 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
-    /// The metrics label.
-    pub fn kind(&self) -> &'static str {
+    /// The kind counted in `aggregator_errors_total`.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            DaemonError::Config(_) => "config",
-            DaemonError::State(_) => "state",
-            DaemonError::Chain(_) => "chain",
-            DaemonError::Policy(_) => "policy",
-            DaemonError::Store(_) => "storage",
+            DaemonError::Config(_) => ErrorKind::Config,
+            DaemonError::State(_) => ErrorKind::State,
+            DaemonError::Chain(_) => ErrorKind::Chain,
+            DaemonError::Policy(_) => ErrorKind::Policy,
+            DaemonError::Store(_) => ErrorKind::Storage,
             DaemonError::Window(e) => e.kind(),
         }
     }
+}
+
+/// A list as one plain log field: `1,2,3` (rather than a debug rendering).
+pub(crate) fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// Unix time in ms.
@@ -79,19 +86,36 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What a caller of [`run`] can add: listeners, and what the server reports about itself.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Receives every window's report (the simulator prints them).
+    pub reports: Option<mpsc::UnboundedSender<WindowReport>>,
+    /// Receives the status endpoint's bound address once it listens (with `metrics` set; port 0 picks one), and
+    /// the status record behind it (to serve it again after the daemon stops, as `aggregator sim --linger` does).
+    pub listening: Option<oneshot::Sender<(std::net::SocketAddr, Arc<status::Status>)>>,
+    /// What `aggregator_build_info` and the status page report.
+    pub build: BuildInfo,
+}
+
 /// Runs the daemon against a Subtensor endpoint until `shutdown` turns true: loads the configuration, policies and
-/// state (errors surface at once), serves `/metrics` and `/healthz`, connects to the chain (retrying with backoff
-/// and logging each try, for as long as it takes; a shutdown ends the wait at once), checks the state against the
-/// head, then starts the head follower (resuming after the persisted last window), the policy watcher and the
-/// window loop.
+/// state (errors surface at once), serves the status endpoint (`/metrics`, `/healthz`, `/readyz`, `/`), connects to
+/// the chain (retrying with backoff and logging each try, for as long as it takes; a shutdown ends the wait at once),
+/// checks the state against the head, then starts the head follower (resuming after the persisted last window), the
+/// policy watcher and the window loop.
 pub async fn run(
     config: DaemonConfig,
     backend: Arc<dyn Backend>,
     output: Bucket,
     mut shutdown: watch::Receiver<bool>,
-    reports: Option<mpsc::UnboundedSender<WindowReport>>,
+    options: RunOptions,
 ) -> Result<(), DaemonError> {
-    let mut prepared = Prepared::load(config.clone(), output)?;
+    let RunOptions {
+        reports,
+        listening,
+        build,
+    } = options;
+    let mut prepared = Prepared::load(config.clone(), output, build)?;
     tracing::info!(
         last_processed = prepared.state().last_processed.unwrap_or_default(),
         fresh = prepared.state().last_processed.is_none(),
@@ -99,11 +123,18 @@ pub async fn run(
         max_backfill = config.max_backfill,
         "state loaded"
     );
-    let metrics_task = match config.metrics_addr()? {
+    let status = prepared.status();
+    let server = match config.metrics_addr()? {
         Some(addr) => {
-            let stale = 4 * 12_000 * config.blocks_per_window as u64;
-            let (bound, task) = metrics::serve(addr, prepared.metrics(), prepared.health(), stale).await?;
-            tracing::info!(addr = %bound, "metrics on /metrics, health on /healthz");
+            let (bound, task) = status::serve(addr, status.clone()).await?;
+            tracing::info!(
+                addr = %bound,
+                page = %format!("http://{bound}/"),
+                "status page on /, metrics on /metrics, health on /healthz and /readyz"
+            );
+            if let Some(tx) = listening {
+                let _ = tx.send((bound, status.clone()));
+            }
             Some(task)
         }
         None => None,
@@ -126,13 +157,39 @@ pub async fn run(
         if let Some(tx) = reports {
             daemon = daemon.with_reports(tx);
         }
-        let _watcher = daemon.policies().spawn_watcher(Duration::from_secs(10), |e| match e {
-            SwapEvent::Rejected { kind, reason } => {
-                tracing::warn!(policy = kind.interface(), %reason, "policy update refused; the current policy stays")
+        // A weak handle: the watcher thread ends when the policies are dropped.
+        let (watcher_metrics, watcher_status) = (daemon.metrics(), status.clone());
+        let policies = Arc::downgrade(&daemon.policies());
+        let _watcher = daemon.policies().spawn_watcher(Duration::from_secs(10), move |e| {
+            let Some(policies) = policies.upgrade() else { return };
+            watcher_metrics.policies(&policies.stats());
+            match e {
+                SwapEvent::Rejected { kind, reason } => tracing::warn!(
+                    policy = kind.interface(),
+                    %reason,
+                    "policy update refused; the current policy stays"
+                ),
+                SwapEvent::Staged { kind, policy } => {
+                    tracing::info!(policy = kind.interface(), component = %policy, "policy update staged")
+                }
+                SwapEvent::Swapped { kind, policy } => {
+                    watcher_status.policies(&policies);
+                    tracing::info!(policy = kind.interface(), component = %policy, "policy swapped in")
+                }
             }
-            other => tracing::info!(event = ?other, "policy watcher"),
         });
+        // Heads are recorded for health as they arrive, even while the loop is busy with a window.
+        let (follower_tx, mut follower_rx) = mpsc::channel::<aggregator_chain::HeadEvent>(1024);
         let (tx, rx) = mpsc::channel(1024);
+        let head_status = status.clone();
+        let forwarder = tokio::spawn(async move {
+            while let Some(ev) = follower_rx.recv().await {
+                head_status.head(ev.block, now_ms());
+                if tx.send(ev).await.is_err() {
+                    break;
+                }
+            }
+        });
         let follower = tokio::spawn(follow_heads(
             client_config,
             Some(chain),
@@ -142,14 +199,17 @@ pub async fn run(
                 daemon.state().last_processed,
             ),
             Backoff::default(),
-            tx,
+            follower_tx,
         ));
+        status.set_ready(true);
         let result = daemon.run(rx, shutdown, Duration::from_secs(30)).await;
+        status.set_ready(false);
         follower.abort();
+        forwarder.abort();
         result
     }
     .await;
-    if let Some(t) = metrics_task {
+    if let Some(t) = server {
         t.abort();
     }
     result

@@ -143,8 +143,14 @@ pub struct SimOptions {
     pub delta_s: u64,
     /// Seed of the miners' gradients.
     pub seed: u64,
-    /// Serve `/metrics` here while the simulation runs.
+    /// Serve the daemon's status endpoint (`/`, `/api/windows`, `/metrics`, `/healthz`, `/readyz`) here while the
+    /// simulation runs (port 0: any free port; the URL is printed).
     pub metrics: Option<SocketAddr>,
+    /// After the last window, stop the network and the daemon but keep serving the status page (same address)
+    /// until SIGINT or SIGTERM.
+    pub linger: bool,
+    /// What the daemon reports about its build.
+    pub build: aggregator_daemon::metrics::BuildInfo,
     /// Print progress and the table to stdout/stderr.
     pub verbose: bool,
     /// Windows (as offsets from the first) whose aggregate is lost before the validator reads it, as in an
@@ -199,7 +205,9 @@ impl Default for SimOptions {
             blocks_per_window: 3,
             delta_s: 4,
             seed: 2073,
-            metrics: None,
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            linger: false,
+            build: Default::default(),
             verbose: true,
             lose: vec![],
             backend: Arc::new(Cpu::new()),
@@ -365,7 +373,7 @@ impl Network {
         std::fs::create_dir_all(&data_dir).map_err(|e| sim_err(format!("{}: {e}", data_dir.display())))?;
         let say = |s: String| {
             if options.verbose {
-                eprintln!("{s}");
+                tracing::info!(target: "sim", "{}", s.strip_prefix("sim: ").unwrap_or(&s));
             }
         };
         let options = options.clone();
@@ -685,7 +693,7 @@ impl Network {
 pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
     let say = |s: String| {
         if options.verbose {
-            eprintln!("{s}");
+            tracing::info!(target: "sim", "{}", s.strip_prefix("sim: ").unwrap_or(&s));
         }
     };
     let network = Network::start(&options).await?;
@@ -702,16 +710,26 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
     // The daemon's future is not `Send` (the store's borrowed-key futures), so it runs in this task beside the
     // collector rather than on a spawned one.
     let mut validator = Validator::new(&network, &options).await?;
+    let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
     let daemon = aggregator_daemon::run(
         config,
         options.backend.clone(),
         output.clone(),
         stop_rx,
-        Some(report_tx),
+        aggregator_daemon::RunOptions {
+            reports: Some(report_tx),
+            listening: Some(listening_tx),
+            build: options.build.clone(),
+        },
     );
     // Every way out of the collector (all windows reported, the daemon gone, a validator error, no report in time)
     // signals the daemon to stop, and what was collected is kept and printed.
     let collect = async {
+        // The status endpoint's address (none without `metrics`, or when the daemon failed before listening).
+        let listening = listening_rx.await.ok();
+        if let Some((addr, _)) = &listening {
+            say(format!("sim: status page http://{addr}/ (metrics on /metrics)"));
+        }
         let mut reports = Vec::new();
         let mut agreement = BTreeMap::new();
         let started = Instant::now();
@@ -766,14 +784,15 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
                 }
             }
         }
-        let metrics_text = match options.metrics {
-            Some(addr) => fetch_metrics(addr).await.unwrap_or_default(),
+        let metrics_text = match &listening {
+            Some((addr, _)) => fetch_metrics(*addr).await.unwrap_or_default(),
             None => String::new(),
         };
         let _ = stop_tx.send(true);
-        (reports, metrics_text, error, agreement)
+        (reports, metrics_text, error, agreement, listening)
     };
-    let (daemon_result, (mut reports, metrics_text, collect_error, honest_agreement)) = tokio::join!(daemon, collect);
+    let (daemon_result, (mut reports, metrics_text, collect_error, honest_agreement, listening)) =
+        tokio::join!(daemon, collect);
     reports.sort_by_key(|r| r.window);
     let error = match (daemon_result, collect_error) {
         (Err(e), _) => Some(SimError::Daemon(e)),
@@ -804,6 +823,11 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
     if options.verbose {
         print_table(&outcome);
     }
+    if options.linger
+        && let Some((addr, status)) = listening
+    {
+        linger(addr, status).await?;
+    }
     match error {
         Some(e) => {
             say(format!("sim: stopped early: {e}"));
@@ -811,6 +835,22 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
         }
         None => Ok(outcome),
     }
+}
+
+/// Serves the stopped daemon's status page again on `addr` until SIGINT or SIGTERM.
+async fn linger(addr: SocketAddr, status: Arc<aggregator_daemon::status::Status>) -> Result<(), SimError> {
+    let (bound, task) = aggregator_daemon::status::serve(addr, status).await?;
+    tracing::info!(
+        target: "sim",
+        "finished; the status page stays at http://{bound}/ until Ctrl-C (SIGINT) or SIGTERM"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(sim_err)?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    task.abort();
+    Ok(())
 }
 
 /// The fraction of the stored aggregate's sign bits for report `r`'s window that equal those of the aggregate of the

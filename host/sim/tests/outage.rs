@@ -51,7 +51,10 @@ async fn with_daemon<T>(
         std::sync::Arc::new(aggregator_kernels::Cpu::new()),
         output,
         stop_rx,
-        Some(tx),
+        aggregator_daemon::RunOptions {
+            reports: Some(tx),
+            ..Default::default()
+        },
     );
     let driver = async {
         let out = drive(&mut rx).await;
@@ -287,7 +290,10 @@ fn policy_settings_a_policy_refuses_stop_the_start() {
             access_key_id: String::new(),
             secret: String::new(),
         };
-        let e = Prepared::load(config, bucket).err().expect("refused").to_string();
+        let e = Prepared::load(config, bucket, Default::default())
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("time_window_delta_seconds") && e.contains(value), "{e}");
         assert!(e.contains("time-bounds"), "{e}");
     }

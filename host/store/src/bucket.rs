@@ -103,6 +103,13 @@ pub struct Bucket {
     pub secret: String,
 }
 
+/// `endpoint/name (key KEY_ID)`: the secret never appears.
+impl fmt::Display for Bucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} (key {})", self.endpoint, self.name, self.access_key_id)
+    }
+}
+
 impl fmt::Debug for Bucket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}/{} (key {})", self.endpoint, self.name, self.access_key_id)

@@ -41,18 +41,16 @@ pub struct CatchupArgs {
     /// Model preset or JSON file.
     #[arg(long, default_value = "templar-1b")]
     model: String,
-    /// The aggregator's bucket endpoint: `r2:ACCOUNT`, an S3 URL or a directory.
+    /// The aggregator's bucket endpoint: `r2:ACCOUNT`, an S3 URL or a directory (else `r2:` and Templar's
+    /// `R2_AGGREGATOR_ACCOUNT_ID`).
     #[arg(long)]
-    store: String,
-    /// The aggregator's bucket name.
+    store: Option<String>,
+    /// The aggregator's bucket name (else Templar's `R2_AGGREGATOR_BUCKET_NAME`).
     #[arg(long)]
-    bucket: String,
-    /// Read key id (and secret, below) of the aggregator's bucket.
-    #[arg(long, default_value = "", env = "AGGREGATOR_READ_ACCESS_KEY_ID")]
-    access_key_id: String,
-    /// Read secret.
-    #[arg(long, default_value = "", env = "AGGREGATOR_READ_SECRET", hide_env_values = true)]
-    secret: String,
+    bucket: Option<String>,
+    /// Read credentials of the aggregator's bucket.
+    #[command(flatten)]
+    read: super::ReadCredentials,
     /// The leader's bucket (endpoint as --store, same credentials) holding `debug-{w}-{uid}-v{V}.pt`.
     #[arg(long)]
     debug_bucket: Option<String>,
@@ -89,12 +87,21 @@ pub fn run(args: CatchupArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.to < ckpt.window {
         anyhow::bail!("--to {} is before the checkpoint's window {}", args.to, ckpt.window);
     }
-    let endpoint = parse_endpoint(&args.store).map_err(|e| anyhow::anyhow!("--store {e}"))?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let store = match (&args.store, env("R2_AGGREGATOR_ACCOUNT_ID")) {
+        (Some(s), _) => s.clone(),
+        (None, Some(account)) => format!("r2:{account}"),
+        (None, None) => anyhow::bail!("no --store, and R2_AGGREGATOR_ACCOUNT_ID is not set"),
+    };
+    let Some(output_name) = args.bucket.clone().or_else(|| env("R2_AGGREGATOR_BUCKET_NAME")) else {
+        anyhow::bail!("no --bucket, and R2_AGGREGATOR_BUCKET_NAME is not set");
+    };
+    let endpoint = parse_endpoint(&store).map_err(|e| anyhow::anyhow!("--store {e}"))?;
     let bucket = |name: &str| Bucket {
         endpoint: endpoint.clone(),
         name: name.to_string(),
-        access_key_id: args.access_key_id.clone(),
-        secret: args.secret.clone(),
+        access_key_id: args.read.access_key_id(),
+        secret: args.read.secret(),
     };
     let policies = Policies::new(
         PolicyEngine::new(PolicyLimits::default(), None)?,
@@ -124,7 +131,7 @@ pub fn run(args: CatchupArgs) -> anyhow::Result<std::process::ExitCode> {
         ..CatchupConfig::default()
     };
     let clients = Clients::new(ClientSettings::default());
-    let aggregates = clients.get(&bucket(&args.bucket))?;
+    let aggregates = clients.get(&bucket(&output_name))?;
     let debug = args
         .debug_bucket
         .as_deref()

@@ -30,10 +30,21 @@ fn inspect_text(path: &Path, model: Option<&str>) -> anyhow::Result<String> {
     let bytes = std::fs::read(path)?;
     if bytes.first() == Some(&b'{') {
         if let Ok(p) = PeerList::from_json(&bytes) {
-            return Ok(format!("peer list (JSON)\n{p:#?}\n"));
+            let weights = match &p.weights {
+                Some(w) => format!("{} weights", w.len()),
+                None => "no weights".into(),
+            };
+            return Ok(format!(
+                "peer list (JSON): {} peers {:?}, {weights}, sync window {}, first effective window {}{}\n",
+                p.peers.len(),
+                p.peers,
+                p.sync_window,
+                p.first_effective_window,
+                if p.initial_selection { ", initial selection" } else { "" }
+            ));
         }
         let s = StartWindow::from_json(&bytes)?;
-        return Ok(format!("start window (JSON)\n{s:#?}\n"));
+        return Ok(format!("start window (JSON): {}\n", s.start_window));
     }
     let file = PtFile::parse(&bytes, &limits)?;
     let mut text = format!(

@@ -8,6 +8,7 @@ use std::time::Instant;
 use aggregator_policy::{Kind, Loaded, PolicyEngine, PolicyKind, PolicyLimits, World};
 use aggregator_receipt::PolicyCall;
 use aggregator_store::{ClientSettings, Clients};
+use anyhow::Context;
 
 use crate::cli::replay::ReceiptSource;
 use crate::runtime;
@@ -83,7 +84,7 @@ pub struct CheckArgs {
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let engine = PolicyEngine::new(args.limits.limits(), None)?;
     let limits = engine.limits();
-    let wasm = std::fs::read(&args.file)?;
+    let wasm = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     println!("file: {} ({} bytes)", args.file.display(), wasm.len());
     println!(
         "limits: {} fuel, {} ms deadline, {} MiB memory per call",

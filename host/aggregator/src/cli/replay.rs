@@ -37,12 +37,9 @@ pub struct ReceiptSource {
     /// The aggregator's bucket name.
     #[arg(long, requires = "store")]
     bucket: Option<String>,
-    /// Read key id of the aggregator's bucket.
-    #[arg(long, default_value = "", env = "AGGREGATOR_READ_ACCESS_KEY_ID")]
-    access_key_id: String,
-    /// Read secret.
-    #[arg(long, default_value = "", env = "AGGREGATOR_READ_SECRET", hide_env_values = true)]
-    secret: String,
+    /// Read credentials of the aggregator's bucket.
+    #[command(flatten)]
+    read: super::ReadCredentials,
     /// The run's version `V` in object names.
     #[arg(long, default_value = "0.2.73")]
     version: String,
@@ -59,8 +56,8 @@ impl ReceiptSource {
             return Ok(Some(clients.get(&Bucket {
                 endpoint,
                 name: bucket.clone(),
-                access_key_id: self.access_key_id.clone(),
-                secret: self.secret.clone(),
+                access_key_id: self.read.access_key_id(),
+                secret: self.read.secret(),
             })?));
         }
         match self.url() {

@@ -51,9 +51,13 @@ pub struct SimArgs {
     /// Upload window Δ in seconds (Templar: 10).
     #[arg(long, default_value_t = 4)]
     delta: u64,
-    /// Serve the daemon's /metrics here while simulating.
+    /// Serve the daemon's status page (`/`), `/api/windows`, `/metrics`, `/healthz` and `/readyz` here while
+    /// simulating (port 0: a free port; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "HOST:PORT")]
+    metrics: SocketAddr,
+    /// After the last window, keep serving the status page (the network stopped) until Ctrl-C or SIGTERM.
     #[arg(long)]
-    metrics: Option<SocketAddr>,
+    linger: bool,
     /// The daemon's peer-selection component (`.wasm`; default: the embedded templar-default), e.g. the weighting
     /// example `target/wasm-components/wasm32-wasip2/release/example_rotation.wasm`.
     #[arg(long, value_name = "FILE")]
@@ -95,8 +99,10 @@ fn limits(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String, KindLim
 
 /// Runs a simulation and prints its table.
 pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
+    let numeric = crate::open_device(device)?;
+    let device_name = numeric.backend.name();
     if !(args.block_time.is_finite() && args.block_time > 0.0) {
-        anyhow::bail!("--block-time must be a positive number of seconds");
+        return Err(crate::UsageError("--block-time must be a positive number of seconds".into()).into());
     }
     let s3 = match args.s3 {
         None => None,
@@ -129,8 +135,10 @@ pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
             }
         },
         delta_s: args.delta,
-        metrics: args.metrics,
-        backend: crate::open_device(device)?.backend,
+        metrics: Some(args.metrics),
+        linger: args.linger,
+        build: crate::build_info(device_name),
+        backend: numeric.backend,
         peer_selection: args.peer_selection,
         policy_settings: args.policy_settings,
         archive_inputs: args.archive_inputs,

@@ -128,7 +128,7 @@ impl<C: Chain + 'static> Daemon<C> {
         if s.peers.is_empty() {
             tracing::warn!(window = w, note = %s.note, "the peer-selection policy selected no peers");
         } else {
-            tracing::info!(window = w, peers = ?s.peers, weights = ?s.weights, note = %s.note, "peers selected");
+            tracing::info!(window = w, peers = %crate::list(&s.peers), weights = %s.weights.as_deref().map(crate::list).unwrap_or_default(), note = %s.note, "peers selected");
         }
         Ok(Decision {
             bounds: Bounds {
@@ -154,7 +154,7 @@ impl<C: Chain + 'static> Daemon<C> {
                         cmp.not_after_moved_ms.unwrap_or(0),
                     );
                     tracing::info!(window = w, policy = kind, candidate = %c.component.name,
-                        differences = ?cmp.differences, "shadow candidate decided");
+                        differences = %cmp.differences.join("; "), "shadow candidate decided");
                 }
                 (None, error) => {
                     self.metrics.shadow_call(kind, "failed");
@@ -176,8 +176,8 @@ impl<C: Chain + 'static> Daemon<C> {
                         cmp.weights_changed.unwrap_or(0) as u64,
                     );
                     tracing::info!(window = w, policy = kind, candidate = %c.component.name,
-                        added = ?cmp.peers_added, removed = ?cmp.peers_removed, jaccard = cmp.jaccard,
-                        differences = ?cmp.differences, "shadow candidate decided");
+                        added = %crate::list(&cmp.peers_added), removed = %crate::list(&cmp.peers_removed),
+                        jaccard = cmp.jaccard, differences = %cmp.differences.join("; "), "shadow candidate decided");
                 }
                 (None, error) => {
                     self.metrics.shadow_call(kind, "failed");

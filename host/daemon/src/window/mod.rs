@@ -52,15 +52,18 @@ pub enum WindowError {
 }
 
 impl WindowError {
-    /// The `errors{label}` metrics label: `chain`, `policy`, `storage` or `internal`.
-    pub fn kind(&self) -> &'static str {
+    /// The kind counted in `aggregator_errors_total{kind}`: `chain`, `policy`, `storage` or `internal`.
+    pub fn kind(&self) -> crate::metrics::ErrorKind {
+        use crate::metrics::ErrorKind;
         match self {
-            WindowError::Observe(_) => "chain",
-            WindowError::Decide(DecideError::Policy(_)) | WindowError::Weigh(WeighError::Policy(_)) => "policy",
+            WindowError::Observe(_) => ErrorKind::Chain,
+            WindowError::Decide(DecideError::Policy(_)) | WindowError::Weigh(WeighError::Policy(_)) => {
+                ErrorKind::Policy
+            }
             WindowError::Decide(DecideError::Panicked(_))
             | WindowError::Weigh(WeighError::Panicked(_))
-            | WindowError::Aggregate(_) => "internal",
-            WindowError::Publish(_) => "storage",
+            | WindowError::Aggregate(_) => ErrorKind::Internal,
+            WindowError::Publish(_) => ErrorKind::Storage,
         }
     }
 }
@@ -141,8 +144,8 @@ impl<C: Chain + 'static> Daemon<C> {
             match record.sign_agreement {
                 Some(f) => {
                     self.metrics.shadow_sign_agreement(f);
-                    tracing::info!(window = w, sign_agreement = f, aggregated = ?record.aggregated,
-                        fetched = ?record.fetched, "shadow aggregate compared (not stored)");
+                    tracing::info!(window = w, sign_agreement = f, aggregated = %crate::list(&record.aggregated),
+                        fetched = %crate::list(&record.fetched), "shadow aggregate compared (not stored)");
                 }
                 None => tracing::warn!(
                     window = w,

@@ -85,13 +85,13 @@ impl<C: Chain + 'static> Daemon<C> {
         let timestamp = match self.chain.timestamp_ms(sync).await {
             Ok(ts) => Some(ts),
             Err(e) => {
-                self.metrics.error("chain_timestamp");
+                self.metrics.error(crate::metrics::ErrorKind::ChainTimestamp);
                 tracing::warn!(window = w, block = sync, error = %e, "no timestamp; the time-bounds policy falls back");
                 None
             }
         };
         let sync_hash = self.chain.block_hash(sync).await.unwrap_or_else(|e| {
-            self.metrics.error("chain_block_hash");
+            self.metrics.error(crate::metrics::ErrorKind::ChainBlockHash);
             tracing::warn!(window = w, block = sync, error = %e, "no block hash for the receipt");
             None
         });
@@ -115,15 +115,24 @@ impl<C: Chain + 'static> Daemon<C> {
         let (latest, previous) = match metagraph.leader().and_then(|l| buckets.get(&l.uid).map(|b| (l.uid, b))) {
             Some((leader, bucket)) => match self.clients.get(bucket) {
                 Ok(store) => match posted_lists(store.as_ref(), &cfg.version, storage).await {
-                    Ok(lists) => lists,
+                    Ok(lists) => {
+                        if lists.0.is_none() {
+                            tracing::warn!(
+                                window = w,
+                                leader,
+                                "the leader has posted no peer list: the peer-selection policy decides without one"
+                            );
+                        }
+                        lists
+                    }
                     Err(e) => {
-                        self.metrics.error("peer_list");
+                        self.metrics.error(crate::metrics::ErrorKind::PeerList);
                         tracing::warn!(window = w, leader, error = %e, "cannot read the leader's peer lists");
                         (None, None)
                     }
                 },
                 Err(e) => {
-                    self.metrics.error("peer_list");
+                    self.metrics.error(crate::metrics::ErrorKind::PeerList);
                     tracing::warn!(window = w, leader, error = %e, "leader bucket");
                     (None, None)
                 }

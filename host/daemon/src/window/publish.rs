@@ -117,7 +117,7 @@ impl<C: Chain + 'static> Daemon<C> {
             Err(_) => Some(format!("no answer within {storage:?}")),
         };
         if let Some(error) = failed {
-            self.metrics.error("retention");
+            self.metrics.error(crate::metrics::ErrorKind::Retention);
             tracing::warn!(window = w, %error, "retention");
         }
     }

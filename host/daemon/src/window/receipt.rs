@@ -148,7 +148,7 @@ impl<C: Chain + 'static> Daemon<C> {
     /// logged and counted; the window goes on (its receipt is then written only if its own put succeeds).
     pub(crate) fn save_pending_receipt(&self, r: &Receipt) {
         if let Err(e) = self.pending.save(r.window, &r.to_json()) {
-            self.metrics.error("receipt_pending");
+            self.metrics.error(crate::metrics::ErrorKind::ReceiptPending);
             tracing::warn!(window = r.window, error = %e, "cannot save the pending receipt");
         }
     }
@@ -188,7 +188,7 @@ impl<C: Chain + 'static> Daemon<C> {
                     continue;
                 }
                 Err(error) => {
-                    self.metrics.error("receipt_pending");
+                    self.metrics.error(crate::metrics::ErrorKind::ReceiptPending);
                     tracing::warn!(file = %path.display(), %error, "unreadable pending receipt; dropped");
                     self.pending.remove(w);
                     continue;

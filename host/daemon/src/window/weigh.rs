@@ -97,7 +97,7 @@ impl<C: Chain + 'static> Daemon<C> {
             .map(|(p, _)| p.uid)
             .collect();
         self.metrics.weighting_excluded(excluded.len() as u64);
-        tracing::info!(window = w, component = %outcome.component.name, excluded = ?excluded,
+        tracing::info!(window = w, component = %outcome.component.name, excluded = %crate::list(&excluded),
             note = %outcome.value.note, "contribution weights decided");
         Ok((gathered, Some(outcome)))
     }
