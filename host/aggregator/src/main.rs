@@ -2,6 +2,7 @@
 
 mod cli;
 mod device;
+mod progress;
 mod resources;
 
 use std::path::PathBuf;

@@ -420,7 +420,8 @@ async fn sim_ends_with_a_table_after_a_storage_error() {
         ])
         .arg(dir.join("data"))
         .env("AGGREGATOR_SIM_S3_WRITER", format!("{}:{}", ADMIN.0, ADMIN.1))
-        .env("RUST_LOG", "warn")
+        // Warnings, and the simulator's own lines (target `sim`).
+        .env("RUST_LOG", "warn,sim=info")
         .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
         .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
         .spawn()

@@ -70,6 +70,35 @@ pub struct CatchupConfig {
     pub on_out_of_sync: OnOutOfSync,
     /// Bound on each object read (an aggregate, a debug dict), body included.
     pub read_timeout: Duration,
+    /// Called after each window is replayed (a progress display).
+    pub on_window: OnWindow,
+}
+
+/// A callback with the window just replayed (none by default).
+#[derive(Clone, Default)]
+pub struct OnWindow(Option<std::sync::Arc<dyn Fn(u64) + Send + Sync>>);
+
+impl OnWindow {
+    /// Calls `f` with each replayed window.
+    pub fn new(f: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        Self(Some(std::sync::Arc::new(f)))
+    }
+
+    fn call(&self, window: u64) {
+        if let Some(f) = &self.0 {
+            f(window);
+        }
+    }
+}
+
+impl std::fmt::Debug for OnWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "OnWindow(set)"
+        } else {
+            "OnWindow(none)"
+        })
+    }
 }
 
 impl Default for CatchupConfig {
@@ -82,6 +111,7 @@ impl Default for CatchupConfig {
             leader_uid: 0,
             on_out_of_sync: OnOutOfSync::Warn,
             read_timeout: Duration::from_secs(120),
+            on_window: OnWindow::default(),
         }
     }
 }
@@ -252,6 +282,7 @@ pub async fn catch_up(
             Applied::Invalid(r) => tracing::warn!(window = w, reason = %r, "aggregate unreadable; treated as missing"),
             Applied::Applied(n) => tracing::info!(window = w, lr, params = n, "applied"),
         }
+        config.on_window.call(w);
         let out_of_sync = verdict.as_ref().is_some_and(|v| !v.in_sync);
         let note = verdict.as_ref().map(|v| v.note.clone()).unwrap_or_default();
         out.push(WindowOutcome {

@@ -326,7 +326,7 @@ async fn a_receipt_left_pending_by_a_crash_is_stored_by_the_next_run() {
     );
     assert!(!pending_path(&world, 10).exists() && !pending_path(&world, 8).exists());
     assert!(!receipt_path(&world, 8).exists());
-    assert_eq!(sample(&metrics, "aggregator_receipts_total{label=\"recovered\"}"), 1.0);
+    assert_eq!(sample(&metrics, "aggregator_receipts_total{result=\"recovered\"}"), 1.0);
     assert_eq!(sample(&metrics, "aggregator_windows_without_receipt_total"), 0.0);
 
     // Lost with the state directory too: counted.

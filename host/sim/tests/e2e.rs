@@ -141,7 +141,7 @@ async fn simulator_with_faults_against_seaweedfs() {
     // /metrics, scraped by the simulator right after the last window.
     let m = &outcome.metrics_text;
     assert_eq!(
-        sample(m, "aggregator_windows_total{label=\"stored\"}"),
+        sample(m, "aggregator_windows_total{result=\"stored\"}"),
         stored as f64,
         "{m}"
     );
@@ -149,7 +149,7 @@ async fn simulator_with_faults_against_seaweedfs() {
     assert_eq!(sample(m, "aggregator_peers_aggregated_total"), aggregated as f64);
     for (reason, n) in &skipped_by_reason {
         assert_eq!(
-            sample(m, &format!("aggregator_peers_skipped_total{{label=\"{reason}\"}}")),
+            sample(m, &format!("aggregator_peers_skipped_total{{reason=\"{reason}\"}}")),
             *n as f64
         );
     }
@@ -157,12 +157,12 @@ async fn simulator_with_faults_against_seaweedfs() {
         sample(m, "aggregator_last_processed_window"),
         outcome.reports.last().unwrap().window as f64
     );
-    assert_eq!(sample(m, "aggregator_stage_seconds_count{label=\"gather\"}"), 3.0);
+    assert_eq!(sample(m, "aggregator_stage_seconds_count{stage=\"gather\"}"), 3.0);
     // The window after the last may have closed already (it is being processed when the simulator scrapes).
     assert!(sample(m, "aggregator_lag_windows") <= 1.0);
     let last = outcome.reports.last().unwrap();
     assert_eq!(
-        sample(m, "aggregator_success_rate"),
+        sample(m, "aggregator_window_success_ratio"),
         last.aggregated.len() as f64 / last.selected.len() as f64
     );
 

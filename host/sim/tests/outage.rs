@@ -251,11 +251,11 @@ async fn state_ahead_of_the_chain_and_an_unknown_policy_state_are_reset() {
     .await;
     assert_eq!(report.result, WindowResult::Stored, "{report:?}");
     assert!(
-        text.contains("aggregator_errors_total{label=\"state_ahead_of_chain\"} 1"),
+        text.contains("aggregator_errors_total{kind=\"state_ahead_of_chain\"} 1"),
         "{text}"
     );
     assert!(
-        text.contains("aggregator_policy_state_resets_total{label=\"peer-selection\"} 1"),
+        text.contains("aggregator_policy_state_resets_total{policy=\"peer-selection\"} 1"),
         "{text}"
     );
     let state = state_file.load().unwrap();

@@ -140,13 +140,13 @@ async fn a_disagreeing_shadow_is_recorded_and_measured_and_changes_no_bit() {
         "{m}"
     );
     assert!(metric_sample(m, "aggregator_shadow_peers_removed_total") >= 2.0 * n);
-    assert!((metric_sample(m, "aggregator_shadow_jaccard") - 4.0 / 6.0).abs() < 1e-9);
-    let agreement = metric_sample(m, "aggregator_shadow_sign_agreement");
+    assert!((metric_sample(m, "aggregator_shadow_jaccard_ratio") - 4.0 / 6.0).abs() < 1e-9);
+    let agreement = metric_sample(m, "aggregator_shadow_sign_agreement_ratio");
     assert!(agreement > 0.5 && agreement < 1.0, "{agreement}");
-    assert!(
-        !plain.metrics_text.contains("aggregator_shadow_calls_total{"),
-        "no shadow, no samples"
-    );
+    for result in ["same", "differs", "failed"] {
+        let series = format!("aggregator_shadow_calls_total{{policy=\"peer-selection\",result=\"{result}\"}}");
+        assert_eq!(metric_sample(&plain.metrics_text, &series), 0.0, "no shadow, no calls");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +195,7 @@ async fn a_candidate_that_never_returns_changes_only_its_counter() {
         ),
         failed.len() as f64
     );
-    assert!(!m.contains("aggregator_errors_total{label=\"policy\"}"), "{m}");
+    assert_eq!(metric_sample(m, "aggregator_errors_total{kind=\"policy\"}"), 0.0, "{m}");
     assert!(
         spun.reports
             .iter()

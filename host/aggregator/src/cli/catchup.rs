@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use aggregator_catchup::{Applied, CatchupConfig, Checkpoint, OnOutOfSync, Schedule, catch_up};
+use aggregator_catchup::{Applied, CatchupConfig, Checkpoint, OnOutOfSync, OnWindow, Schedule, catch_up};
 use aggregator_daemon::parse_endpoint;
 use aggregator_model::ModelSpec;
 use aggregator_policy::{Policies, PolicyConfig, PolicyEngine, PolicyKind, PolicyLimits};
 use aggregator_store::{Bucket, ClientSettings, Clients};
+use anyhow::Context;
 
 use crate::runtime;
 use clap::{Args, ValueEnum};
@@ -83,7 +84,10 @@ pub struct CatchupArgs {
 /// Runs a catch-up and prints one line per window.
 pub fn run(args: CatchupArgs) -> anyhow::Result<std::process::ExitCode> {
     let model = ModelSpec::load(&args.model)?;
-    let mut ckpt = Checkpoint::load(&args.checkpoint, &model, args.from, args.start_window)?;
+    let loading = crate::progress::spinner(&format!("loading {}", args.checkpoint.display()));
+    let mut ckpt = Checkpoint::load(&args.checkpoint, &model, args.from, args.start_window)
+        .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
+    loading.finish_and_clear();
     if args.to < ckpt.window {
         anyhow::bail!("--to {} is before the checkpoint's window {}", args.to, ckpt.window);
     }
@@ -128,6 +132,16 @@ pub fn run(args: CatchupArgs) -> anyhow::Result<std::process::ExitCode> {
             OutOfSyncAction::Warn => OnOutOfSync::Warn,
             OutOfSyncAction::Stop => OnOutOfSync::Stop,
         },
+        on_window: {
+            let bar = crate::progress::bar(args.to.saturating_sub(ckpt.window), "replaying windows");
+            let from = ckpt.window;
+            OnWindow::new(move |w| {
+                bar.set_position(w.saturating_sub(from));
+                if w >= args.to {
+                    bar.finish_and_clear();
+                }
+            })
+        },
         ..CatchupConfig::default()
     };
     let clients = Clients::new(ClientSettings::default());
@@ -147,7 +161,10 @@ pub fn run(args: CatchupArgs) -> anyhow::Result<std::process::ExitCode> {
         Some(&policies),
         &config,
     ));
-    ckpt.save(&args.out, &model)?;
+    let saving = crate::progress::spinner(&format!("writing {}", args.out.display()));
+    ckpt.save(&args.out, &model)
+        .with_context(|| format!("writing the checkpoint {}", args.out.display()))?;
+    saving.finish_and_clear();
     let report = match result {
         Ok(r) => r,
         Err(e) => {

@@ -30,8 +30,10 @@ pub fn bench(args: BenchCatchupArgs) -> anyhow::Result<()> {
     let store = clients.get(&bucket)?;
     let rt = runtime()?;
     eprintln!("writing {} random aggregates of {} …", args.windows, model.name);
+    let bar = crate::progress::bar(args.windows, "writing aggregates");
     let mut state = 0x2545_f491_4f6c_dd1du64;
     for w in 1..=args.windows {
+        bar.inc(1);
         let params = model
             .params
             .iter()
@@ -64,6 +66,7 @@ pub fn bench(args: BenchCatchupArgs) -> anyhow::Result<()> {
             &PutOptions::default(),
         ))?;
     }
+    bar.finish_and_clear();
     // The real path: a checkpoint file on disk, loaded, caught up, written.
     let path = dir.join("checkpoint-0.safetensors");
     Checkpoint::init(&model, 1, 0, 0).save(&path, &model)?;

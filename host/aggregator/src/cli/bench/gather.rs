@@ -77,7 +77,9 @@ async fn run(args: GatherArgs, model: Arc<ModelSpec>) -> anyhow::Result<()> {
     let clients = Clients::new(ClientSettings::default());
     let cpu = Cpu::new();
     let mut file_bytes = 0u64;
+    let bar = crate::progress::bar(buckets.len() as u64, "synthesising and uploading peers");
     for (p, bucket) in buckets.iter().enumerate() {
+        bar.inc(1);
         let t = Instant::now();
         let data = tokio::task::block_in_place(|| synthesize_peer(&model, p, args.seed, &cpu))?;
         let params = data
@@ -100,14 +102,17 @@ async fn run(args: GatherArgs, model: Arc<ModelSpec>) -> anyhow::Result<()> {
             .put(&key.as_str().into(), bytes.into())
             .await
             .with_context(|| format!("uploading {key}"))?;
-        eprintln!(
-            "  peer {}/{}: {} uploaded ({:.1} s)",
-            p + 1,
-            args.peers,
-            mib(file_bytes),
-            t.elapsed().as_secs_f64()
-        );
+        if bar.is_hidden() {
+            eprintln!(
+                "  peer {}/{}: {} uploaded ({:.1} s)",
+                p + 1,
+                args.peers,
+                mib(file_bytes),
+                t.elapsed().as_secs_f64()
+            );
+        }
     }
+    bar.finish_and_clear();
     let peers: Vec<PeerRequest> = buckets
         .iter()
         .enumerate()

@@ -82,18 +82,24 @@ pub(crate) fn synthesize_peer(model: &ModelSpec, p: usize, seed: u64, cpu: &Cpu)
 
 /// Synthesises `n` peers.
 fn synthesize(model: &ModelSpec, n: usize, seed: u64, cpu: &Cpu) -> anyhow::Result<Vec<PeerData>> {
-    (0..n)
+    let bar = crate::progress::bar(n as u64, "synthesising peers");
+    let peers = (0..n)
         .map(|p| {
             let started = Instant::now();
             let data = synthesize_peer(model, p, seed, cpu)?;
-            eprintln!(
-                "  synthesised peer {}/{n} in {:.1} s",
-                p + 1,
-                started.elapsed().as_secs_f64()
-            );
+            bar.inc(1);
+            if bar.is_hidden() {
+                eprintln!(
+                    "  synthesised peer {}/{n} in {:.1} s",
+                    p + 1,
+                    started.elapsed().as_secs_f64()
+                );
+            }
             Ok(data)
         })
-        .collect()
+        .collect();
+    bar.finish_and_clear();
+    peers
 }
 
 /// Timings of one parameter in one run.
