@@ -72,7 +72,7 @@ pub async fn follow_heads(
         };
         match c.subxt().stream_best_blocks().await {
             Ok(mut heads) => {
-                tracing::info!(url = %config.url, "chain: following best heads");
+                tracing::info!(url = %crate::redact_url(&config.url), "chain: following best heads");
                 while let Some(next) = heads.next().await {
                     match next {
                         Ok(block) => {

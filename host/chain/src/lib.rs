@@ -77,3 +77,45 @@ pub trait Chain: Send + Sync {
     /// logged, never an error).
     fn commitments(&self, metagraph: &Metagraph) -> impl Future<Output = Result<Commitments, ChainError>> + Send;
 }
+
+/// `url` without what may be a credential: the user information (`user:pass@`) and the query string
+/// (`?apikey=…`), each replaced by `…`. For the status page and the logs, which are often seen more widely than the
+/// configuration is.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, _)) => (b, "?…"),
+        None => (url, ""),
+    };
+    let redacted = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://…@{host}{path}"),
+                None => base.to_string(),
+            }
+        }
+        None => base.to_string(),
+    };
+    redacted + query
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_in_the_chain_url_are_not_shown() {
+        assert_eq!(
+            redact_url("wss://entrypoint-finney.opentensor.ai:443"),
+            "wss://entrypoint-finney.opentensor.ai:443"
+        );
+        assert_eq!(
+            redact_url("wss://u:secret@rpc.example/ws?apikey=k"),
+            "wss://…@rpc.example/ws?…"
+        );
+        assert_eq!(
+            redact_url("ws://127.0.0.1:9944/path?token=t"),
+            "ws://127.0.0.1:9944/path?…"
+        );
+    }
+}

@@ -148,10 +148,10 @@ pub async fn run(
         let head = aggregator_chain::Chain::head(&chain).await;
         match &head {
             Ok(head) => {
-                tracing::info!(url = %config.chain_url, head, "chain connected");
+                tracing::info!(url = %aggregator_chain::redact_url(&config.chain_url), head, "chain connected");
                 prepared.reconcile_with_head(*head);
             }
-            Err(e) => tracing::warn!(url = %config.chain_url, error = %e, "chain connected, but no head yet"),
+            Err(e) => tracing::warn!(url = %aggregator_chain::redact_url(&config.chain_url), error = %e, "chain connected, but no head yet"),
         }
         let mut daemon = Daemon::from_prepared(prepared, chain.clone()).with_backend(backend);
         if let Some(tx) = reports {
@@ -220,7 +220,7 @@ pub async fn run(
 async fn connect(config: &ClientConfig, shutdown: &mut watch::Receiver<bool>) -> Option<SubtensorClient> {
     let mut delay = Duration::from_secs(1);
     for attempt in 1u32.. {
-        tracing::info!(url = %config.url, attempt, "connecting to the chain");
+        tracing::info!(url = %aggregator_chain::redact_url(&config.url), attempt, "connecting to the chain");
         let result = tokio::select! {
             r = SubtensorClient::connect(config.clone()) => r,
             _ = shutdown.wait_for(|s| *s) => return None,
@@ -228,7 +228,7 @@ async fn connect(config: &ClientConfig, shutdown: &mut watch::Receiver<bool>) ->
         match result {
             Ok(c) => return Some(c),
             Err(e) => tracing::warn!(
-                url = %config.url,
+                url = %aggregator_chain::redact_url(&config.url),
                 attempt,
                 error = %e,
                 retry_in_s = delay.as_secs_f64(),

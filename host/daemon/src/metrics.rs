@@ -202,6 +202,8 @@ struct PolicyCounters {
 /// The daemon's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Serialises [`Metrics::policies`] (the window loop and the policy watcher both bring the counters up).
+    policy_sync: std::sync::Mutex<()>,
     windows: Family<ResultLabel, Counter>,
     success_ratio: Gauge<f64, AtomicU64>,
     peers_selected: Counter,
@@ -276,6 +278,7 @@ impl Metrics {
             shadow_sign_agreement: Gauge::default(),
             weighting_excluded: Counter::default(),
             registry: Registry::default(),
+            policy_sync: std::sync::Mutex::new(()),
         };
         r.register(
             "build",
@@ -496,7 +499,11 @@ impl Metrics {
         for b in ["not_before", "not_after"] {
             drop(m.shadow_bounds_moved.get_or_create(&b.into()));
         }
-        Self { registry: r, ..m }
+        Self {
+            registry: r,
+            policy_sync: std::sync::Mutex::new(()),
+            ..m
+        }
     }
 
     /// Counts a shadow candidate's call (`same`, `differs`, `failed`).
@@ -594,6 +601,8 @@ impl Metrics {
 
     /// Brings the per-policy counters up to the policies' own totals (which only grow).
     pub fn policies(&self, stats: &[(PolicyKind, SlotStats)]) {
+        // Read-then-add is only right for one caller at a time.
+        let _one = self.policy_sync.lock().unwrap_or_else(|e| e.into_inner());
         let c = &self.policy;
         for (kind, s) in stats {
             let label: PolicyLabel = kind.interface().into();

@@ -253,7 +253,7 @@ impl Status {
     ) -> Self {
         Self {
             build,
-            chain_url,
+            chain_url: aggregator_chain::redact_url(&chain_url),
             rule,
             capacity: capacity.max(1),
             metrics,

@@ -78,7 +78,7 @@ pub fn run(args: RunArgs, device: Option<Device>) -> anyhow::Result<()> {
     tracing::info!(
         model = %config.model,
         netuid = config.netuid,
-        chain = %config.chain_url,
+        chain = %aggregator_chain::redact_url(&config.chain_url),
         output = %output,
         device = numeric.backend.name(),
         "starting"

@@ -1,6 +1,7 @@
 //! What the per-backend test files share: random sparse peers, and `per_backend!`, which instantiates each check
 //! (a function taking the backend) for the CPU if asked, wgpu (everywhere: lavapipe in CI) and CUDA (where a device is present;
-//! elsewhere its instances say so and return), in cubecl's `testgen` style.
+//! elsewhere its instances say so and return, or fail where `AGGREGATOR_REQUIRE_CUDA` is set, as `scripts/gpu-check`
+//! does), in cubecl's `testgen` style.
 
 use aggregator_kernels::ParamLayout;
 use rand::{Rng, SeedableRng};
@@ -57,6 +58,10 @@ macro_rules! per_backend {
         mod cuda {
             fn backend() -> Option<aggregator_gpu::AnyGpu> {
                 if !aggregator_gpu::cuda_available() {
+                    // scripts/gpu-check sets this: there, a missing device is a failure, not a skip.
+                    if std::env::var_os("AGGREGATOR_REQUIRE_CUDA").is_some() {
+                        panic!("AGGREGATOR_REQUIRE_CUDA is set but no CUDA device (or no libcuda) is present");
+                    }
                     eprintln!("no CUDA device here: the CUDA instance of this check does not run");
                     return None;
                 }
