@@ -4,8 +4,11 @@
 //! output, so rayon spreads them over the cores without locks. A block never depends on another, and within a block
 //! every sum runs in a fixed order, so the output bits do not depend on the thread count.
 //!
-//! The hot loops are compiled twice: once for the baseline ISA and once with AVX2 + FMA, picked at run time. Both
-//! compute `f32::mul_add` (a correctly rounded fused multiply-add, in hardware or in libm), so they give the same bits.
+//! Each block is inverted a strip of columns at a time with the strip's columns in registers ([`crate::strip`]);
+//! blocks taller than [`strip::MAX_H`] take the row-pass path (`stage1_rows` and `stage2`). The hot loops are compiled
+//! three times: for the baseline ISA, with AVX2 + FMA, and with AVX-512VL (the same code with 32 vector registers),
+//! picked at run time; strips are 8 columns wide on all three. All compute `f32::mul_add` (a correctly rounded fused multiply-add, in hardware or in libm) in the same order,
+//! so they give the same bits.
 
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ use rayon::prelude::*;
 use crate::fastdct::{dct2_rows, dct3_rows};
 use crate::pack::{or_bits, sign_bits};
 use crate::plan::{Axis, Plan, PlanCache};
+use crate::strip::{self, Coefficients, MAX_H, V};
 use crate::{Contribution, KernelError, ParamLayout, check_len};
 
 /// Instruction set the CPU kernels run with.
@@ -23,6 +27,10 @@ pub enum Isa {
     Baseline,
     /// x86-64 with AVX2 and FMA.
     Avx2Fma,
+    /// x86-64 with AVX-512F and AVX-512VL (and AVX2 and FMA): the AVX2 code with 32 vector registers instead of 16,
+    /// which the strip transform's 64-row columns spill less with. (Strips of 16 columns in 512-bit registers were
+    /// measured 3x slower on an AMD Zen 4, which splits them in two, so the strips stay 8 wide.)
+    Avx512,
 }
 
 impl Isa {
@@ -30,15 +38,26 @@ impl Isa {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
+                return Isa::Avx512;
+            }
             return Isa::Avx2Fma;
         }
         Isa::Baseline
+    }
+    /// Whether this machine can run `self`.
+    pub fn is_supported(self) -> bool {
+        matches!(
+            (self, Self::detect()),
+            (Isa::Baseline, _) | (Isa::Avx2Fma, Isa::Avx2Fma | Isa::Avx512) | (Isa::Avx512, Isa::Avx512)
+        )
     }
     /// Short name for reports.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Baseline => "baseline",
             Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx512 => "avx512",
         }
     }
 }
@@ -48,6 +67,9 @@ impl Isa {
 pub struct Cpu {
     isa: Isa,
     plans: Arc<PlanCache>,
+    /// Whether blocks up to `strip::MAX_H` tall take the strip path (always, but for the tests that compare it with
+    /// the row-pass path).
+    strips: bool,
 }
 
 impl Default for Cpu {
@@ -58,24 +80,26 @@ impl Default for Cpu {
 
 /// Per-thread working memory for one block shape.
 struct Scratch {
-    sums: Vec<f32>,
-    wts: Vec<f32>,
+    /// Per slot: `[sum of weight * value, sum of weights]`, side by side so that a scatter touches one cache line.
+    acc: Vec<[f32; 2]>,
     mask: Vec<u64>,
     u: Vec<f32>,
     tmp: Vec<f32>,
     keys: Vec<u64>,
+    coefs: Coefficients,
 }
 
 impl Scratch {
     fn new(plan: &Plan) -> Self {
         let totalk = plan.h * plan.w;
         Self {
-            sums: vec![0.0; totalk],
-            wts: vec![0.0; totalk],
+            acc: vec![[0.0; 2]; totalk],
             mask: vec![0; totalk.div_ceil(64)],
-            u: vec![0.0; totalk],
+            // `h * wp` for the strip path's padded rows (at least `totalk`).
+            u: vec![0.0; plan.h * plan.wp],
             tmp: vec![0.0; totalk],
             keys: Vec::with_capacity(totalk),
+            coefs: Coefficients::new(plan.h, totalk),
         }
     }
 }
@@ -108,11 +132,19 @@ fn scatter(peers: &[Contribution], b: usize, k: usize, s: &mut Scratch) {
             &p.sparse.idxs()[b * k..(b + 1) * k],
             &p.sparse.vals()[b * k..(b + 1) * k],
         );
+        let (acc, mask) = (&mut s.acc[..], &mut s.mask[..]);
         for (&i, &v) in ix.iter().zip(vs) {
             let slot = i as usize;
-            s.sums[slot] = p.weight.mul_add(v, s.sums[slot]);
-            s.wts[slot] += p.weight;
-            s.mask[slot >> 6] |= 1u64 << (slot & 63);
+            // Indices were checked against `totalk` (`PeerSparse::new`) and the peer against the layout (`usable`);
+            // the scratch has `totalk` slots. Checked here only in debug builds: this loop is the scatter's hot path.
+            debug_assert!(slot < acc.len() && slot >> 6 < mask.len());
+            // SAFETY: `slot < totalk == acc.len()` and `slot >> 6 < totalk.div_ceil(64) == mask.len()`, as above.
+            unsafe {
+                let a = acc.get_unchecked_mut(slot);
+                a[0] = p.weight.mul_add(v, a[0]);
+                a[1] += p.weight;
+                *mask.get_unchecked_mut(slot >> 6) |= 1u64 << (slot & 63);
+            }
         }
     }
 }
@@ -125,10 +157,8 @@ fn drain_means(s: &mut Scratch, mut visit: impl FnMut(usize, f32)) {
         while m != 0 {
             let slot = wi * 64 + m.trailing_zeros() as usize;
             m &= m - 1;
-            let mean = s.sums[slot] / s.wts[slot];
-            s.sums[slot] = 0.0;
-            s.wts[slot] = 0.0;
-            visit(slot, mean);
+            let [sum, wsum] = std::mem::take(&mut s.acc[slot]);
+            visit(slot, sum / wsum);
         }
     }
 }
@@ -142,8 +172,9 @@ fn table_row(plan: &Plan, kr: usize, l: usize) -> &[f32] {
 
 /// Where a block's coefficients come from.
 trait Source: Sync {
-    /// Leaves the stage-1 result of block `b` in `s.u`.
-    fn stage1(&self, plan: &Plan, b: usize, s: &mut Scratch);
+    /// The non-zero coefficients of block `b` (zeros may be left in: `fma(0, t, acc)` is `acc` here), into
+    /// `s.coefs`.
+    fn coefficients(&self, plan: &Plan, b: usize, s: &mut Scratch);
 }
 
 /// Dense coefficients (`xshape`), e.g. a decompressed gradient.
@@ -151,19 +182,21 @@ struct DenseSource<'a>(&'a [f32]);
 
 impl Source for DenseSource<'_> {
     #[inline(always)]
-    fn stage1(&self, plan: &Plan, b: usize, s: &mut Scratch) {
+    fn coefficients(&self, plan: &Plan, b: usize, s: &mut Scratch) {
         let (h, w) = (plan.h, plan.w);
         let block = &self.0[b * h * w..(b + 1) * h * w];
-        s.u.fill(0.0);
-        for kr in 0..h {
-            let urow = &mut s.u[kr * w..(kr + 1) * w];
-            for (l, &d) in block[kr * w..(kr + 1) * w].iter().enumerate() {
-                // Skipping a zero is bit-identical to fma(0, t, acc): acc starts at +0 and never becomes -0.
-                if d != 0.0 {
-                    axpy(d, table_row(plan, kr, l), urow);
-                }
+        let c = &mut s.coefs;
+        let mut n = 0;
+        for (slot, &d) in block.iter().enumerate() {
+            // Skipping a zero is bit-identical to fma(0, t, acc): acc starts at +0 and never becomes -0.
+            if d != 0.0 {
+                c.slots[n] = slot as u32;
+                c.vals[n] = d;
+                n += 1;
             }
         }
+        c.len = n;
+        c.index_rows(w);
     }
 }
 
@@ -175,30 +208,46 @@ struct PeerSource<'a> {
 
 impl Source for PeerSource<'_> {
     #[inline(always)]
-    fn stage1(&self, plan: &Plan, b: usize, s: &mut Scratch) {
+    fn coefficients(&self, plan: &Plan, b: usize, s: &mut Scratch) {
         scatter(self.peers, b, self.k, s);
-        s.u.fill(0.0);
-        let w = plan.w;
-        let (mut row, mut row_start) = (0, 0);
+        let c = &mut s.coefs;
+        let mut n = 0;
         // Same walk as `drain_means`, written out so that it inlines into the ISA-specific entry points.
-        for wi in 0..s.mask.len() {
-            let mut m = std::mem::take(&mut s.mask[wi]);
+        for (wi, word) in s.mask.iter_mut().enumerate() {
+            let mut m = std::mem::take(word);
             while m != 0 {
                 let slot = wi * 64 + m.trailing_zeros() as usize;
                 m &= m - 1;
-                let mean = s.sums[slot] / s.wts[slot];
-                s.sums[slot] = 0.0;
-                s.wts[slot] = 0.0;
-                while slot >= row_start + w {
-                    row += 1;
-                    row_start += w;
+                let [sum, wsum] = std::mem::take(&mut s.acc[slot]);
+                // Each touched slot once, so `n < totalk`, the arrays' length.
+                debug_assert!(n < c.slots.len());
+                // SAFETY: as above; the three arrays have `totalk` entries (`Coefficients::new`).
+                unsafe {
+                    *c.slots.get_unchecked_mut(n) = slot as u32;
+                    *c.vals.get_unchecked_mut(n) = sum;
+                    *c.wsums.get_unchecked_mut(n) = wsum;
                 }
-                axpy(
-                    mean,
-                    table_row(plan, row, slot - row_start),
-                    &mut s.u[row * w..(row + 1) * w],
-                );
+                n += 1;
             }
+        }
+        c.len = n;
+        // The means, in a loop of their own that vectorises (one division per touched slot is the drain's cost).
+        for (v, &d) in c.vals[..n].iter_mut().zip(&c.wsums[..n]) {
+            *v /= d;
+        }
+        c.index_rows(plan.w);
+    }
+}
+
+/// Stage 1 of the row-pass path: `U` (`h x w`) from the block's coefficients, a whole row per coefficient.
+#[inline(always)]
+fn stage1_rows(plan: &Plan, c: &Coefficients, u: &mut [f32]) {
+    let w = plan.w;
+    u.fill(0.0);
+    for (kr, urow) in u.chunks_exact_mut(w).enumerate() {
+        let (lo, hi) = (c.starts[kr], c.starts[kr + 1]);
+        for (&slot, &v) in c.slots[lo..hi].iter().zip(&c.vals[lo..hi]) {
+            axpy(v, table_row(plan, kr, slot as usize - kr * w), urow);
         }
     }
 }
@@ -225,12 +274,32 @@ fn stage2<'s>(plan: &Plan, u: &'s mut [f32], tmp: &'s mut [f32]) -> &'s [f32] {
 trait Sink {
     /// Row `row` (relative to the task's first parameter row), starting at column `col0`.
     fn put(&mut self, row: usize, col0: usize, vals: &[f32]);
+    /// The strip path's result for the block whose top-left element is `(row0, col0)` (task-relative): rows
+    /// `0..h` of the strip at block column `c0`, of which the first `n` lanes are columns of the block.
+    fn put_strip<const L: usize>(&mut self, row0: usize, col0: usize, c0: usize, y: &[V<L>], n: usize);
+    /// Called after the last strip of a block of `h` rows and `w` columns.
+    fn end_block(&mut self, row0: usize, col0: usize, h: usize, w: usize);
 }
 
 /// Sign bits into the task's byte range (which starts on a byte boundary and is zeroed first).
 struct PackSink<'o> {
     out: &'o mut [u8],
     cols: usize,
+    /// The current block's sign bits on the strip path: row `i`'s columns `64 q ..` in `bits[i * words + q]`.
+    bits: Vec<u64>,
+    words: usize,
+}
+
+impl<'o> PackSink<'o> {
+    fn new(out: &'o mut [u8], cols: usize, plan: &Plan) -> Self {
+        let words = plan.w.div_ceil(64);
+        Self {
+            out,
+            cols,
+            bits: vec![0; plan.h.min(MAX_H) * words],
+            words,
+        }
+    }
 }
 
 impl Sink for PackSink<'_> {
@@ -240,6 +309,30 @@ impl Sink for PackSink<'_> {
         for chunk in vals.chunks(64) {
             or_bits(self.out, off, sign_bits(chunk), chunk.len());
             off += chunk.len();
+        }
+    }
+    #[inline(always)]
+    fn put_strip<const L: usize>(&mut self, _row0: usize, _col0: usize, c0: usize, y: &[V<L>], n: usize) {
+        // `c0` is a multiple of L (8 or 16), so a strip never straddles two words. Padding lanes hold +0 (zero
+        // table entries), which packs as 0; masked all the same.
+        let keep = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let (q, shift) = (c0 / 64, c0 % 64);
+        for (i, v) in y.iter().enumerate() {
+            self.bits[i * self.words + q] |= (v.sign_bits() & keep) << shift;
+        }
+    }
+    #[inline(always)]
+    fn end_block(&mut self, row0: usize, col0: usize, h: usize, w: usize) {
+        for i in 0..h {
+            for q in 0..self.words {
+                let word = std::mem::take(&mut self.bits[i * self.words + q]);
+                or_bits(
+                    self.out,
+                    (row0 + i) * self.cols + col0 + 64 * q,
+                    word,
+                    (w - 64 * q).min(64),
+                );
+            }
         }
     }
 }
@@ -256,6 +349,14 @@ impl Sink for FloatSink<'_> {
         let start = row * self.cols + col0;
         self.out[start..start + vals.len()].copy_from_slice(vals);
     }
+    #[inline(always)]
+    fn put_strip<const L: usize>(&mut self, row0: usize, col0: usize, c0: usize, y: &[V<L>], n: usize) {
+        for (i, v) in y.iter().enumerate() {
+            self.put(row0 + i, col0 + c0, &v.0[..n]);
+        }
+    }
+    #[inline(always)]
+    fn end_block(&mut self, _row0: usize, _col0: usize, _h: usize, _w: usize) {}
 }
 
 /// Geometry of a task: block rows `[by0, by1)` of a parameter with `bxn` blocks per row and `cols` columns.
@@ -266,15 +367,39 @@ struct Rows {
     bxn: usize,
 }
 
+/// The inverse of block rows `rows`: strips of `L` columns where the block is at most `strip::MAX_H` tall (and
+/// `strips`), else the row-pass path.
 #[inline(always)]
-fn inverse_body<S: Source, K: Sink>(plan: &Plan, src: &S, rows: Rows, sink: &mut K, s: &mut Scratch) {
+fn inverse_body<const L: usize, const NV: usize, S: Source, K: Sink>(
+    plan: &Plan,
+    src: &S,
+    rows: Rows,
+    sink: &mut K,
+    s: &mut Scratch,
+    strips: bool,
+) {
     let (h, w) = (plan.h, plan.w);
+    let strips = strips && h <= MAX_H;
+    let (mut y, mut t) = ([V::<L>::zero(); MAX_H], [V::<L>::zero(); MAX_H]);
     for by in rows.by0..rows.by1 {
+        let row0 = (by - rows.by0) * h;
         for bx in 0..rows.bxn {
-            src.stage1(plan, by * rows.bxn + bx, s);
-            let res = stage2(plan, &mut s.u, &mut s.tmp);
-            for i in 0..h {
-                sink.put((by - rows.by0) * h + i, bx * w, &res[i * w..(i + 1) * w]);
+            src.coefficients(plan, by * rows.bxn + bx, s);
+            if strips {
+                strip::stage1::<L, NV>(plan, &s.coefs, &mut s.u);
+                for c0 in (0..w).step_by(L) {
+                    strip::load_strip(plan, &s.u, c0, &mut y);
+                    strip::stage2(plan, &mut y, &mut t);
+                    sink.put_strip(row0, bx * w, c0, &y[..h], L.min(w - c0));
+                }
+                sink.end_block(row0, bx * w, h, w);
+            } else {
+                let u = &mut s.u[..h * w];
+                stage1_rows(plan, &s.coefs, u);
+                let res = stage2(plan, u, &mut s.tmp);
+                for i in 0..h {
+                    sink.put(row0 + i, bx * w, &res[i * w..(i + 1) * w]);
+                }
             }
         }
     }
@@ -282,17 +407,41 @@ fn inverse_body<S: Source, K: Sink>(plan: &Plan, src: &S, rows: Rows, sink: &mut
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn inverse_avx2<S: Source, K: Sink>(plan: &Plan, src: &S, rows: Rows, sink: &mut K, s: &mut Scratch) {
-    inverse_body(plan, src, rows, sink, s)
+unsafe fn inverse_avx2<S: Source, K: Sink>(
+    plan: &Plan,
+    src: &S,
+    rows: Rows,
+    sink: &mut K,
+    s: &mut Scratch,
+    strips: bool,
+) {
+    inverse_body::<8, 8, S, K>(plan, src, rows, sink, s, strips)
 }
 
-fn inverse<S: Source, K: Sink>(isa: Isa, plan: &Plan, src: &S, rows: Rows, sink: &mut K, s: &mut Scratch) {
-    match isa {
-        // SAFETY: `Isa::Avx2Fma` is only constructed after run-time detection of both features
-        // (or explicitly by a caller who asserts them; see `Cpu::with_isa`).
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { inverse_avx2(plan, src, rows, sink, s) },
-        _ => inverse_body(plan, src, rows, sink, s),
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn inverse_avx512<S: Source, K: Sink>(
+    plan: &Plan,
+    src: &S,
+    rows: Rows,
+    sink: &mut K,
+    s: &mut Scratch,
+    strips: bool,
+) {
+    inverse_body::<8, 8, S, K>(plan, src, rows, sink, s, strips)
+}
+
+impl Cpu {
+    fn inverse<S: Source, K: Sink>(&self, plan: &Plan, src: &S, rows: Rows, sink: &mut K, s: &mut Scratch) {
+        match self.isa {
+            // SAFETY: `Isa::Avx2Fma` and `Isa::Avx512` are only held by a `Cpu` on a machine that has their features
+            // (run-time detection in `Isa::detect`, checked again by `Cpu::with_isa`).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { inverse_avx2(plan, src, rows, sink, s, self.strips) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { inverse_avx512(plan, src, rows, sink, s, self.strips) },
+            _ => inverse_body::<8, 8, S, K>(plan, src, rows, sink, s, self.strips),
+        }
     }
 }
 
@@ -357,15 +506,16 @@ fn encode_body(plan: &Plan, x: &[f32], cols: usize, bxn: usize, out: &mut Encode
         for i in 0..h {
             s.u[i * w..(i + 1) * w].copy_from_slice(&x[i * cols + bx * w..i * cols + (bx + 1) * w]);
         }
-        forward_block(plan, &mut s.u, &mut s.tmp);
+        let u = &mut s.u[..totalk];
+        forward_block(plan, u, &mut s.tmp);
         match out {
-            EncodeOut::Dense(d) => d[bx * totalk..(bx + 1) * totalk].copy_from_slice(&s.u),
+            EncodeOut::Dense(d) => d[bx * totalk..(bx + 1) * totalk].copy_from_slice(u),
             EncodeOut::TopK { idxs, vals, k } => {
                 let k = *k;
                 // Key: |x| bits (monotonic for non-negative floats), ties to the lower index.
                 s.keys.clear();
                 s.keys.extend(
-                    s.u.iter()
+                    u.iter()
                         .enumerate()
                         .map(|(i, v)| ((v.to_bits() & 0x7fff_ffff) as u64) << 16 | (0xffff - i as u64)),
                 );
@@ -379,7 +529,7 @@ fn encode_body(plan: &Plan, x: &[f32], cols: usize, bxn: usize, out: &mut Encode
                 top.sort_unstable();
                 for (e, &slot) in top.iter().enumerate() {
                     idxs[bx * k + e] = slot as i16;
-                    vals[bx * k + e] = s.u[slot as usize];
+                    vals[bx * k + e] = u[slot as usize];
                 }
             }
         }
@@ -394,9 +544,9 @@ unsafe fn encode_avx2(plan: &Plan, x: &[f32], cols: usize, bxn: usize, out: &mut
 
 fn encode_rows(isa: Isa, plan: &Plan, x: &[f32], cols: usize, bxn: usize, out: &mut EncodeOut, s: &mut Scratch) {
     match isa {
-        // SAFETY: see `inverse`.
+        // SAFETY: see `Cpu::inverse`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { encode_avx2(plan, x, cols, bxn, out, s) },
+        Isa::Avx2Fma | Isa::Avx512 => unsafe { encode_avx2(plan, x, cols, bxn, out, s) },
         _ => encode_body(plan, x, cols, bxn, out, s),
     }
 }
@@ -407,17 +557,27 @@ impl Cpu {
         Self::default()
     }
 
-    /// The CPU backend with a given instruction set; falls back to [`Isa::Baseline`] when the machine lacks it.
+    /// The CPU backend with a given instruction set; falls back to the best one this machine has below it
+    /// (AVX-512 to AVX2 + FMA to the baseline) when the machine lacks it.
     pub fn with_isa(isa: Isa) -> Self {
-        let isa = if isa == Isa::Avx2Fma && Isa::detect() != Isa::Avx2Fma {
-            Isa::Baseline
-        } else {
-            isa
+        let isa = match isa {
+            Isa::Avx512 if !isa.is_supported() && Isa::Avx2Fma.is_supported() => Isa::Avx2Fma,
+            i if !i.is_supported() => Isa::Baseline,
+            i => i,
         };
         Self {
             isa,
             plans: Arc::default(),
+            strips: true,
         }
+    }
+
+    /// The same backend on the row-pass path only (`stage1_rows`, `stage2`), which every block took before the strip path:
+    /// for the tests that hold the two to the same bits.
+    #[doc(hidden)]
+    pub fn without_strips(mut self) -> Self {
+        self.strips = false;
+        self
     }
 
     /// The instruction set in use.
@@ -464,7 +624,7 @@ impl Cpu {
                     by1: ((t + 1) * g).min(layout.blocks_y()),
                     bxn,
                 };
-                inverse(self.isa, &plan, &src, rows, &mut PackSink { out, cols }, s);
+                self.inverse(&plan, &src, rows, &mut PackSink::new(out, cols, &plan), s);
             },
         );
         Ok(())
@@ -527,8 +687,7 @@ impl Cpu {
         out.par_chunks_mut(h * cols).enumerate().for_each_init(
             || Scratch::new(&plan),
             |s, (by, out)| {
-                inverse(
-                    self.isa,
+                self.inverse(
                     &plan,
                     src,
                     Rows {

@@ -27,6 +27,7 @@ mod layout;
 mod pack;
 mod plan;
 mod sparse;
+mod strip;
 
 pub use backend::Backend;
 pub use basis::DctBasis;

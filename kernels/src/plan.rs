@@ -45,6 +45,14 @@ pub(crate) struct Plan {
     pub(crate) t_rest: Vec<f32>,
     pub(crate) height: Axis,
     pub(crate) width: Axis,
+    /// `w` rounded up to a multiple of 16: the row stride of the padded stage-1 tables.
+    pub(crate) wp: usize,
+    /// `t_first` and `t_rest` with rows padded with zeros to `wp` columns, so that a strip of 8 or 16 columns is
+    /// always a whole load (the strip path, [`crate::strip`]).
+    pub(crate) t_first_pad: Vec<f32>,
+    pub(crate) t_rest_pad: Vec<f32>,
+    /// The height axis's Lee factors, level by level (`Twiddles::flat`); empty for a dense height.
+    pub(crate) height_twiddles: Vec<f32>,
     /// Encode: per-coefficient scale for the fast axes (`s_k^h * s_l^w`, 1 for dense axes).
     pub(crate) enc_scale: Vec<f32>,
 }
@@ -69,9 +77,25 @@ impl Plan {
                 (sh * sw) as f32
             })
             .collect();
+        let wp = w.next_multiple_of(16);
+        let pad = |t: &[f32]| -> Vec<f32> {
+            let mut p = vec![0.0; w * wp];
+            for (dst, src) in p.chunks_exact_mut(wp).zip(t.chunks_exact(w)) {
+                dst[..w].copy_from_slice(src);
+            }
+            p
+        };
+        let height_twiddles = match &height {
+            Axis::Fast(tw) => tw.flat(),
+            Axis::Dense(_) => Vec::new(),
+        };
         Self {
             h,
             w,
+            wp,
+            t_first_pad: pad(&t_first),
+            t_rest_pad: pad(&t_rest),
+            height_twiddles,
             t_first,
             t_rest,
             height,

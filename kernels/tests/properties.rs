@@ -101,7 +101,41 @@ proptest! {
         let reference = run(&cpu, 1);
         prop_assert_eq!(&run(&cpu, 2), &reference);
         prop_assert_eq!(&run(&cpu, 3), &reference);
-        prop_assert_eq!(&run(&Cpu::with_isa(Isa::Baseline), 2), &reference, "baseline ISA gives the same bits");
+        // Every ISA this machine has (the others fall back to one it has), on the strip path and on the row-pass
+        // path it replaced; the decoded values before the sign, bit for bit.
+        let decoded = |cpu: &Cpu| {
+            let mut out = vec![0f32; layout.numel()];
+            cpu.aggregate_decoded(&layout, &contributions, &mut out).unwrap();
+            out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        let values = decoded(&cpu);
+        for isa in [Isa::Baseline, Isa::Avx2Fma, Isa::Avx512] {
+            for other in [Cpu::with_isa(isa), Cpu::with_isa(isa).without_strips()] {
+                let name = other.isa().name();
+                prop_assert_eq!(&run(&other, 2), &reference, "{} gives the same bits", name);
+                prop_assert!(decoded(&other) == values, "{} gives the same decoded values", name);
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_taller_than_a_strip_take_the_row_path_with_the_same_bits(
+        rows in prop::sample::select(vec![128usize, 96, 256]), cols in 1usize..80, n in 1usize..4, seed in any::<u64>()
+    ) {
+        // A target chunk of 256 gives blocks up to 256 rows tall: past the strip path's 64.
+        let layout = ParamLayout::new(&[rows, cols], 256, 32).unwrap();
+        let cpu = Cpu::new();
+        let raw = peers(&cpu, &layout, n, seed);
+        let mut bufs = vec![Vec::new(); n];
+        let contributions = normalised(&layout, &raw, &mut bufs);
+        let run = |cpu: &Cpu| {
+            let mut out = vec![0f32; layout.numel()];
+            cpu.aggregate_decoded(&layout, &contributions, &mut out).unwrap();
+            out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        let reference = run(&cpu);
+        prop_assert!(run(&cpu.clone().without_strips()) == reference);
+        prop_assert!(run(&Cpu::with_isa(Isa::Baseline)) == reference);
     }
 
     #[test]
