@@ -6,9 +6,10 @@
 //!
 //! Each block is inverted a strip of columns at a time with the strip's columns in registers ([`crate::strip`]);
 //! blocks taller than [`strip::MAX_H`] take the row-pass path (`stage1_rows` and `stage2`). The hot loops are compiled
-//! three times: for the baseline ISA, with AVX2 + FMA, and with AVX-512VL (the same code with 32 vector registers),
-//! picked at run time; strips are 8 columns wide on all three. All compute `f32::mul_add` (a correctly rounded fused multiply-add, in hardware or in libm) in the same order,
-//! so they give the same bits.
+//! three times: for the baseline ISA (plain arrays, [`strip::Portable`]), with AVX2 + FMA and with AVX-512VL (both
+//! `__m256` intrinsics, [`strip::Avx`]; the latter with 32 vector registers), picked at run time; strips are 8 columns
+//! wide on all three. All compute correctly rounded fused multiply-adds (`f32::mul_add`, in hardware or in libm; FMA
+//! instructions) in the same order, so they give the same bits.
 
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use rayon::prelude::*;
 use crate::fastdct::{dct2_rows, dct3_rows};
 use crate::pack::{or_bits, sign_bits};
 use crate::plan::{Axis, Plan, PlanCache};
-use crate::strip::{self, Coefficients, MAX_H, V};
+use crate::strip::{self, Arch, Coefficients, MAX_H, Portable};
 use crate::{Contribution, KernelError, ParamLayout, check_len};
 
 /// Instruction set the CPU kernels run with.
@@ -127,6 +128,18 @@ fn combine_rows(out: &mut [f32], rows: &[f32], coef: impl Fn(usize) -> f32) {
 /// `wsum += weight`, in peer order, then entry order (Templar's concatenation order).
 #[inline(always)]
 fn scatter(peers: &[Contribution], b: usize, k: usize, s: &mut Scratch) {
+    // The peers' entries are read once, from as many streams as there are peers (two each): more than the hardware
+    // prefetchers follow, so the scatter waited on memory. Ask for the block `PREFETCH` ahead of this one.
+    const PREFETCH: usize = 4;
+    for p in peers {
+        let (ix, vs) = (p.sparse.idxs(), p.sparse.vals());
+        let ahead = (b + PREFETCH) * k;
+        if ahead < ix.len() {
+            prefetch(ix[ahead..].as_ptr().cast());
+            prefetch(vs[ahead..].as_ptr().cast());
+            prefetch(vs[ahead..].as_ptr().wrapping_add(16).cast());
+        }
+    }
     for p in peers {
         let (ix, vs) = (
             &p.sparse.idxs()[b * k..(b + 1) * k],
@@ -147,6 +160,18 @@ fn scatter(peers: &[Contribution], b: usize, k: usize, s: &mut Scratch) {
             }
         }
     }
+}
+
+/// A hint to bring the cache line at `p` into the caches (nothing where there is no such instruction).
+#[inline(always)]
+fn prefetch(p: *const i8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not access memory architecturally; any address is allowed. SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Visits the touched slots of the accumulators in ascending order with their means, and resets them.
@@ -175,6 +200,14 @@ trait Source: Sync {
     /// The non-zero coefficients of block `b` (zeros may be left in: `fma(0, t, acc)` is `acc` here), into
     /// `s.coefs`.
     fn coefficients(&self, plan: &Plan, b: usize, s: &mut Scratch);
+    /// Block `b` for the strip path's stage 1: its coefficients in `s.coefs` (returns `false`), or, where the source
+    /// can hand over the scatter's accumulators for [`strip::stage1_from_sums`] instead (64-wide blocks of peer
+    /// contributions), those (returns `true`).
+    #[inline(always)]
+    fn strip_input(&self, plan: &Plan, b: usize, s: &mut Scratch) -> bool {
+        self.coefficients(plan, b, s);
+        false
+    }
 }
 
 /// Dense coefficients (`xshape`), e.g. a decompressed gradient.
@@ -212,22 +245,19 @@ impl Source for PeerSource<'_> {
         scatter(self.peers, b, self.k, s);
         let c = &mut s.coefs;
         let mut n = 0;
-        // Same walk as `drain_means`, written out so that it inlines into the ISA-specific entry points.
-        for (wi, word) in s.mask.iter_mut().enumerate() {
-            let mut m = std::mem::take(word);
-            while m != 0 {
-                let slot = wi * 64 + m.trailing_zeros() as usize;
-                m &= m - 1;
-                let [sum, wsum] = std::mem::take(&mut s.acc[slot]);
-                // Each touched slot once, so `n < totalk`, the arrays' length.
-                debug_assert!(n < c.slots.len());
-                // SAFETY: as above; the three arrays have `totalk` entries (`Coefficients::new`).
-                unsafe {
-                    *c.slots.get_unchecked_mut(n) = slot as u32;
-                    *c.vals.get_unchecked_mut(n) = sum;
-                    *c.wsums.get_unchecked_mut(n) = wsum;
+        if plan.w.is_multiple_of(64) {
+            // Row `r` is mask words `r * per_row..`: the row starts fall out of the walk.
+            let per_row = plan.w / 64;
+            for (r, words) in s.mask.chunks_exact_mut(per_row).enumerate() {
+                c.starts[r] = n;
+                for (q, word) in words.iter_mut().enumerate() {
+                    n = drain_word(word, (r * per_row + q) * 64, &mut s.acc, c, n);
                 }
-                n += 1;
+            }
+            c.starts[plan.h] = n;
+        } else {
+            for (wi, word) in s.mask.iter_mut().enumerate() {
+                n = drain_word(word, wi * 64, &mut s.acc, c, n);
             }
         }
         c.len = n;
@@ -235,8 +265,43 @@ impl Source for PeerSource<'_> {
         for (v, &d) in c.vals[..n].iter_mut().zip(&c.wsums[..n]) {
             *v /= d;
         }
-        c.index_rows(plan.w);
+        if !plan.w.is_multiple_of(64) {
+            c.index_rows(plan.w);
+        }
     }
+    #[inline(always)]
+    fn strip_input(&self, plan: &Plan, b: usize, s: &mut Scratch) -> bool {
+        if plan.w == 64 {
+            scatter(self.peers, b, self.k, s);
+            true
+        } else {
+            self.coefficients(plan, b, s);
+            false
+        }
+    }
+}
+
+/// The touched slots of one mask word (slots `base..base + 64`) into `c` from entry `n` on, as `drain_means` walks
+/// them (written out so that it inlines into the ISA-specific entry points); the accumulators are reset. Returns the
+/// next entry.
+#[inline(always)]
+fn drain_word(word: &mut u64, base: usize, acc: &mut [[f32; 2]], c: &mut Coefficients, mut n: usize) -> usize {
+    let mut m = std::mem::take(word);
+    while m != 0 {
+        let slot = base + m.trailing_zeros() as usize;
+        m &= m - 1;
+        let [sum, wsum] = std::mem::take(&mut acc[slot]);
+        // Each touched slot once, so `n < totalk`, the arrays' length.
+        debug_assert!(n < c.slots.len());
+        // SAFETY: as above; the three arrays have `totalk` entries (`Coefficients::new`).
+        unsafe {
+            *c.slots.get_unchecked_mut(n) = slot as u32;
+            *c.vals.get_unchecked_mut(n) = sum;
+            *c.wsums.get_unchecked_mut(n) = wsum;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// Stage 1 of the row-pass path: `U` (`h x w`) from the block's coefficients, a whole row per coefficient.
@@ -274,9 +339,10 @@ fn stage2<'s>(plan: &Plan, u: &'s mut [f32], tmp: &'s mut [f32]) -> &'s [f32] {
 trait Sink {
     /// Row `row` (relative to the task's first parameter row), starting at column `col0`.
     fn put(&mut self, row: usize, col0: usize, vals: &[f32]);
-    /// The strip path's result for the block whose top-left element is `(row0, col0)` (task-relative): rows
-    /// `0..h` of the strip at block column `c0`, of which the first `n` lanes are columns of the block.
-    fn put_strip<const L: usize>(&mut self, row0: usize, col0: usize, c0: usize, y: &[V<L>], n: usize);
+    /// The strip path's result for the block whose top-left element is `(row0, col0)` (task-relative): row `i` of
+    /// the strip at block column `c0`, of which the first `n` lanes are columns of the block. Rows come in the order
+    /// stage 2 finishes them, each once.
+    fn strip_row<A: Arch>(&mut self, row0: usize, col0: usize, c0: usize, i: usize, v: A::V, n: usize);
     /// Called after the last strip of a block of `h` rows and `w` columns.
     fn end_block(&mut self, row0: usize, col0: usize, h: usize, w: usize);
 }
@@ -285,8 +351,11 @@ trait Sink {
 struct PackSink<'o> {
     out: &'o mut [u8],
     cols: usize,
-    /// The current block's sign bits on the strip path: row `i`'s columns `64 q ..` in `bits[i * words + q]`.
-    bits: Vec<u64>,
+    /// The current block's sign bits on the strip path, a byte per strip row (strips are 8 columns wide): row `i`'s
+    /// columns `8 j ..` in `bits[i * 8 * words + j]`, so row `i`'s columns `64 q ..` are the little-endian word at
+    /// byte `8 (i * words + q)`. Every strip's byte is written whole for every block, so nothing is reset; bytes past
+    /// the block's width stay zero.
+    bits: Vec<u8>,
     words: usize,
 }
 
@@ -296,7 +365,7 @@ impl<'o> PackSink<'o> {
         Self {
             out,
             cols,
-            bits: vec![0; plan.h.min(MAX_H) * words],
+            bits: vec![0; plan.h.min(MAX_H) * words * 8],
             words,
         }
     }
@@ -312,20 +381,19 @@ impl Sink for PackSink<'_> {
         }
     }
     #[inline(always)]
-    fn put_strip<const L: usize>(&mut self, _row0: usize, _col0: usize, c0: usize, y: &[V<L>], n: usize) {
-        // `c0` is a multiple of L (8 or 16), so a strip never straddles two words. Padding lanes hold +0 (zero
-        // table entries), which packs as 0; masked all the same.
-        let keep = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
-        let (q, shift) = (c0 / 64, c0 % 64);
-        for (i, v) in y.iter().enumerate() {
-            self.bits[i * self.words + q] |= (v.sign_bits() & keep) << shift;
-        }
+    fn strip_row<A: Arch>(&mut self, _row0: usize, _col0: usize, c0: usize, i: usize, v: A::V, n: usize) {
+        // A byte per strip row: a store, where or-ing shifted bits into a word was a read-modify-write.
+        const { assert!(A::LANES == 8, "a strip's signs are one byte") };
+        // Padding lanes hold +0 (zero table entries), which packs as 0; masked all the same.
+        let keep = if n >= 8 { 0xff } else { (1u64 << n) - 1 };
+        self.bits[i * 8 * self.words + c0 / 8] = (A::sign_bits(v) & keep) as u8;
     }
     #[inline(always)]
     fn end_block(&mut self, row0: usize, col0: usize, h: usize, w: usize) {
         for i in 0..h {
             for q in 0..self.words {
-                let word = std::mem::take(&mut self.bits[i * self.words + q]);
+                let at = 8 * (i * self.words + q);
+                let word = u64::from_le_bytes(self.bits[at..at + 8].try_into().expect("8 bytes"));
                 or_bits(
                     self.out,
                     (row0 + i) * self.cols + col0 + 64 * q,
@@ -350,10 +418,10 @@ impl Sink for FloatSink<'_> {
         self.out[start..start + vals.len()].copy_from_slice(vals);
     }
     #[inline(always)]
-    fn put_strip<const L: usize>(&mut self, row0: usize, col0: usize, c0: usize, y: &[V<L>], n: usize) {
-        for (i, v) in y.iter().enumerate() {
-            self.put(row0 + i, col0 + c0, &v.0[..n]);
-        }
+    fn strip_row<A: Arch>(&mut self, row0: usize, col0: usize, c0: usize, i: usize, v: A::V, n: usize) {
+        let mut lanes = [0.0; 16];
+        A::store(v, &mut lanes);
+        self.put(row0 + i, col0 + c0, &lanes[..n]);
     }
     #[inline(always)]
     fn end_block(&mut self, _row0: usize, _col0: usize, _h: usize, _w: usize) {}
@@ -367,10 +435,10 @@ struct Rows {
     bxn: usize,
 }
 
-/// The inverse of block rows `rows`: strips of `L` columns where the block is at most `strip::MAX_H` tall (and
+/// The inverse of block rows `rows`: strips of `A::LANES` columns where the block is at most `strip::MAX_H` tall (and
 /// `strips`), else the row-pass path.
 #[inline(always)]
-fn inverse_body<const L: usize, const NV: usize, S: Source, K: Sink>(
+fn inverse_body<A: Arch, const NV: usize, S: Source, K: Sink>(
     plan: &Plan,
     src: &S,
     rows: Rows,
@@ -380,20 +448,30 @@ fn inverse_body<const L: usize, const NV: usize, S: Source, K: Sink>(
 ) {
     let (h, w) = (plan.h, plan.w);
     let strips = strips && h <= MAX_H;
-    let (mut y, mut t) = ([V::<L>::zero(); MAX_H], [V::<L>::zero(); MAX_H]);
+    let (mut y, mut t) = ([A::zero(); MAX_H], [A::zero(); MAX_H]);
     for by in rows.by0..rows.by1 {
         let row0 = (by - rows.by0) * h;
         for bx in 0..rows.bxn {
-            src.coefficients(plan, by * rows.bxn + bx, s);
+            let b = by * rows.bxn + bx;
             if strips {
-                strip::stage1::<L, NV>(plan, &s.coefs, &mut s.u);
-                for c0 in (0..w).step_by(L) {
-                    strip::load_strip(plan, &s.u, c0, &mut y);
-                    strip::stage2(plan, &mut y, &mut t);
-                    sink.put_strip(row0, bx * w, c0, &y[..h], L.min(w - c0));
+                if src.strip_input(plan, b, s) {
+                    strip::stage1_from_sums::<A, NV>(plan, &mut s.mask, &mut s.acc, &mut s.u);
+                } else {
+                    strip::stage1::<A, NV>(plan, &s.coefs, &mut s.u);
+                }
+                for c0 in (0..w).step_by(A::LANES) {
+                    let mut out = ToSink {
+                        sink: &mut *sink,
+                        row0,
+                        col0: bx * w,
+                        c0,
+                        n: A::LANES.min(w - c0),
+                    };
+                    strip::stage2::<A, _>(plan, &s.u, c0, &mut y, &mut t, &mut out);
                 }
                 sink.end_block(row0, bx * w, h, w);
             } else {
+                src.coefficients(plan, b, s);
                 let u = &mut s.u[..h * w];
                 stage1_rows(plan, &s.coefs, u);
                 let res = stage2(plan, u, &mut s.tmp);
@@ -402,6 +480,23 @@ fn inverse_body<const L: usize, const NV: usize, S: Source, K: Sink>(
                 }
             }
         }
+    }
+}
+
+/// A strip's rows into a sink (stage 2 hands them over as it finishes them, so a 64-row strip's values go from
+/// registers to the sink without a store and reload).
+struct ToSink<'k, K> {
+    sink: &'k mut K,
+    row0: usize,
+    col0: usize,
+    c0: usize,
+    n: usize,
+}
+
+impl<A: Arch, K: Sink> strip::StripRows<A> for ToSink<'_, K> {
+    #[inline(always)]
+    fn row(&mut self, i: usize, v: A::V) {
+        self.sink.strip_row::<A>(self.row0, self.col0, self.c0, i, v, self.n);
     }
 }
 
@@ -415,7 +510,7 @@ unsafe fn inverse_avx2<S: Source, K: Sink>(
     s: &mut Scratch,
     strips: bool,
 ) {
-    inverse_body::<8, 8, S, K>(plan, src, rows, sink, s, strips)
+    inverse_body::<strip::Avx, 8, S, K>(plan, src, rows, sink, s, strips)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -428,7 +523,7 @@ unsafe fn inverse_avx512<S: Source, K: Sink>(
     s: &mut Scratch,
     strips: bool,
 ) {
-    inverse_body::<8, 8, S, K>(plan, src, rows, sink, s, strips)
+    inverse_body::<strip::Avx, 8, S, K>(plan, src, rows, sink, s, strips)
 }
 
 impl Cpu {
@@ -440,7 +535,7 @@ impl Cpu {
             Isa::Avx2Fma => unsafe { inverse_avx2(plan, src, rows, sink, s, self.strips) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { inverse_avx512(plan, src, rows, sink, s, self.strips) },
-            _ => inverse_body::<8, 8, S, K>(plan, src, rows, sink, s, self.strips),
+            _ => inverse_body::<Portable, 8, S, K>(plan, src, rows, sink, s, self.strips),
         }
     }
 }

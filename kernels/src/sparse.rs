@@ -25,11 +25,12 @@ impl<'a> PeerSparse<'a> {
             }
         }
         let totalk = layout.totalk();
-        // Branch-free scan first; locate the culprit only on failure.
-        if idxs
-            .iter()
-            .fold(false, |bad, &i| bad | (i < 0) | (i as usize >= totalk))
-        {
+        // Branch-free scan first; locate the culprit only on failure. In 16-bit lanes: `totalk <= MAX_TOTALK`
+        // (`i16::MAX`, checked by `ParamLayout::new`), so a negative index, read as u16, is `>= 32768 > totalk`; the
+        // same test as `i < 0 || i >= totalk` at four times the width of a comparison widened to usize.
+        debug_assert!(totalk <= crate::MAX_TOTALK);
+        let tk = totalk as u16;
+        if idxs.iter().fold(false, |bad, &i| bad | (i as u16 >= tk)) {
             let position = idxs.iter().position(|&i| i < 0 || i as usize >= totalk).unwrap_or(0);
             return Err(KernelError::IndexOutOfRange {
                 position,

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use aggregator_codec::{Gradient, Limits};
 use aggregator_model::ModelSpec;
@@ -29,6 +30,10 @@ pub struct AggregateArgs {
     /// Default: the files' uids in the order given.
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<u16>>,
+    /// Print the wall time of each phase (read and check, aggregate, write) on stderr, for side-by-side comparisons
+    /// (`scripts/bench-compare`).
+    #[arg(long)]
+    timings: bool,
     /// Gradient files named `gradient-{w}-{uid}-v{V}.pt`.
     #[arg(required = true)]
     gradients: Vec<PathBuf>,
@@ -88,6 +93,7 @@ pub fn aggregate(args: AggregateArgs, device: Device) -> anyhow::Result<ExitCode
     if let Some((uid, path)) = files.iter().find(|(u, _)| !order.contains(u)) {
         bail!("{}: uid {uid} is not in --peers", path.display());
     }
+    let started = Instant::now();
     let mut peers = Vec::with_capacity(order.len());
     for uid in order {
         let input = match files.iter().find(|(u, _)| *u == uid) {
@@ -104,6 +110,8 @@ pub fn aggregate(args: AggregateArgs, device: Device) -> anyhow::Result<ExitCode
         peers.push((uid, input));
     }
     let numeric = crate::open_device(device)?;
+    let read = started.elapsed();
+    let started = Instant::now();
     let result = match aggregate_window(
         &model,
         numeric.backend.as_ref(),
@@ -126,10 +134,21 @@ pub fn aggregate(args: AggregateArgs, device: Device) -> anyhow::Result<ExitCode
         );
         return Ok(ExitCode::from(1));
     };
+    let process = started.elapsed();
+    let started = Instant::now();
     let bytes = file.to_bytes()?;
     let tmp = args.out.with_extension("pt.partial");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming to {}", args.out.display()))?;
+    if args.timings {
+        eprintln!(
+            "timings: read and check {:.3} s, aggregate {:.3} s (normalise, scatter-mean, inverse DCT, sign, pack), \
+             write {:.3} s",
+            read.as_secs_f64(),
+            process.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     println!(
         "wrote {} ({} bytes): window {}, {} parameters, valid uids {:?}, skipped uids {:?}, success rate {}",
         args.out.display(),
