@@ -28,9 +28,10 @@ pub enum Isa {
     Baseline,
     /// x86-64 with AVX2 and FMA.
     Avx2Fma,
-    /// x86-64 with AVX-512F and AVX-512VL (and AVX2 and FMA): the AVX2 code with 32 vector registers instead of 16,
-    /// which the strip transform's 64-row columns spill less with. (Strips of 16 columns in 512-bit registers were
-    /// measured 3x slower on an AMD Zen 4, which splits them in two, so the strips stay 8 wide.)
+    /// x86-64 with AVX-512F and AVX-512VL (and AVX2 and FMA): the AVX2 code with 32 vector registers instead of 16.
+    /// Measured as fast as [`Isa::Avx2Fma`] on an AMD Zen 4 since the strip transform keeps its values in registers;
+    /// kept for machines where the extra registers may still pay. (Strips of 16 columns in 512-bit registers were
+    /// measured 3x slower on Zen 4, which splits them in two, so the strips stay 8 wide.)
     Avx512,
 }
 
@@ -245,29 +246,15 @@ impl Source for PeerSource<'_> {
         scatter(self.peers, b, self.k, s);
         let c = &mut s.coefs;
         let mut n = 0;
-        if plan.w.is_multiple_of(64) {
-            // Row `r` is mask words `r * per_row..`: the row starts fall out of the walk.
-            let per_row = plan.w / 64;
-            for (r, words) in s.mask.chunks_exact_mut(per_row).enumerate() {
-                c.starts[r] = n;
-                for (q, word) in words.iter_mut().enumerate() {
-                    n = drain_word(word, (r * per_row + q) * 64, &mut s.acc, c, n);
-                }
-            }
-            c.starts[plan.h] = n;
-        } else {
-            for (wi, word) in s.mask.iter_mut().enumerate() {
-                n = drain_word(word, wi * 64, &mut s.acc, c, n);
-            }
+        for (wi, word) in s.mask.iter_mut().enumerate() {
+            n = drain_word(word, wi * 64, &mut s.acc, c, n);
         }
         c.len = n;
         // The means, in a loop of their own that vectorises (one division per touched slot is the drain's cost).
         for (v, &d) in c.vals[..n].iter_mut().zip(&c.wsums[..n]) {
             *v /= d;
         }
-        if !plan.w.is_multiple_of(64) {
-            c.index_rows(plan.w);
-        }
+        c.index_rows(plan.w);
     }
     #[inline(always)]
     fn strip_input(&self, plan: &Plan, b: usize, s: &mut Scratch) -> bool {

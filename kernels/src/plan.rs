@@ -47,8 +47,8 @@ pub(crate) struct Plan {
     pub(crate) width: Axis,
     /// `w` rounded up to a multiple of 16: the row stride of the padded stage-1 tables.
     pub(crate) wp: usize,
-    /// `t_first` and `t_rest` with rows padded with zeros to `wp` columns, so that a strip of 8 or 16 columns is
-    /// always a whole load (the strip path, [`crate::strip`]).
+    /// `t_first` and `t_rest` with rows padded with zeros to `wp` columns, so that a strip of 8 columns is always a
+    /// whole load (the strip path, [`crate::strip`]).
     pub(crate) t_first_pad: Vec<f32>,
     pub(crate) t_rest_pad: Vec<f32>,
     /// The height axis's Lee factors, level by level (`Twiddles::flat`); empty for a dense height.
