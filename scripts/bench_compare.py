@@ -14,6 +14,13 @@ block-DCT coefficients, indices as `torch.topk` returns them) and cached in the 
 
 Finally the packed bits of every parameter are compared (ours from the written `.pt`, read with torch). Prints a
 table and exits 1 if any parameter differs.
+
+With `--catchup N`, catch-up instead: `aggregator bench catchup --windows N --dir D` writes N random aggregates of
+the model under `D/aggregates/` and times our replay of them (read + decode + apply per window); then Templar's
+catch-up step is timed on the same files: `torch.load(weights_only=True)` (as `comms.s3_get_object` reads the
+downloaded file), `neurons.process_loaded_data` (its `unpack_binary_tensor` per parameter; both read out of
+neurons.py with `ast`), the grads set and `SGD.step()` (miner.py and validator.py: `SGD(params, lr=learning_rate)`,
+weight decay 0). The bits of the result are checked by the catch-up tests against torch, not here.
 """
 
 import argparse
@@ -150,6 +157,65 @@ def differences(params, model, transform, compressor, lists, shapes, totalks, wr
     return count, worst
 
 
+def neurons_functions(root, names):
+    """Top-level functions of Templar's neurons.py by name, compiled alone (the tplr package is not imported)."""
+    source = (root / "src/tplr/neurons.py").read_text()
+    nodes = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name in names]
+
+    class Quiet:
+        def __getattr__(self, _):
+            return lambda *a, **k: None
+
+    namespace = {"torch": torch, "DeviceLikeType": object, "logger": Quiet(), "nn": torch.nn}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), "neurons.py", "exec"), namespace)
+    return [namespace[n] for n in names]
+
+
+def catchup(args, params):
+    """Our catch-up replay and Templar's catch-up step on the same aggregate files."""
+    process_loaded_data, _ = neurons_functions(Path(args.templar), ["process_loaded_data", "unpack_binary_tensor"])
+    work = Path(args.work) / f"catchup-{args.model}"
+    work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    cmd = [args.aggregator, "bench", "catchup", "--model", args.model, "--windows", str(args.catchup)]
+    run = subprocess.run(cmd + ["--dir", str(work)], capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        sys.exit(f"aggregator failed ({run.returncode}):\n{run.stderr}")
+    rows = [l.split() for l in run.stdout.splitlines()]
+    ours_t = [float(r[1]) / 1e3 for r in rows if len(r) == 2 and r[0].isdigit()]
+    (work / "checkpoint-0.safetensors").unlink(missing_ok=True)
+
+    class Named:
+        def __init__(self):
+            self.ps = [(n, torch.nn.Parameter(torch.zeros(s))) for n, s in params]
+
+        def named_parameters(self):
+            return iter(self.ps)
+
+    model = Named()
+    optimizer = torch.optim.SGD([p for _, p in model.ps], lr=4e-4)
+    theirs_t = []
+    for w in range(1, args.catchup + 1):
+        started = time.time()
+        agg = torch.load(work / "aggregates" / f"aggregator-{w}-v{VERSION}.pt", weights_only=True)
+        d = process_loaded_data(model, agg)
+        for name, p in model.ps:
+            p.grad = d["tensors"][name]
+        optimizer.step()
+        theirs_t.append(time.time() - started)
+        del agg, d
+        print(f"window {w}: Templar {theirs_t[-1]:.2f} s, ours {ours_t[w - 1]:.3f} s", file=sys.stderr)
+    numel = sum(p.numel() for _, p in model.ps)
+    t_med, o_med = statistics.median(theirs_t), statistics.median(ours_t)
+    print(f"\nmodel {args.model} ({numel} parameters), {args.catchup} windows, {args.threads} threads, torch "
+          f"{torch.__version__}; load average before the runs {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{'per window (read + decode + apply)':38}{'median s':>10}{'min s':>10}")
+    print(f"{'Templar catch-up step (torch)':38}{t_med:>10.3f}{min(theirs_t):>10.3f}")
+    print(f"{'ours: aggregator bench catchup':38}{o_med:>10.3f}{min(ours_t):>10.3f}")
+    print(f"ratio (median): {t_med / o_med:.1f}x")
+
+
 def ours(args, files, model_json, out):
     cmd = [args.aggregator, "--device", "cpu", "aggregate", "--timings", "--model", str(model_json)]
     cmd += ["--window", str(WINDOW), "--out", str(out)] + [str(f) for f in files]
@@ -174,10 +240,13 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for torch and for ours")
     ap.add_argument("--seed", type=int, default=2073)
     ap.add_argument("--work", default="target/bench-compare", help="where the inputs are cached")
+    ap.add_argument("--catchup", type=int, metavar="N", help="compare catch-up over N windows instead")
     args = ap.parse_args()
     if not args.templar:
         sys.exit("--templar (or TEMPLAR) must name a checkout of github.com/tplr-ai/templar at commit 20c293e4")
     torch.set_num_threads(args.threads)
+    if args.catchup:
+        return catchup(args, parameters(args.model))
     compress, pack = load_templar(Path(args.templar))
     params = parameters(args.model)
     model = Model(params)

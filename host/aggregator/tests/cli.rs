@@ -88,6 +88,74 @@ fn bench_process_prints_a_table() {
     }
 }
 
+/// `bench window` against a real SeaweedFS (the tests' venv): every phase timed, both critical-path figures printed.
+#[test]
+fn bench_window_times_every_phase_against_seaweedfs() {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("seaweedfs-venv");
+    let out = aggregator()
+        .args([
+            "--device", "cpu", "bench", "window", "--model", "tiny", "--peers", "3", "--runs", "2",
+        ])
+        .arg("--seaweed-venv")
+        .arg(&venv)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.split_whitespace().next().is_some_and(|w| w == "1" || w == "2"))
+        .collect();
+    assert_eq!(rows.len(), 2, "one row per run:\n{stdout}");
+    for row in rows {
+        let cols: Vec<f64> = row.split_whitespace().skip(1).map(|c| c.parse().unwrap()).collect();
+        assert_eq!(cols.len(), 7, "{row}");
+        // whole = gather + process + encode + put; per-peer = last file + process + encode + put (rounding aside).
+        assert!(
+            (cols[5] - (cols[0] + cols[2] + cols[3] + cols[4])).abs() < 0.003,
+            "{row}"
+        );
+        assert!(
+            (cols[6] - (cols[1] + cols[2] + cols[3] + cols[4])).abs() < 0.003,
+            "{row}"
+        );
+    }
+    for needle in [
+        "3 peers x",
+        "whole window after the last upload",
+        "with per-peer gather",
+        "peak RSS",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+}
+
+/// `bench catchup --dir` keeps the aggregates it replayed where `scripts/bench-compare --catchup` reads them.
+#[test]
+fn bench_catchup_keeps_its_aggregates_with_dir() {
+    let dir = std::env::temp_dir().join(format!("cli-bench-catchup-{}", std::process::id()));
+    let out = aggregator()
+        .args(["bench", "catchup", "--model", "tiny", "--windows", "3", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("3 windows of tiny"), "{stdout}");
+    for w in 1..=3 {
+        let file = dir.join(format!("aggregates/aggregator-{w}-v0.2.73.pt"));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let model = aggregator_model::ModelSpec::load("tiny").unwrap();
+        let agg =
+            aggregator_codec::Aggregate::read(&bytes, Some(&model), &aggregator_codec::Limits::default()).unwrap();
+        assert_eq!(agg.window, w);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `aggregator aggregate` on the fixture gradients reproduces the fixture aggregate: every parameter's packed bytes
 /// (bits at the reference's near-zero positions may differ), the metadata keys in order and their types, and it loads
 /// in Python under torch's `weights_only` rules.

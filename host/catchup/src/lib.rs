@@ -156,23 +156,36 @@ pub fn apply_aggregate(ckpt: &mut Checkpoint, aggregate: &Aggregate, lr: f64, we
             continue;
         }
         applied += 1;
-        // `p − lr` equals `p + (−lr)` exactly in IEEE arithmetic, so each element adds `±lr` chosen by its bit;
-        // eight elements per packed byte, in loops the compiler vectorises.
+        // `p − lr` equals `p + (−lr)` exactly in IEEE arithmetic, so each element adds `±lr` chosen by its bit: the
+        // bit flips the sign of `lr` (an XOR on the sign bit), branch-free, eight elements per byte, so the loops
+        // vectorise. The decay multiply and the add stay two roundings, as torch's two in-place ops.
         p.par_chunks_mut(1 << 16)
             .zip(packed.par_chunks(1 << 13))
-            .for_each(|(p, bits)| {
-                for (chunk, &byte) in p.chunks_mut(8).zip(bits) {
-                    for (j, v) in chunk.iter_mut().enumerate() {
-                        let step = if byte >> j & 1 == 1 { -lr32 } else { lr32 };
-                        *v = match decay {
-                            Some(d) => *v * d + step,
-                            None => *v + step,
-                        };
-                    }
-                }
+            .for_each(|(p, bits)| match decay {
+                Some(d) => apply_bits(p, bits, lr32, |v, step| v * d + step),
+                None => apply_bits(p, bits, lr32, |v, step| v + step),
             });
     }
     applied
+}
+
+/// `p[i] ← f(p[i], ±lr)` for each element, `−lr` where bit `i` of `bits` (little-endian within a byte) is set.
+#[inline(always)]
+fn apply_bits(p: &mut [f32], bits: &[u8], lr: f32, f: impl Fn(f32, f32) -> f32) {
+    let step = |byte: u8, j: usize| f32::from_bits(lr.to_bits() ^ (u32::from(byte >> j & 1) << 31));
+    let whole = p.len() / 8;
+    let mut chunks = p.chunks_exact_mut(8);
+    for (chunk, &byte) in (&mut chunks).zip(bits) {
+        for (j, v) in chunk.iter_mut().enumerate() {
+            *v = f(*v, step(byte, j));
+        }
+    }
+    let rest = chunks.into_remainder();
+    if let Some(&byte) = bits.get(whole) {
+        for (j, v) in rest.iter_mut().enumerate() {
+            *v = f(*v, step(byte, j));
+        }
+    }
 }
 
 /// The samples the leader's debug dict allows: for each `<param>_debug` list, the same leading elements of ours.
@@ -192,7 +205,13 @@ pub fn samples(ckpt: &Checkpoint, debug: &DebugDict) -> Vec<ParamSample> {
         .collect()
 }
 
-async fn get(store: &dyn ObjectStore, key: &str, max: u64, timeout: Duration) -> Result<Option<Vec<u8>>, CatchupError> {
+/// The object's bytes as the store handed them over (no copy), `None` when it is not there.
+async fn get(
+    store: &dyn ObjectStore,
+    key: &str,
+    max: u64,
+    timeout: Duration,
+) -> Result<Option<bytes::Bytes>, CatchupError> {
     let err = |e: String| CatchupError::Storage(format!("{key}: {e}"));
     let read = async {
         // One GET: its metadata gives the size before the body is read.
@@ -204,10 +223,7 @@ async fn get(store: &dyn ObjectStore, key: &str, max: u64, timeout: Duration) ->
         if r.meta.size > max {
             return Err(err(format!("{} bytes, over {max}", r.meta.size)));
         }
-        r.bytes()
-            .await
-            .map(|b| Some(b.to_vec()))
-            .map_err(|e| err(e.to_string()))
+        r.bytes().await.map(Some).map_err(|e| err(e.to_string()))
     };
     tokio::time::timeout(timeout, read)
         .await

@@ -169,8 +169,9 @@ impl TensorMeta {
         self.numel() as u64 * self.dtype.size() as u64
     }
 
-    /// Copies the elements, row-major, as raw element bytes from `record` (the storage's bytes).
-    pub(crate) fn gather_bytes(&self, record: &[u8]) -> Vec<u8> {
+    /// The elements, row-major, as raw element bytes of `record` (the storage's bytes): borrowed when the tensor is
+    /// contiguous (every tensor Templar writes), copied element by element otherwise.
+    pub(crate) fn gather_bytes<'r>(&self, record: &'r [u8]) -> std::borrow::Cow<'r, [u8]> {
         let es = self.dtype.size();
         let n = self.numel();
         let contiguous = {
@@ -183,7 +184,7 @@ impl TensorMeta {
         };
         if contiguous {
             let start = self.offset as usize * es;
-            return record[start..start + n * es].to_vec();
+            return std::borrow::Cow::Borrowed(&record[start..start + n * es]);
         }
         let mut out = Vec::with_capacity(n * es);
         let mut idx = vec![0usize; self.shape.len()];
@@ -203,6 +204,6 @@ impl TensorMeta {
                 idx[d] = 0;
             }
         }
-        out
+        std::borrow::Cow::Owned(out)
     }
 }

@@ -19,12 +19,20 @@ pub struct BenchCatchupArgs {
     /// Windows to replay.
     #[arg(long, default_value_t = 10)]
     windows: u64,
+    /// Write the aggregates under `DIR/aggregates/` and keep them (with the caught-up checkpoint), for
+    /// `scripts/bench-compare --catchup` to replay Templar's catch-up on the same files; default: a temporary
+    /// directory, removed at the end.
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
 }
 
 /// Times catch-up: random aggregates for N windows in a local store, replayed onto an initial model.
 pub fn bench(args: BenchCatchupArgs) -> anyhow::Result<()> {
     let model = ModelSpec::load(&args.model)?;
-    let dir = std::env::temp_dir().join(format!("aggregator-bench-catchup-{}", std::process::id()));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("aggregator-bench-catchup-{}", std::process::id())));
     let bucket = Bucket::local(&dir, "aggregates");
     let clients = Clients::new(ClientSettings::default());
     let store = clients.get(&bucket)?;
@@ -107,6 +115,8 @@ pub fn bench(args: BenchCatchupArgs) -> anyhow::Result<()> {
         load.as_secs_f64(),
         save.as_secs_f64()
     );
-    std::fs::remove_dir_all(&dir).ok();
+    if args.dir.is_none() {
+        std::fs::remove_dir_all(&dir).ok();
+    }
     Ok(())
 }

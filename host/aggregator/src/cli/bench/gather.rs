@@ -16,8 +16,8 @@ use object_store::ObjectStoreExt;
 use super::process::{mib, synthesize_peer};
 use crate::resources::{load_average, usage};
 
-const WINDOW: u64 = 1;
-const VERSION: &str = "0.2.73";
+pub(super) const WINDOW: u64 = 1;
+pub(super) const VERSION: &str = "0.2.73";
 
 /// Arguments of `bench gather`.
 #[derive(clap::Args)]
@@ -43,6 +43,55 @@ pub struct GatherArgs {
     /// Seed of the synthetic gradients.
     #[arg(long, default_value_t = 2073)]
     seed: u64,
+}
+
+/// Synthesises peer `p`'s gradient for every bucket `p` (through the miner-side compressor) and uploads it as
+/// `gradient-1-{p}-v0.2.73.pt` there; returns one file's size (every peer's file has the model's size).
+pub(super) async fn upload_peers(
+    model: &ModelSpec,
+    clients: &Clients,
+    buckets: &[Bucket],
+    seed: u64,
+) -> anyhow::Result<u64> {
+    let cpu = Cpu::new();
+    let mut file_bytes = 0u64;
+    let bar = crate::progress::bar(buckets.len() as u64, "synthesising and uploading peers");
+    for (p, bucket) in buckets.iter().enumerate() {
+        bar.inc(1);
+        let t = Instant::now();
+        let data = tokio::task::block_in_place(|| synthesize_peer(model, p, seed, &cpu))?;
+        let params = data
+            .into_iter()
+            .map(|(idxs, vals)| Some(SparseParam { idxs, vals }))
+            .collect();
+        let g = Gradient {
+            params,
+            metadata: GradientMetadata {
+                pages_info: vec![],
+                window: Some(WINDOW as i64),
+            },
+            global_step: 0,
+        };
+        let bytes = g.to_bytes(model)?;
+        file_bytes = bytes.len() as u64;
+        let key = keys::gradient(WINDOW, p as u16, VERSION);
+        clients
+            .get(bucket)?
+            .put(&key.as_str().into(), bytes.into())
+            .await
+            .with_context(|| format!("uploading {key}"))?;
+        if bar.is_hidden() {
+            eprintln!(
+                "  peer {}/{}: {} uploaded ({:.1} s)",
+                p + 1,
+                buckets.len(),
+                mib(file_bytes),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    bar.finish_and_clear();
+    Ok(file_bytes)
 }
 
 /// Runs the benchmark.
@@ -75,44 +124,7 @@ async fn run(args: GatherArgs, model: Arc<ModelSpec>) -> anyhow::Result<()> {
         }
     };
     let clients = Clients::new(ClientSettings::default());
-    let cpu = Cpu::new();
-    let mut file_bytes = 0u64;
-    let bar = crate::progress::bar(buckets.len() as u64, "synthesising and uploading peers");
-    for (p, bucket) in buckets.iter().enumerate() {
-        bar.inc(1);
-        let t = Instant::now();
-        let data = tokio::task::block_in_place(|| synthesize_peer(&model, p, args.seed, &cpu))?;
-        let params = data
-            .into_iter()
-            .map(|(idxs, vals)| Some(SparseParam { idxs, vals }))
-            .collect();
-        let g = Gradient {
-            params,
-            metadata: GradientMetadata {
-                pages_info: vec![],
-                window: Some(WINDOW as i64),
-            },
-            global_step: 0,
-        };
-        let bytes = g.to_bytes(&model)?;
-        file_bytes = bytes.len() as u64;
-        let key = keys::gradient(WINDOW, p as u16, VERSION);
-        clients
-            .get(bucket)?
-            .put(&key.as_str().into(), bytes.into())
-            .await
-            .with_context(|| format!("uploading {key}"))?;
-        if bar.is_hidden() {
-            eprintln!(
-                "  peer {}/{}: {} uploaded ({:.1} s)",
-                p + 1,
-                args.peers,
-                mib(file_bytes),
-                t.elapsed().as_secs_f64()
-            );
-        }
-    }
-    bar.finish_and_clear();
+    let file_bytes = upload_peers(&model, &clients, &buckets, args.seed).await?;
     let peers: Vec<PeerRequest> = buckets
         .iter()
         .enumerate()

@@ -5,6 +5,7 @@ mod gather;
 mod policy;
 mod process;
 mod robust;
+mod window;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,9 @@ pub enum BenchCommand {
     /// Poisoned gradients (sign-flip, random, copy, stale, collusion) against the default and a robust
     /// contribution-weighting policy: sign agreement with the honest-only aggregate, peers excluded.
     Robust(robust::RobustArgs),
+    /// One window after the last upload against a local SeaweedFS: gather, process, encode and put timed on the
+    /// daemon's code path, whole and with only the last peer's file on the path.
+    Window(window::WindowArgs),
 }
 
 /// Runs one benchmark (`device`: the numeric backend, for `process`).
@@ -35,6 +39,7 @@ pub fn run(command: BenchCommand, device: Device) -> anyhow::Result<ExitCode> {
         BenchCommand::Catchup(args) => catchup::bench(args),
         BenchCommand::Gather(args) => gather::gather(args),
         BenchCommand::Robust(args) => robust::robust(args),
+        BenchCommand::Window(args) => window::window(args, device),
     }
     .map(|()| ExitCode::SUCCESS)
 }
