@@ -46,13 +46,14 @@ pub struct GatherArgs {
 }
 
 /// Synthesises peer `p`'s gradient for every bucket `p` (through the miner-side compressor) and uploads it as
-/// `gradient-1-{p}-v0.2.73.pt` there; returns one file's size (every peer's file has the model's size).
+/// `gradient-1-{p}-v0.2.73.pt` there; returns one file's size (every peer's file has the model's size) and the
+/// gather request of each peer (uid `p`).
 pub(super) async fn upload_peers(
     model: &ModelSpec,
     clients: &Clients,
     buckets: &[Bucket],
     seed: u64,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Vec<PeerRequest>)> {
     let cpu = Cpu::new();
     let mut file_bytes = 0u64;
     let bar = crate::progress::bar(buckets.len() as u64, "synthesising and uploading peers");
@@ -91,7 +92,30 @@ pub(super) async fn upload_peers(
         }
     }
     bar.finish_and_clear();
-    Ok(file_bytes)
+    let peers = buckets
+        .iter()
+        .enumerate()
+        .map(|(p, b)| PeerRequest {
+            uid: p as u16,
+            bucket: Some(b.clone()),
+        })
+        .collect();
+    Ok((file_bytes, peers))
+}
+
+/// The benches' gather settings: `concurrency` peers at once, a generous timeout, and bounds that admit any upload
+/// time (the synthetic files are uploaded just before).
+pub(super) fn gather_settings(concurrency: usize) -> (GatherOptions, Bounds) {
+    let options = GatherOptions {
+        concurrency,
+        timeout: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let bounds = Bounds {
+        not_before_ms: 0,
+        not_after_ms: u64::MAX,
+    };
+    (options, bounds)
 }
 
 /// Runs the benchmark.
@@ -124,24 +148,8 @@ async fn run(args: GatherArgs, model: Arc<ModelSpec>) -> anyhow::Result<()> {
         }
     };
     let clients = Clients::new(ClientSettings::default());
-    let file_bytes = upload_peers(&model, &clients, &buckets, args.seed).await?;
-    let peers: Vec<PeerRequest> = buckets
-        .iter()
-        .enumerate()
-        .map(|(p, b)| PeerRequest {
-            uid: p as u16,
-            bucket: Some(b.clone()),
-        })
-        .collect();
-    let options = GatherOptions {
-        concurrency: args.concurrency,
-        timeout: Duration::from_secs(300),
-        ..Default::default()
-    };
-    let bounds = Bounds {
-        not_before_ms: 0,
-        not_after_ms: u64::MAX,
-    };
+    let (file_bytes, peers) = upload_peers(&model, &clients, &buckets, args.seed).await?;
+    let (options, bounds) = gather_settings(args.concurrency);
     let load_before = load_average();
     println!(
         "{:>4} {:>10} {:>12} {:>10} {:>10}",

@@ -13,14 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aggregator_model::ModelSpec;
-use aggregator_store::{
-    Bounds, Bucket, ClientSettings, Clients, GatherOptions, PeerRequest, PutOptions, SkipReason, gather, keys, put,
-};
+use aggregator_store::{Bucket, ClientSettings, Clients, PutOptions, SkipReason, gather, keys, put};
 use aggregator_testkit::seaweed::{BucketAccess, SeaweedFs, install};
 use aggregator_window::{PeerInput, aggregate_window, python_utc_now};
 use anyhow::{Context, bail};
 
-use super::gather::{VERSION, WINDOW, upload_peers};
+use super::gather::{VERSION, WINDOW, gather_settings, upload_peers};
 use super::process::mib;
 use crate::resources::{load_average, usage};
 use aggregator_kernels::Device;
@@ -108,24 +106,8 @@ async fn run(
     let buckets: Vec<Bucket> = names.iter().map(|n| server.admin_bucket(n)).collect();
     let clients = Clients::new(ClientSettings::default());
     let output = clients.get(&server.admin_bucket("aggregates"))?;
-    let file_bytes = upload_peers(&model, &clients, &buckets, args.seed).await?;
-    let peers: Vec<PeerRequest> = buckets
-        .iter()
-        .enumerate()
-        .map(|(p, b)| PeerRequest {
-            uid: p as u16,
-            bucket: Some(b.clone()),
-        })
-        .collect();
-    let options = GatherOptions {
-        concurrency: args.concurrency,
-        timeout: Duration::from_secs(300),
-        ..Default::default()
-    };
-    let bounds = Bounds {
-        not_before_ms: 0,
-        not_after_ms: u64::MAX,
-    };
+    let (file_bytes, peers) = upload_peers(&model, &clients, &buckets, args.seed).await?;
+    let (options, bounds) = gather_settings(args.concurrency);
     let load_before = load_average();
     println!(
         "{:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
