@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use aggregator_codec::{Gradient, Limits};
 use aggregator_model::ModelSpec;
-use aggregator_window::{PeerInput, aggregate_window, python_utc_now};
+use aggregator_window::{OutputBuffers, PeerInput, aggregate_window_into, python_utc_now};
 use anyhow::{Context, bail};
 
 use aggregator_kernels::Device;
@@ -94,6 +94,11 @@ pub fn aggregate(args: AggregateArgs, device: Device) -> anyhow::Result<ExitCode
         bail!("{}: uid {uid} is not in --peers", path.display());
     }
     let started = Instant::now();
+    // The output's memory is mapped on a second thread while the files are read on this one (see `OutputBuffers`).
+    let prefault = std::thread::spawn({
+        let model = model.clone();
+        move || OutputBuffers::prefaulted(&model)
+    });
     let mut peers = Vec::with_capacity(order.len());
     for uid in order {
         let input = match files.iter().find(|(u, _)| *u == uid) {
@@ -110,15 +115,18 @@ pub fn aggregate(args: AggregateArgs, device: Device) -> anyhow::Result<ExitCode
         peers.push((uid, input));
     }
     let numeric = crate::open_device(device)?;
+    // Should that thread have panicked, only the head start is lost: the aggregate allocates as it goes.
+    let buffers = prefault.join().unwrap_or_default();
     let read = started.elapsed();
     let started = Instant::now();
-    let result = match aggregate_window(
+    let result = match aggregate_window_into(
         &model,
         numeric.backend.as_ref(),
         args.window,
         &args.version,
         &peers,
         python_utc_now(),
+        buffers,
     ) {
         Ok(r) => r,
         Err(e) => {

@@ -3,8 +3,9 @@
 
 use aggregator_chain::Chain;
 use aggregator_store::SkipReason;
-use aggregator_window::{PeerInput, aggregate_window, python_utc_now};
+use aggregator_window::{OutputBuffers, PeerInput, aggregate_window_into, python_utc_now};
 use thiserror::Error;
+use tokio::task::JoinHandle;
 
 use crate::daemon::Daemon;
 
@@ -42,18 +43,39 @@ pub(crate) struct Aggregated {
 }
 
 impl<C: Chain + 'static> Daemon<C> {
+    /// Starts making the window's output memory on a blocking thread ([`OutputBuffers::prefaulted`]), to run while
+    /// the gather waits on the network; [`Daemon::aggregate`] takes it. Dropped unawaited (a window that ends early),
+    /// the buffers are freed when the task ends.
+    pub(crate) fn prefault_output(&self) -> JoinHandle<OutputBuffers> {
+        let model = self.model.clone();
+        tokio::task::spawn_blocking(move || OutputBuffers::prefaulted(&model))
+    }
+
     /// Aggregates the gathered inputs and encodes the result; `for_shadow` keeps the inputs and the unencoded
     /// aggregate for the shadow aggregate.
+    ///
+    /// `buffers` is the output memory [`Daemon::prefault_output`] started making; if that task failed, the aggregate
+    /// allocates as it goes.
     pub(crate) async fn aggregate(
         &self,
         w: u64,
         inputs: Vec<(u16, PeerInput<SkipReason>)>,
         for_shadow: bool,
+        buffers: JoinHandle<OutputBuffers>,
     ) -> Result<Aggregated, AggregateError> {
         let (model, backend, version) = (self.model.clone(), self.backend.clone(), self.config.version.clone());
+        let buffers = buffers.await.unwrap_or_default();
         tokio::task::spawn_blocking(move || {
             let timestamp = python_utc_now();
-            let a = aggregate_window(&model, backend.as_ref(), w as i64, &version, &inputs, timestamp.clone())?;
+            let a = aggregate_window_into(
+                &model,
+                backend.as_ref(),
+                w as i64,
+                &version,
+                &inputs,
+                timestamp.clone(),
+                buffers,
+            )?;
             let bytes = match &a.file {
                 Some(file) => Some(file.to_bytes()?),
                 None => None,

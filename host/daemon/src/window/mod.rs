@@ -101,6 +101,8 @@ impl<C: Chain + 'static> Daemon<C> {
         report.chain = started.elapsed();
 
         let started = Instant::now();
+        // The output's memory is mapped on a blocking thread while the gather waits on the peers' downloads.
+        let buffers = self.prefault_output();
         let gathered = self.gather(w, &observed, &decision).await;
         report.gather = started.elapsed();
 
@@ -119,7 +121,7 @@ impl<C: Chain + 'static> Daemon<C> {
         let started = Instant::now();
         let shadow_aggregate = self.config.policy.shadow_aggregate && decision.shadow.peer_selection.is_some();
         let inputs = std::mem::take(&mut gathered.inputs);
-        let mut aggregated = self.aggregate(w, inputs, shadow_aggregate).await?;
+        let mut aggregated = self.aggregate(w, inputs, shadow_aggregate, buffers).await?;
         report.process = started.elapsed() + weighed;
         report.aggregated = aggregated.valid.clone();
         report.skipped = aggregated.skipped.clone();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use aggregator_model::ModelSpec;
 use aggregator_store::{Bucket, ClientSettings, Clients, PutOptions, SkipReason, gather, keys, put};
 use aggregator_testkit::seaweed::{BucketAccess, SeaweedFs, install};
-use aggregator_window::{PeerInput, aggregate_window, python_utc_now};
+use aggregator_window::{OutputBuffers, PeerInput, aggregate_window_into, python_utc_now};
 use anyhow::{Context, bail};
 
 use super::gather::{VERSION, WINDOW, gather_settings, upload_peers};
@@ -131,7 +131,13 @@ async fn run(
         let last_t = t.elapsed();
         drop(last);
         let t = Instant::now();
+        // As the daemon: the output's memory is mapped while the gather waits on the downloads.
+        let buffers = tokio::task::spawn_blocking({
+            let model = model.clone();
+            move || OutputBuffers::prefaulted(&model)
+        });
         let gathered = gather(&clients, WINDOW, VERSION, &peers, bounds, model.clone(), &options).await;
+        let buffers = buffers.await?;
         let gather_t = t.elapsed();
         let mut inputs = Vec::with_capacity(gathered.len());
         for g in gathered {
@@ -150,13 +156,14 @@ async fn run(
         let (model2, backend2) = (model.clone(), backend.clone());
         let (bytes, process_t, encode_t) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let t = Instant::now();
-            let a = aggregate_window(
+            let a = aggregate_window_into(
                 &model2,
                 backend2.as_ref(),
                 WINDOW as i64,
                 VERSION,
                 &inputs,
                 python_utc_now(),
+                buffers,
             )?;
             let process_t = t.elapsed();
             drop(inputs);
