@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek};
 
 use zip::{CompressionMethod, ZipArchive};
 
@@ -52,128 +52,183 @@ impl<'a> Archive<'a> {
     pub fn read(bytes: &'a [u8], limits: &Limits) -> Result<Self, CodecError> {
         Limits::check("archive size", bytes.len() as u64, limits.max_archive_bytes)?;
         let mut zip = ZipArchive::new(Cursor::new(bytes)).map_err(zip_err)?;
-        // The crate keys entries by name, so a duplicate would silently hide one: ask it first.
-        if zip.has_duplicate_names() {
-            return Err(CodecError::Zip("two entries have the same name".into()));
-        }
-        Limits::check("zip entry count", zip.len() as u64, limits.max_entries as u64)?;
+        let root = check_directory(&zip, limits)?;
         zip.validate_header_consistency().map_err(zip_err)?;
-        // The root: the folder of the first entry, as torch takes it; every entry must lie under it.
-        let first = zip.name_for_index(0).ok_or(CodecError::NoPickle)?.map_err(zip_err)?;
-        let root = match first.split_once('/') {
-            Some((r, _)) if !r.is_empty() => r.to_string(),
-            _ => {
-                return Err(CodecError::Zip(format!(
-                    "the first entry {first:?} is not in a folder (torch archives have one root folder)"
-                )));
-            }
+        let mut records = Records::new(root);
+        let slice = |start: u64, size: u64| -> Option<Cow<'a, [u8]>> {
+            let span = usize::try_from(start)
+                .ok()
+                .zip(usize::try_from(size).ok())
+                .and_then(|(s, n)| Some(s..s.checked_add(n)?))
+                .filter(|span| span.end <= bytes.len())?;
+            Some(Cow::Borrowed(&bytes[span]))
         };
-        let prefix = format!("{root}/");
-        for name in zip.file_names() {
-            let name = name.map_err(zip_err)?;
-            if !name.starts_with(&prefix) {
-                return Err(CodecError::Zip(format!(
-                    "entry {name:?} is outside the root folder {root:?}"
-                )));
-            }
-        }
-        let (mut pickle, mut storages, mut inflated) = (None, HashMap::new(), 0u64);
-        let mut version: Option<(u64, String)> = None;
         for i in 0..zip.len() {
-            let entry = zip.by_index_raw(i).map_err(zip_err)?;
-            let name = entry.name().map_err(zip_err)?.into_owned();
-            let Some(rel) = name.strip_prefix(&prefix) else {
-                continue;
-            };
-            let key = if rel == "data.pkl" {
-                Record::Pickle
-            } else if let Some(key) = rel.strip_prefix("data/").filter(|k| !k.is_empty() && !k.contains('/')) {
-                Record::Storage(key.to_string())
-            } else if rel == ".data/version" || rel == "version" {
-                Record::Version(rel == ".data/version")
-            } else if rel == "byteorder" {
-                Record::ByteOrder
-            } else {
-                continue;
-            };
-            let record = |reason: String| CodecError::Record {
-                name: name.clone(),
-                reason,
-            };
-            if entry.encrypted() {
-                return Err(record("encrypted entries are not supported".into()));
+            records.load(&mut zip, i, limits, &slice)?;
+        }
+        records.finish()
+    }
+}
+
+/// The checks on a central directory that need no entry's data: no duplicate names, at most `max_entries` entries,
+/// every entry under one root folder (torch's: the first entry's). Returns the root folder's name.
+pub(crate) fn check_directory<R: Read + Seek>(zip: &ZipArchive<R>, limits: &Limits) -> Result<String, CodecError> {
+    // The crate keys entries by name, so a duplicate would silently hide one: ask it first.
+    if zip.has_duplicate_names() {
+        return Err(CodecError::Zip("two entries have the same name".into()));
+    }
+    Limits::check("zip entry count", zip.len() as u64, limits.max_entries as u64)?;
+    // The root: the folder of the first entry, as torch takes it; every entry must lie under it.
+    let first = zip.name_for_index(0).ok_or(CodecError::NoPickle)?.map_err(zip_err)?;
+    let root = match first.split_once('/') {
+        Some((r, _)) if !r.is_empty() => r.to_string(),
+        _ => {
+            return Err(CodecError::Zip(format!(
+                "the first entry {first:?} is not in a folder (torch archives have one root folder)"
+            )));
+        }
+    };
+    let prefix = format!("{root}/");
+    for name in zip.file_names() {
+        let name = name.map_err(zip_err)?;
+        if !name.starts_with(&prefix) {
+            return Err(CodecError::Zip(format!(
+                "entry {name:?} is outside the root folder {root:?}"
+            )));
+        }
+    }
+    Ok(root)
+}
+
+/// What an entry name (under the root folder) is to the reader, if anything.
+pub(crate) fn classify(root: &str, name: &str) -> Option<Record> {
+    let rel = name.strip_prefix(root)?.strip_prefix('/')?;
+    Some(if rel == "data.pkl" {
+        Record::Pickle
+    } else if let Some(key) = rel.strip_prefix("data/").filter(|k| !k.is_empty() && !k.contains('/')) {
+        Record::Storage(key.to_string())
+    } else if rel == ".data/version" || rel == "version" {
+        Record::Version(rel == ".data/version")
+    } else if rel == "byteorder" {
+        Record::ByteOrder
+    } else {
+        return None;
+    })
+}
+
+/// The records of an archive as they are loaded, entry by entry, with the checks on each; [`Records::finish`] checks
+/// what must be there.
+pub(crate) struct Records<'a> {
+    root: String,
+    pickle: Option<Cow<'a, [u8]>>,
+    pub(crate) storages: HashMap<String, Cow<'a, [u8]>>,
+    version: Option<(u64, String)>,
+    inflated: u64,
+}
+
+impl<'a> Records<'a> {
+    pub(crate) fn new(root: String) -> Self {
+        Self {
+            root,
+            pickle: None,
+            storages: HashMap::new(),
+            version: None,
+            inflated: 0,
+        }
+    }
+
+    /// Loads entry `i` of `zip` if the reader needs it: a stored entry's bytes come from `slice(data_start, size)`
+    /// (none when they lie outside what the caller has), a DEFLATE entry is inflated under the limits.
+    pub(crate) fn load<R: Read + Seek>(
+        &mut self,
+        zip: &mut ZipArchive<R>,
+        i: usize,
+        limits: &Limits,
+        slice: &dyn Fn(u64, u64) -> Option<Cow<'a, [u8]>>,
+    ) -> Result<(), CodecError> {
+        let entry = zip.by_index_raw(i).map_err(zip_err)?;
+        let name = entry.name().map_err(zip_err)?.into_owned();
+        let Some(key) = classify(&self.root, &name) else {
+            return Ok(());
+        };
+        let record = |reason: String| CodecError::Record {
+            name: name.clone(),
+            reason,
+        };
+        if entry.encrypted() {
+            return Err(record("encrypted entries are not supported".into()));
+        }
+        let size = entry.size();
+        match key {
+            Record::Pickle => Limits::check("data.pkl size", size, limits.max_pickle_bytes)?,
+            Record::Version(_) | Record::ByteOrder if size > 64 => {
+                return Err(record(format!("{size} bytes is too long for this record")));
             }
-            let size = entry.size();
-            match key {
-                Record::Pickle => Limits::check("data.pkl size", size, limits.max_pickle_bytes)?,
-                Record::Version(_) | Record::ByteOrder if size > 64 => {
-                    return Err(record(format!("{size} bytes is too long for this record")));
+            _ => {}
+        }
+        let data: Cow<'a, [u8]> = match entry.compression() {
+            CompressionMethod::Stored => {
+                let start = entry.data_start().ok_or_else(|| record("no data offset".into()))?;
+                if entry.compressed_size() != size {
+                    return Err(record("stored entry with differing compressed size".into()));
                 }
-                _ => {}
+                slice(start, size)
+                    .ok_or_else(|| record(format!("{size} bytes at offset {start} lie outside the archive")))?
             }
-            let data: Cow<'a, [u8]> = match entry.compression() {
-                CompressionMethod::Stored => {
-                    let start = entry.data_start().ok_or_else(|| record("no data offset".into()))?;
-                    if entry.compressed_size() != size {
-                        return Err(record("stored entry with differing compressed size".into()));
-                    }
-                    let span = usize::try_from(start)
-                        .ok()
-                        .zip(usize::try_from(size).ok())
-                        .and_then(|(s, n)| Some(s..s.checked_add(n)?))
-                        .filter(|span| span.end <= bytes.len())
-                        .ok_or_else(|| record(format!("{size} bytes at offset {start} lie outside the archive")))?;
-                    Cow::Borrowed(&bytes[span])
+            CompressionMethod::Deflated => {
+                drop(entry);
+                self.inflated += size;
+                Limits::check("inflated size", self.inflated, limits.max_inflated_bytes)?;
+                let mut out = Vec::with_capacity(size as usize);
+                let entry = zip.by_index(i).map_err(zip_err)?;
+                // The declared size may lie: read at most one byte past it, then compare.
+                entry
+                    .take(size + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| record(e.to_string()))?;
+                if out.len() as u64 != size {
+                    return Err(record(format!("inflates to {} bytes, declared {size}", out.len())));
                 }
-                CompressionMethod::Deflated => {
-                    drop(entry);
-                    inflated += size;
-                    Limits::check("inflated size", inflated, limits.max_inflated_bytes)?;
-                    let mut out = Vec::with_capacity(size as usize);
-                    let entry = zip.by_index(i).map_err(zip_err)?;
-                    // The declared size may lie: read at most one byte past it, then compare.
-                    entry
-                        .take(size + 1)
-                        .read_to_end(&mut out)
-                        .map_err(|e| record(e.to_string()))?;
-                    if out.len() as u64 != size {
-                        return Err(record(format!("inflates to {} bytes, declared {size}", out.len())));
-                    }
-                    Cow::Owned(out)
+                Cow::Owned(out)
+            }
+            other => return Err(record(format!("compression method {other:?} is not supported"))),
+        };
+        match key {
+            Record::Pickle => self.pickle = Some(data),
+            Record::Storage(k) => {
+                if self.storages.insert(k, data).is_some() {
+                    return Err(record("duplicate record".into()));
                 }
-                other => return Err(record(format!("compression method {other:?} is not supported"))),
-            };
-            match key {
-                Record::Pickle => pickle = Some(data),
-                Record::Storage(k) => {
-                    if storages.insert(k, data).is_some() {
-                        return Err(record("duplicate record".into()));
-                    }
+            }
+            Record::Version(preferred) => {
+                let v = parse_version(&data).ok_or_else(|| {
+                    record(format!(
+                        "{:?} is not a format version number",
+                        String::from_utf8_lossy(&data)
+                    ))
+                })?;
+                // torch reads `.data/version` when both exist.
+                if preferred || self.version.is_none() {
+                    self.version = Some((v, name.clone()));
                 }
-                Record::Version(preferred) => {
-                    let v = parse_version(&data).ok_or_else(|| {
-                        record(format!(
-                            "{:?} is not a format version number",
-                            String::from_utf8_lossy(&data)
-                        ))
-                    })?;
-                    // torch reads `.data/version` when both exist.
-                    if preferred || version.is_none() {
-                        version = Some((v, name.clone()));
-                    }
-                }
-                Record::ByteOrder => {
-                    if &*data != b"little" {
-                        return Err(record(format!(
-                            "byte order {:?}: only little-endian archives are read",
-                            String::from_utf8_lossy(&data)
-                        )));
-                    }
+            }
+            Record::ByteOrder => {
+                if &*data != b"little" {
+                    return Err(record(format!(
+                        "byte order {:?}: only little-endian archives are read",
+                        String::from_utf8_lossy(&data)
+                    )));
                 }
             }
         }
-        let pickle = pickle.ok_or(CodecError::NoPickle)?;
-        let (version, name) = version.ok_or_else(|| CodecError::Record {
+        Ok(())
+    }
+
+    /// The archive, once `data.pkl` and a supported format version have been loaded.
+    pub(crate) fn finish(self) -> Result<Archive<'a>, CodecError> {
+        let pickle = self.pickle.ok_or(CodecError::NoPickle)?;
+        let root = self.root;
+        let (version, name) = self.version.ok_or_else(|| CodecError::Record {
             name: format!("{root}/version"),
             reason: "missing (torch refuses an archive without a format version)".into(),
         })?;
@@ -187,12 +242,16 @@ impl<'a> Archive<'a> {
                 ),
             });
         }
-        Ok(Self { root, pickle, storages })
+        Ok(Archive {
+            root,
+            pickle,
+            storages: self.storages,
+        })
     }
 }
 
 /// The records the reader looks at.
-enum Record {
+pub(crate) enum Record {
     Pickle,
     Storage(String),
     /// `true` for `.data/version`, which torch prefers over `version`.

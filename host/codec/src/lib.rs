@@ -14,6 +14,7 @@ mod json;
 mod limits;
 mod payload;
 pub mod pickle;
+pub mod ranged;
 mod read;
 pub mod tensor;
 pub mod write;
@@ -21,6 +22,9 @@ pub mod write;
 pub use error::CodecError;
 pub use json::{MAX_JSON_BYTES, PeerList, StartWindow};
 pub use limits::Limits;
-pub use payload::{AGGREGATE_METADATA_KEYS, Aggregate, DebugDict, Gradient, GradientMetadata, SparseParam};
+pub use payload::{
+    AGGREGATE_METADATA_KEYS, Aggregate, AggregateHeader, AggregateWriter, DebugDict, Gradient, GradientMetadata,
+    SparseParam,
+};
 pub use read::{Element, PtFile};
 pub use tensor::DType;

@@ -10,8 +10,8 @@ use aggregator_model::ModelSpec;
 
 use crate::pickle::{Id, Node};
 use crate::read::PtFile;
-use crate::tensor::DType;
-use crate::write::{Obj, write_pt};
+use crate::tensor::{DType, TensorMeta};
+use crate::write::{Obj, PtWriter, write_pt};
 use crate::{CodecError, Limits};
 
 /// `(state_dict, global_step)` of the envelope.
@@ -73,11 +73,28 @@ pub struct Gradient {
     pub global_step: i64,
 }
 
-impl Gradient {
-    /// Reads and validates a gradient file against `model`.
-    pub fn read(bytes: &[u8], model: &ModelSpec, limits: &Limits) -> Result<Self, CodecError> {
-        let file = PtFile::parse(bytes, limits)?;
-        let (sd, global_step) = envelope(&file)?;
+/// Everything of a gradient file but its tensor data: where each parameter's `idxs` and `vals` lie (checked for
+/// dtype and shape against the model), the metadata and `global_step`. What [`Gradient::read`] and the ranged reader
+/// ([`crate::ranged::GradientIndex`]) both start from, so the two judge a file the same way.
+#[derive(Debug, Clone)]
+pub(crate) struct Located {
+    /// Per model parameter: `[idxs, vals]`, or `None` when the peer omitted it.
+    pub params: Vec<Option<[TensorMeta; 2]>>,
+    pub metadata: GradientMetadata,
+    pub global_step: i64,
+}
+
+impl Located {
+    /// Finds every parameter's tensors in `file` and checks them against `model` (see [`Gradient`]), and that the
+    /// tensor data to read stays within the limits. `storage_keys` are the archive's storage records: each must be
+    /// the data of some parameter's tensor (torch writes no other; a record nothing uses is refused, so that a reader
+    /// of some records only judges the file as a reader of all of them does).
+    pub(crate) fn find<'k>(
+        file: &PtFile,
+        model: &ModelSpec,
+        storage_keys: impl Iterator<Item = &'k str>,
+    ) -> Result<Self, CodecError> {
+        let (sd, global_step) = envelope(file)?;
         let index: HashMap<&str, usize> = model
             .params
             .iter()
@@ -105,10 +122,11 @@ impl Gradient {
                     return Err(CodecError::structure(path, "appears twice"));
                 }
             } else if key == "metadata" {
-                metadata = read_metadata(&file, v)?;
+                metadata = read_metadata(file, v)?;
             }
         }
         let mut params = Vec::with_capacity(model.params.len());
+        let (mut used, mut total) = (std::collections::HashSet::new(), 0u64);
         for (spec, [idxs, vals]) in model.params.iter().zip(found) {
             let param = |reason: String| CodecError::Param {
                 param: spec.name.clone(),
@@ -136,22 +154,44 @@ impl Gradient {
                 if meta.shape != want {
                     return Err(param(format!("{what} has shape {:?}, expected {want:?}", meta.shape)));
                 }
+                used.insert(meta.key.clone());
+                total += meta.nbytes();
             }
-            let p = SparseParam {
-                idxs: file.tensor(im, &format!("{}idxs", spec.name))?,
-                vals: file.tensor(vm, &format!("{}vals", spec.name))?,
-            };
-            PeerSparse::new(&spec.layout, &p.idxs, &p.vals).map_err(|error| CodecError::Kernel {
-                param: spec.name.clone(),
-                error,
-            })?;
-            params.push(Some(p));
+            params.push(Some([im.clone(), vm.clone()]));
+        }
+        file.check_tensor_bytes(total)?;
+        for key in storage_keys {
+            if !used.contains(key) {
+                return Err(CodecError::Record {
+                    name: format!("{}/data/{key}", file.root_folder()),
+                    reason: "is not the data of any parameter's tensor".into(),
+                });
+            }
         }
         Ok(Self {
             params,
             metadata,
             global_step,
         })
+    }
+}
+
+impl SparseParam {
+    /// The kernels' checks of one parameter against its layout (index range, finite values, …).
+    pub(crate) fn check(&self, spec: &aggregator_model::ParamSpec) -> Result<(), CodecError> {
+        PeerSparse::new(&spec.layout, &self.idxs, &self.vals).map_err(|error| CodecError::Kernel {
+            param: spec.name.clone(),
+            error,
+        })?;
+        Ok(())
+    }
+}
+
+impl Gradient {
+    /// Reads and validates a gradient file against `model`: the ranged reader ([`crate::ranged`]) over the whole
+    /// file, so that a file read whole, by parameter groups or by shards is judged by one code path.
+    pub fn read(bytes: &[u8], model: &ModelSpec, limits: &Limits) -> Result<Self, CodecError> {
+        crate::ranged::read_whole(bytes, model, limits)
     }
 
     /// Writes the file as a Templar miner does (parameters in model order, `idxs` before `vals`, then `metadata`).
@@ -296,15 +336,51 @@ impl Aggregate {
 
     /// Writes the file: parameters then metadata, `skipped_uids` as plain ints (loadable with `weights_only=True`).
     pub fn to_bytes(&self) -> Result<Vec<u8>, CodecError> {
-        let mut sd: Vec<(Obj, Obj)> = self
-            .params
-            .iter()
-            .map(|(n, b)| {
+        let params = self.params.iter().map(|(n, b)| (n.as_str(), b.len(), b.as_slice()));
+        write_pt(&self.header().obj(params))
+    }
+
+    /// Everything but the bits.
+    pub fn header(&self) -> AggregateHeader {
+        AggregateHeader {
+            timestamp: self.timestamp.clone(),
+            window: self.window,
+            version: self.version.clone(),
+            skipped_uids: self.skipped_uids.clone(),
+            success_rate: self.success_rate,
+            global_step: self.global_step,
+        }
+    }
+}
+
+/// An aggregate's fields but the parameters' bits: what [`AggregateWriter`] writes before any of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateHeader {
+    /// See [`Aggregate::timestamp`].
+    pub timestamp: String,
+    /// See [`Aggregate::window`].
+    pub window: i64,
+    /// See [`Aggregate::version`].
+    pub version: String,
+    /// See [`Aggregate::skipped_uids`].
+    pub skipped_uids: Vec<i64>,
+    /// See [`Aggregate::success_rate`].
+    pub success_rate: f64,
+    /// See [`Aggregate::global_step`].
+    pub global_step: i64,
+}
+
+impl AggregateHeader {
+    /// The file's object: `(name, bytes, data)` per parameter (the data may be empty when only the program is
+    /// wanted: the pickle takes each tensor's size from its shape), then the metadata, in Templar's order.
+    fn obj<'a>(&'a self, params: impl Iterator<Item = (&'a str, usize, &'a [u8])>) -> Obj<'a> {
+        let mut sd: Vec<(Obj, Obj)> = params
+            .map(|(n, len, b)| {
                 (
-                    Obj::str(n.as_str()),
+                    Obj::str(n),
                     Obj::Tensor {
                         dtype: DType::U8,
-                        shape: vec![b.len()],
+                        shape: vec![len],
                         data: Cow::Borrowed(b),
                     },
                 )
@@ -318,7 +394,62 @@ impl Aggregate {
             Obj::List(self.skipped_uids.iter().map(|&u| Obj::Int(u)).collect()),
         ));
         sd.push((Obj::str("success_rate"), Obj::Float(self.success_rate)));
-        write_pt(&envelope_obj(sd, self.global_step))
+        envelope_obj(sd, self.global_step)
+    }
+}
+
+/// `aggregator-{w}-v{V}.pt` written a parameter at a time, with the bytes of [`Aggregate::to_bytes`] for the same
+/// fields: the layout (each present parameter's name and packed length) and the header first, then each
+/// parameter's bits in that order. Over a [`crate::write::ForwardSink`], only the parameter being written is held.
+pub struct AggregateWriter<W: std::io::Read + std::io::Write + std::io::Seek> {
+    pt: PtWriter<W>,
+    lens: Vec<(String, usize)>,
+    next: usize,
+}
+
+impl<W: std::io::Read + std::io::Write + std::io::Seek> AggregateWriter<W> {
+    /// Starts the file: `params` are the parameters that will be written, `(name, packed length)` in order.
+    pub fn begin(writer: W, params: Vec<(String, usize)>, header: &AggregateHeader) -> Result<Self, CodecError> {
+        let program = {
+            let obj = header.obj(params.iter().map(|(n, l)| (n.as_str(), *l, &[][..])));
+            crate::write::pickle_program(&obj)
+        };
+        let total = program.len() as u64 + params.iter().map(|(_, l)| *l as u64).sum::<u64>();
+        Ok(Self {
+            pt: PtWriter::begin(writer, &program, total)?,
+            lens: params,
+            next: 0,
+        })
+    }
+
+    /// The next parameter's packed bits.
+    pub fn param(&mut self, bits: &[u8]) -> Result<(), CodecError> {
+        let (name, len) = self.lens.get(self.next).ok_or_else(|| {
+            CodecError::structure(
+                "params",
+                format!("more than the {} parameters begun with", self.lens.len()),
+            )
+        })?;
+        if bits.len() != *len {
+            return Err(CodecError::structure(
+                name,
+                format!("{} bytes, begun with {len}", bits.len()),
+            ));
+        }
+        self.pt.storage(bits)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Completes the file once every parameter has been written; returns the writer.
+    pub fn finish(self) -> Result<W, CodecError> {
+        if self.next != self.lens.len() {
+            return Err(CodecError::structure(
+                "params",
+                format!("{} of {} parameters written", self.next, self.lens.len()),
+            ));
+        }
+        self.pt.finish()
     }
 }
 

@@ -60,8 +60,22 @@ impl<'a> PtFile<'a> {
     /// Parses the container and runs the restricted pickle machine. Nothing in the file is executed.
     pub fn parse(bytes: &'a [u8], limits: &Limits) -> Result<Self, CodecError> {
         let archive = Archive::read(bytes, limits)?;
-        let record_len = |key: &str| archive.storages.get(key).map(|r| r.len() as u64);
-        let pickled = unpickle(&archive.pickle, limits, &record_len)?;
+        let lens: std::collections::HashMap<String, u64> = archive
+            .storages
+            .iter()
+            .map(|(k, r)| (k.clone(), r.len() as u64))
+            .collect();
+        Self::from_archive(archive, limits, &|key: &str| lens.get(key).copied())
+    }
+
+    /// Runs the restricted pickle machine over an archive's `data.pkl`; `record_len` gives each storage record's
+    /// size (the ranged reader has the sizes from the central directory, not the records).
+    pub(crate) fn from_archive(
+        archive: Archive<'a>,
+        limits: &Limits,
+        record_len: &dyn Fn(&str) -> Option<u64>,
+    ) -> Result<Self, CodecError> {
+        let pickled = unpickle(&archive.pickle, limits, record_len)?;
         let read_budget = GRAPH_READS_PER_BYTE * archive.pickle.len() as u64 + GRAPH_READ_BASE;
         Ok(Self {
             archive,
@@ -188,22 +202,16 @@ impl<'a> PtFile<'a> {
 
     /// Materialises a tensor of element type `T` (row-major), counting its bytes against the tensor-byte limit.
     pub fn tensor<T: Element>(&self, meta: &TensorMeta, path: &str) -> Result<Vec<T>, CodecError> {
-        if meta.dtype != T::DTYPE {
-            return Err(CodecError::structure(
-                path,
-                format!("has dtype {}, expected {}", meta.dtype.name(), T::DTYPE.name()),
-            ));
-        }
         let total = self.materialised.get() + meta.nbytes();
-        Limits::check("tensor bytes", total, self.limits.max_tensor_bytes)?;
+        self.check_tensor_bytes(total)?;
         self.materialised.set(total);
-        let record = self
-            .archive
-            .storages
-            .get(&meta.key)
-            .ok_or_else(|| CodecError::structure(path, format!("storage data/{} is missing", meta.key)))?;
-        let bytes = meta.gather_bytes(record);
-        Ok(bytes.chunks_exact(size_of::<T>()).map(T::from_le).collect())
+        let record = self.archive.storages.get(&meta.key).map(|r| &**r);
+        materialise(meta, record, path)
+    }
+
+    /// Checks `total` bytes of tensor data against the tensor-byte limit.
+    pub(crate) fn check_tensor_bytes(&self, total: u64) -> Result<(), CodecError> {
+        Limits::check("tensor bytes", total, self.limits.max_tensor_bytes)
     }
 
     /// A readable outline of the object graph: keys, types, dtypes and shapes, depth- and length-limited.
@@ -333,4 +341,21 @@ fn children(node: &Node) -> impl Iterator<Item = Id> + '_ {
         _ => (&[], &[]),
     };
     seq.iter().copied().chain(pairs.iter().flat_map(|&(k, v)| [k, v]))
+}
+
+/// The elements of the tensor `meta` over its storage `record` (none: the record is missing), row-major.
+pub(crate) fn materialise<T: Element>(
+    meta: &TensorMeta,
+    record: Option<&[u8]>,
+    path: &str,
+) -> Result<Vec<T>, CodecError> {
+    if meta.dtype != T::DTYPE {
+        return Err(CodecError::structure(
+            path,
+            format!("has dtype {}, expected {}", meta.dtype.name(), T::DTYPE.name()),
+        ));
+    }
+    let record = record.ok_or_else(|| CodecError::structure(path, format!("storage data/{} is missing", meta.key)))?;
+    let bytes = meta.gather_bytes(record);
+    Ok(bytes.chunks_exact(size_of::<T>()).map(T::from_le).collect())
 }

@@ -237,3 +237,37 @@ fn hostile_pickles_hit_limits_not_memory() {
         assert!(matches!(err, CodecError::Limit { .. }), "{name}: {err}");
     }
 }
+
+#[test]
+fn an_aggregate_written_a_parameter_at_a_time_is_the_same_file() {
+    let _g = serial();
+    let agg = Aggregate::read(&read(&aggregate_name()), Some(&model()), &Limits::default()).unwrap();
+    let whole = agg.to_bytes().unwrap();
+    // Through the forward sink: the bytes handed on, in order, and the largest piece handed at once.
+    let (mut out, mut largest) = (Vec::new(), 0usize);
+    let sink = aggregator_codec::write::ForwardSink::new(|b: &[u8]| {
+        largest = largest.max(b.len());
+        out.extend_from_slice(b);
+        Ok(())
+    });
+    let params = agg.params.iter().map(|(n, b)| (n.clone(), b.len())).collect();
+    let mut w = aggregator_codec::AggregateWriter::begin(sink, params, &agg.header()).unwrap();
+    for (_, bits) in &agg.params {
+        w.param(bits).unwrap();
+    }
+    let sink = w.finish().unwrap();
+    assert_eq!(sink.handed(), whole.len() as u64);
+    drop(sink);
+    assert_eq!(out, whole, "the same bytes as Aggregate::to_bytes");
+    let biggest = agg.params.iter().map(|(_, b)| b.len()).max().unwrap();
+    assert!(
+        largest < biggest + 4096,
+        "one entry at a time: {largest} bytes at once, largest entry {biggest}"
+    );
+    // Misuse is an error, not a different file.
+    let params = agg.params.iter().map(|(n, b)| (n.clone(), b.len())).collect();
+    let mut w =
+        aggregator_codec::AggregateWriter::begin(std::io::Cursor::new(Vec::new()), params, &agg.header()).unwrap();
+    assert!(w.param(&[0u8; 3]).is_err(), "a wrong length");
+    assert!(w.finish().is_err(), "parameters missing");
+}

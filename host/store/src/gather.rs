@@ -39,6 +39,9 @@ pub struct GatherOptions {
     /// Keep each valid file's bytes in [`Gathered::body`] (for `archive_inputs`; otherwise they are dropped once
     /// decoded, and a window holds only the decoded gradients).
     pub keep_bytes: bool,
+    /// Bytes of a file's end read first by the ranged gather ([`crate::gather_indexes`]):
+    /// [`aggregator_codec::ranged::TAIL_BYTES`] unless a test wants the files' records outside it.
+    pub tail_bytes: u64,
 }
 
 impl Default for GatherOptions {
@@ -48,6 +51,7 @@ impl Default for GatherOptions {
             timeout: Duration::from_secs(15),
             concurrency: 15,
             keep_bytes: false,
+            tail_bytes: aggregator_codec::ranged::TAIL_BYTES,
         }
     }
 }
@@ -116,7 +120,7 @@ impl Fetched {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -173,6 +177,64 @@ pub async fn gather(
     results.into_iter().map(|(_, g)| g).collect()
 }
 
+/// A peer's object found inside the bounds and under the size cap, by `HEAD`.
+pub(crate) struct Found {
+    pub(crate) file: FileRecord,
+    pub(crate) deadline: Instant,
+}
+
+/// Polls `HEAD key` until the object exists (or the time is up) and checks its time and size: the part of a peer's
+/// gather that both the whole-file and the ranged reads share.
+pub(crate) async fn find(
+    store: &dyn ObjectStore,
+    key: &Path,
+    bounds: Bounds,
+    cap: u64,
+    o: &GatherOptions,
+) -> Result<Found, (SkipReason, Option<FileRecord>)> {
+    let deadline = Instant::now() + o.timeout;
+    let mut tried_after_bounds = false;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err((SkipReason::Timeout, None));
+        }
+        if now_ms() > bounds.not_after_ms {
+            if tried_after_bounds {
+                return Err((SkipReason::Missing, None));
+            }
+            tried_after_bounds = true;
+        }
+        let meta = match tokio::time::timeout(remaining, store.head(key)).await {
+            Err(_) => return Err((SkipReason::Timeout, None)),
+            Ok(Err(object_store::Error::NotFound { .. })) => {
+                tokio::time::sleep(o.poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+                continue;
+            }
+            Ok(Err(e)) => return Err((storage_error(e), None)),
+            Ok(Ok(meta)) => meta,
+        };
+        let last_modified_ms = meta.last_modified.timestamp_millis().max(0) as u64;
+        let file = FileRecord {
+            key: key.to_string(),
+            etag: meta.e_tag.clone(),
+            size: meta.size,
+            last_modified_ms,
+            sha256: None,
+        };
+        if last_modified_ms < bounds.not_before_ms {
+            return Err((SkipReason::TooEarly { last_modified_ms }, Some(file)));
+        }
+        if last_modified_ms > bounds.not_after_ms {
+            return Err((SkipReason::TooLate { last_modified_ms }, Some(file)));
+        }
+        if meta.size > cap {
+            return Err((SkipReason::TooLarge { size: meta.size, cap }, Some(file)));
+        }
+        return Ok(Found { file, deadline });
+    }
+}
+
 async fn fetch(
     store: &dyn ObjectStore,
     key: &Path,
@@ -181,47 +243,13 @@ async fn fetch(
     model: Arc<ModelSpec>,
     o: &GatherOptions,
 ) -> Fetched {
-    let deadline = Instant::now() + o.timeout;
-    let mut tried_after_bounds = false;
-    loop {
+    let Found { mut file, deadline } = match find(store, key, bounds, cap, o).await {
+        Ok(found) => found,
+        Err((reason, file)) => return Fetched::skipped(reason, file),
+    };
+    {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Fetched::skipped(SkipReason::Timeout, None);
-        }
-        if now_ms() > bounds.not_after_ms {
-            if tried_after_bounds {
-                return Fetched::skipped(SkipReason::Missing, None);
-            }
-            tried_after_bounds = true;
-        }
-        let meta = match tokio::time::timeout(remaining, store.head(key)).await {
-            Err(_) => return Fetched::skipped(SkipReason::Timeout, None),
-            Ok(Err(object_store::Error::NotFound { .. })) => {
-                tokio::time::sleep(o.poll_interval.min(deadline.saturating_duration_since(Instant::now()))).await;
-                continue;
-            }
-            Ok(Err(e)) => return Fetched::skipped(storage_error(e), None),
-            Ok(Ok(meta)) => meta,
-        };
-        let last_modified_ms = meta.last_modified.timestamp_millis().max(0) as u64;
-        let mut file = FileRecord {
-            key: key.to_string(),
-            etag: meta.e_tag.clone(),
-            size: meta.size,
-            last_modified_ms,
-            sha256: None,
-        };
-        if last_modified_ms < bounds.not_before_ms {
-            return Fetched::skipped(SkipReason::TooEarly { last_modified_ms }, Some(file));
-        }
-        if last_modified_ms > bounds.not_after_ms {
-            return Fetched::skipped(SkipReason::TooLate { last_modified_ms }, Some(file));
-        }
-        if meta.size > cap {
-            return Fetched::skipped(SkipReason::TooLarge { size: meta.size, cap }, Some(file));
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let body = match tokio::time::timeout(remaining, download(store, key, cap, meta.e_tag.as_deref())).await {
+        let body = match tokio::time::timeout(remaining, download(store, key, cap, file.etag.as_deref())).await {
             Err(_) => return Fetched::skipped(SkipReason::Timeout, Some(file)),
             Ok(Err(reason)) => return Fetched::skipped(reason, Some(file)),
             Ok(Ok(body)) => body,
@@ -251,12 +279,12 @@ async fn fetch(
                 None,
             ),
         };
-        return Fetched {
+        Fetched {
             outcome,
             file: Some(file),
             body,
             bytes: n,
-        };
+        }
     }
 }
 
@@ -291,6 +319,6 @@ async fn download(store: &dyn ObjectStore, key: &Path, cap: u64, etag: Option<&s
     Ok(body)
 }
 
-fn storage_error(e: impl std::fmt::Display) -> SkipReason {
+pub(crate) fn storage_error(e: impl std::fmt::Display) -> SkipReason {
     SkipReason::StorageError { detail: e.to_string() }
 }

@@ -8,6 +8,7 @@ mod error;
 mod gather;
 pub mod keys;
 mod put;
+mod ranged;
 mod skip;
 
 pub use bucket::{Bucket, COMMITMENT_LEN, Endpoint};
@@ -15,4 +16,5 @@ pub use client::{ClientSettings, Clients};
 pub use error::StoreError;
 pub use gather::{Bounds, FileRecord, GatherOptions, Gathered, PeerRequest, gather, size_cap};
 pub use put::{PutOptions, delete_old_windows, posted_lists, put, start_window};
+pub use ranged::{Indexed, IndexedFile, PinnedFile, gather_indexes};
 pub use skip::{SkipKind, SkipReason};

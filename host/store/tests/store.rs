@@ -451,3 +451,118 @@ async fn posted_lists_and_start_window_from_an_unanswering_bucket_end_at_their_t
     );
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
+
+/// Ranged reads (`gather_indexes`, `IndexedFile::read_params`): a file read by parameter groups gives the values a
+/// whole-file read gives; a file valid in one group and malformed in another fails only the group that holds the
+/// fault; a file replaced after its index was read fails its next read (pinned to the first `ETag`) and is never
+/// read as a mix of the two versions.
+async fn ranged_reads(b: &dyn Backend) {
+    let model = Arc::new(ModelSpec::preset("tiny").unwrap());
+    let n = model.params.len();
+    let c = clients();
+    let key = |uid| aggregator_store::keys::gradient(WINDOW, uid, VERSION);
+    let mut files: Vec<Vec<u8>> = (0..5u64).map(|uid| gradient_file(&model, 100 + uid)).collect();
+    // uid 3: a NaN in the last parameter's values only.
+    let mut bad = Gradient::read(&files[3], &model, &aggregator_codec::Limits::default()).unwrap();
+    bad.params[n - 1].as_mut().unwrap().vals[5] = f32::NAN;
+    files[3] = bad.to_bytes(&model).unwrap();
+    for uid in 0..5u16 {
+        upload(&c, &b.writer(&peer_bucket(uid)), &key(uid), files[uid as usize].clone()).await;
+    }
+    let bounds = Bounds {
+        not_before_ms: now_ms() - 60_000,
+        not_after_ms: now_ms() + 60_000,
+    };
+    let peers: Vec<PeerRequest> = (0..5u16)
+        .map(|uid| PeerRequest {
+            uid,
+            bucket: Some(b.reader(&peer_bucket(uid))),
+        })
+        .collect();
+    // A 2 KiB tail: the tiny model's records lie before it (and its directory does not fit, so the second read of the
+    // directory is exercised too).
+    let options = GatherOptions {
+        timeout: Duration::from_secs(10),
+        tail_bytes: 2048,
+        ..Default::default()
+    };
+    let indexed = aggregator_store::gather_indexes(&c, WINDOW, VERSION, &peers, bounds, model.clone(), &options).await;
+    let t = Duration::from_secs(10);
+    let limits = aggregator_codec::Limits::default();
+    for (uid, ix) in indexed.iter().enumerate() {
+        let f = ix.outcome.as_ref().unwrap_or_else(|e| panic!("uid {uid} indexes: {e}"));
+        let record = ix.file.as_ref().unwrap();
+        assert_eq!(record.size, files[uid].len() as u64);
+        assert!(record.sha256.is_none(), "never read whole");
+        assert!(
+            ix.bytes < files[uid].len() as u64,
+            "the index reads less than the file: {} of {}",
+            ix.bytes,
+            files[uid].len()
+        );
+        if uid == 3 {
+            continue;
+        }
+        let mut params = Vec::new();
+        for start in (0..n).step_by(3) {
+            let (got, _) = f
+                .read_params(start..(start + 3).min(n), model.clone(), t)
+                .await
+                .unwrap();
+            params.extend(got);
+        }
+        assert_eq!(
+            params,
+            Gradient::read(&files[uid], &model, &limits).unwrap().params,
+            "uid {uid}"
+        );
+    }
+    // Valid in the first groups, malformed in the last: only the group holding the NaN fails, naming the parameter.
+    let f3 = indexed[3].outcome.as_ref().unwrap();
+    f3.read_params(0..n - 1, model.clone(), t)
+        .await
+        .expect("the groups without the fault read");
+    match f3.read_params(n - 2..n, model.clone(), t).await {
+        Err(SkipReason::Malformed { detail }) => {
+            assert!(detail.contains(&model.params[n - 1].name), "{detail}")
+        }
+        other => panic!("the group with the NaN: {other:?}"),
+    }
+    // Replaced after its index was read: the next read fails, whatever the new version holds.
+    let f4 = indexed[4].outcome.as_ref().unwrap();
+    f4.read_params(0..1, model.clone(), t)
+        .await
+        .expect("before the replacement");
+    // A second apart, so that a store whose ETag derives from the modification time sees a new one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let replacement = gradient_file(&model, 999);
+    upload(&c, &b.writer(&peer_bucket(4)), &key(4), replacement.clone()).await;
+    for range in [0..1, 0..n, n - 1..n] {
+        match f4.read_params(range.clone(), model.clone(), t).await {
+            Err(SkipReason::StorageError { detail }) => {
+                assert!(detail.contains("changed during the window"), "{detail}")
+            }
+            other => panic!("params {range:?} after the replacement: {other:?}"),
+        }
+    }
+    // A new gather sees the new version, whole.
+    let again =
+        aggregator_store::gather_indexes(&c, WINDOW, VERSION, &peers[4..], bounds, model.clone(), &options).await;
+    let f = again[0].outcome.as_ref().unwrap();
+    assert_ne!(
+        again[0].file.as_ref().unwrap().etag,
+        indexed[4].file.as_ref().unwrap().etag
+    );
+    let (params, _) = f.read_params(0..n, model.clone(), t).await.unwrap();
+    assert_eq!(params, Gradient::read(&replacement, &model, &limits).unwrap().params);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_reads_on_s3() {
+    ranged_reads(&seaweed().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_reads_on_a_local_directory() {
+    ranged_reads(&local()).await;
+}

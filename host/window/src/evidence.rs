@@ -20,7 +20,9 @@
 
 use std::collections::BTreeMap;
 
-use aggregator_codec::Gradient;
+use std::ops::Range;
+
+use aggregator_codec::{Gradient, SparseParam};
 use aggregator_kernels::{ParamLayout, l2_norm};
 use aggregator_model::ModelSpec;
 use rayon::prelude::*;
@@ -132,7 +134,7 @@ struct PairPartial {
 }
 
 /// The second pass's result for one chunk.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct StatPartial {
     peers: Vec<PeerSums>,
     groups: Vec<GroupSums>,
@@ -163,44 +165,303 @@ struct Here {
 /// Computes every peer's evidence for `model`. Peers are in selection order; each gradient must have been validated
 /// against `model` (indices in range, values finite), as `Gradient::read` does.
 pub fn compute(model: &ModelSpec, peers: &[EvidencePeer<'_>]) -> Vec<PeerStats> {
-    let n = peers.len();
-    // Per peer and parameter: the aggregation's own `l2_norm` (f32, the normaliser), and the norm in f64 (the
-    // evidence: finite where the f32 one overflows).
-    let (norms, norms64): (Vec<Vec<f32>>, Vec<Vec<f64>>) = peers
-        .par_iter()
-        .map(|p| {
-            p.gradient
-                .params
-                .iter()
-                .map(|sp| {
-                    sp.as_ref()
-                        .map_or((0.0, 0.0), |s| (l2_norm(&s.vals), norm_f64(&s.vals)))
-                })
-                .unzip()
-        })
-        .unzip();
-    // Work: chunks of whole blocks, bounds from the model and the peer count only.
-    let mut work = Vec::new();
-    for (pi, spec) in model.params.iter().enumerate() {
-        let l = &spec.layout;
-        let blocks = (CHUNK_ENTRIES / (l.k() * n).max(1)).max(1);
-        let mut b = 0;
-        while b < l.n_blocks() {
-            let e = (b + blocks).min(l.n_blocks());
-            work.push((pi, b, e));
-            b = e;
+    let mut e = Evidence::new(model, peers.iter().map(PeerInfo::of).collect());
+    let all = 0..model.params.len();
+    let data: Vec<&[Option<SparseParam>]> = peers.iter().map(|p| &p.gradient.params[..]).collect();
+    e.first_pass(all.clone(), &data);
+    if e.copies() {
+        e.second_pass(all, &data);
+    }
+    e.finish()
+}
+
+/// A valid peer as the evidence describes it (everything of [`EvidencePeer`] but the gradient).
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Its uid.
+    pub uid: u16,
+    /// Its selection weight (0, or in `[MIN_WEIGHT, MAX_WEIGHT]`).
+    pub weight: f32,
+    /// Its upload's `LastModified`, ms.
+    pub last_modified_ms: u64,
+    /// SHA-256 of its file's bytes (hex), when known.
+    pub sha256: Option<String>,
+}
+
+impl PeerInfo {
+    /// The description of `p`.
+    pub fn of(p: &EvidencePeer<'_>) -> Self {
+        Self {
+            uid: p.uid,
+            weight: p.weight,
+            last_modified_ms: p.last_modified_ms,
+            sha256: p.sha256.map(str::to_string),
         }
     }
-    let new_stats = || StatPartial {
-        peers: vec![PeerSums::default(); n],
-        groups: vec![GroupSums::default(); n],
-        full_sq: 0.0,
-    };
-    // The statistics' sums are floats, so the chunks' partials are added in model order: a batch of chunks runs in
-    // parallel, then its partials are added one by one (memory: one batch of partials).
-    let add_stats = |total: &mut StatPartial, part: &StatPartial| {
-        total.full_sq += part.full_sq;
-        for (t, s) in total.peers.iter_mut().zip(&part.peers) {
+}
+
+/// The evidence of a window made a group of parameters at a time, for a reader that holds one group of every peer's
+/// file at a time: [`Evidence::first_pass`] over every group in model order, then, only when [`Evidence::copies`]
+/// finds copies, [`Evidence::second_pass`] over every group again, then [`Evidence::finish`]. [`compute`] is this
+/// with one group holding everything. The chunks of work and the order their sums are added in depend only on the
+/// model and the number of peers, so any grouping gives the same bits.
+pub struct Evidence<'m> {
+    model: &'m ModelSpec,
+    peers: Vec<PeerInfo>,
+    /// Per peer and parameter: the aggregation's f32 norm and the f64 one (0 where not sent).
+    norms: Vec<Vec<f32>>,
+    norms64: Vec<Vec<f64>>,
+    slots: Vec<u64>,
+    pairs: Pairs,
+    total: StatPartial,
+    /// After [`Evidence::copies`]: each peer's copy group, the groups' sizes, the peers' shared weights, the links.
+    group: Vec<usize>,
+    size: Vec<u32>,
+    vote: Vec<f64>,
+    links: Vec<(usize, usize, f64, bool)>,
+    /// The second pass's sums, when there is one.
+    second: Option<StatPartial>,
+}
+
+impl<'m> Evidence<'m> {
+    /// Evidence about `peers` (selection order) for `model`, before any parameter is seen.
+    pub fn new(model: &'m ModelSpec, peers: Vec<PeerInfo>) -> Self {
+        let n = peers.len();
+        let params = model.params.len();
+        Self {
+            model,
+            norms: vec![vec![0.0; params]; n],
+            norms64: vec![vec![0.0; params]; n],
+            slots: vec![0; n],
+            pairs: Pairs::new(),
+            total: StatPartial::new(n),
+            group: (0..n).collect(),
+            size: vec![1; n],
+            vote: peers.iter().map(|p| p.weight as f64).collect(),
+            links: Vec::new(),
+            second: None,
+            peers,
+        }
+    }
+
+    /// The chunks of work of parameters `params`: whole blocks, bounds from the model and the peer count only.
+    fn work(&self, params: Range<usize>) -> Vec<(usize, usize, usize)> {
+        let n = self.peers.len();
+        let mut work = Vec::new();
+        for pi in params {
+            let l = &self.model.params[pi].layout;
+            let blocks = (CHUNK_ENTRIES / (l.k() * n).max(1)).max(1);
+            let mut b = 0;
+            while b < l.n_blocks() {
+                let e = (b + blocks).min(l.n_blocks());
+                work.push((pi, b, e));
+                b = e;
+            }
+        }
+        work
+    }
+
+    /// The first pass over parameters `params` (the next group in model order): `data[i]` is peer `i`'s parameters
+    /// of the range (`None` where it sent nothing). Norms, slot counts, pairs, and the statistics as if no peer had
+    /// a copy (final in the usual window).
+    pub fn first_pass(&mut self, params: Range<usize>, data: &[&[Option<SparseParam>]]) {
+        let n = self.peers.len();
+        for (i, d) in data.iter().enumerate() {
+            for (j, sp) in d.iter().enumerate() {
+                if let Some(s) = sp {
+                    self.norms[i][params.start + j] = l2_norm(&s.vals);
+                    self.norms64[i][params.start + j] = norm_f64(&s.vals);
+                }
+            }
+        }
+        let alone: Vec<usize> = (0..n).collect();
+        let weights: Vec<f64> = self.peers.iter().map(|p| p.weight as f64).collect();
+        let work = self.work(params.clone());
+        let (model, norms) = (self.model, &self.norms);
+        for batch in work.chunks(BATCH_CHUNKS) {
+            let parts: Vec<(PairPartial, StatPartial)> = batch
+                .par_iter()
+                .map(|&(pi, b0, b1)| {
+                    let mut pp = PairPartial {
+                        slots: vec![0; n],
+                        ..PairPartial::default()
+                    };
+                    let mut sp = StatPartial::new(n);
+                    let mut seen = Vec::new();
+                    walk_slots(&model.params[pi].layout, pi, b0, b1, &params, data, norms, |here| {
+                        pair_slot(here, &mut pp);
+                        stat_slot(here, &alone, &weights, &mut seen, &mut sp);
+                    });
+                    (pp, sp)
+                })
+                .collect();
+            for (pp, sp) in parts {
+                for (t, x) in self.slots.iter_mut().zip(&pp.slots) {
+                    *t += x;
+                }
+                for (k, (m, e)) in pp.pairs {
+                    let t = self.pairs.entry(k).or_default();
+                    t.0 += m;
+                    t.1 += e;
+                }
+                self.total.add(&sp);
+            }
+        }
+    }
+
+    /// After the first pass over every parameter: finds the near-copies and the copy groups; whether some peers are
+    /// copies (then [`Evidence::second_pass`] must run over every parameter before [`Evidence::finish`]).
+    pub fn copies(&mut self) -> bool {
+        let n = self.peers.len();
+        let peers = &self.peers;
+        let same_sha =
+            |p: usize, q: usize| matches!((&peers[p].sha256, &peers[q].sha256), (Some(a), Some(b)) if a == b);
+        // Every pair that is similar or identical: (p, q, overlap, identical).
+        let mut links: Vec<(usize, usize, f64, bool)> = Vec::new();
+        for p in 0..n {
+            for q in p + 1..n {
+                let (matched, equal) = self.pairs.get(&(p as u32, q as u32)).copied().unwrap_or_default();
+                let (sp, sq) = (self.slots[p], self.slots[q]);
+                let overlap = matched as f64 / sp.max(sq).max(1) as f64;
+                let identical = same_sha(p, q) || (sp == sq && equal == sp && sp > 0);
+                if overlap >= SIMILAR_OVERLAP || identical {
+                    links.push((p, q, overlap, identical));
+                }
+            }
+        }
+        // Copy groups (union-find; the smallest index is each group's id).
+        let mut group: Vec<usize> = (0..n).collect();
+        fn find(g: &mut [usize], x: usize) -> usize {
+            let mut r = x;
+            while g[r] != r {
+                r = g[r];
+            }
+            g[x] = r;
+            r
+        }
+        for &(p, q, overlap, identical) in &links {
+            if identical || overlap >= DUPLICATE_OVERLAP {
+                let (a, b) = (find(&mut group, p), find(&mut group, q));
+                group[a.max(b)] = a.min(b);
+            }
+        }
+        let group: Vec<usize> = (0..n).map(|i| find(&mut group, i)).collect();
+        let mut size = vec![0u32; n];
+        for &g in &group {
+            size[g] += 1;
+        }
+        // Each peer's weight among the others: its selection weight shared with its copies.
+        self.vote = (0..n).map(|i| peers[i].weight as f64 / size[group[i]] as f64).collect();
+        self.group = group;
+        self.links = links;
+        let copies = size.iter().any(|s| *s > 1);
+        self.size = size;
+        if copies {
+            self.second = Some(StatPartial::new(n));
+        }
+        copies
+    }
+
+    /// The second pass over parameters `params` (the next group in model order; same `data` as the first): the
+    /// statistics again, each copy group one voice.
+    pub fn second_pass(&mut self, params: Range<usize>, data: &[&[Option<SparseParam>]]) {
+        let n = self.peers.len();
+        let work = self.work(params.clone());
+        let (model, norms, group, vote) = (self.model, &self.norms, &self.group, &self.vote);
+        let Some(total) = self.second.as_mut() else {
+            return;
+        };
+        for batch in work.chunks(BATCH_CHUNKS) {
+            let parts: Vec<StatPartial> = batch
+                .par_iter()
+                .map(|&(pi, b0, b1)| {
+                    let mut part = StatPartial::new(n);
+                    let mut seen = Vec::new();
+                    walk_slots(&model.params[pi].layout, pi, b0, b1, &params, data, norms, |here| {
+                        stat_slot(here, group, vote, &mut seen, &mut part)
+                    });
+                    part
+                })
+                .collect();
+            for part in &parts {
+                total.add(part);
+            }
+        }
+    }
+
+    /// Every peer's evidence.
+    pub fn finish(mut self) -> Vec<PeerStats> {
+        let n = self.peers.len();
+        let total = self.second.take().unwrap_or(std::mem::take(&mut self.total));
+        let mut similar: Vec<Vec<Similar>> = vec![Vec::new(); n];
+        for &(p, q, overlap, identical) in &self.links {
+            for (a, b) in [(p, q), (q, p)] {
+                similar[a].push(Similar {
+                    uid: self.peers[b].uid,
+                    overlap,
+                    identical,
+                    last_modified_ms: self.peers[b].last_modified_ms,
+                });
+            }
+        }
+        let (group, size) = (&self.group, &self.size);
+        self.peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let s = &total.peers[i];
+                let g = &total.groups[group[i]];
+                let param_norms = std::mem::take(&mut self.norms64[i]);
+                let total_norm = param_norms.iter().map(|x| x * x).sum::<f64>().sqrt();
+                // |m_p|^2: the full mean's, except over the group's slots, where the group-out mean's.
+                let out_norm_sq = (total.full_sq - g.full_sq_at).max(0.0) + g.out_sq;
+                let cosine = (s.cc > 0.0 && out_norm_sq > 0.0).then(|| s.dot / (s.cc.sqrt() * out_norm_sq.sqrt()));
+                let mut sim = std::mem::take(&mut similar[i]);
+                sim.sort_by(|a, b| {
+                    b.identical
+                        .cmp(&a.identical)
+                        .then(b.overlap.total_cmp(&a.overlap))
+                        .then(a.uid.cmp(&b.uid))
+                });
+                sim.truncate(MAX_SIMILAR);
+                PeerStats {
+                    uid: p.uid,
+                    selection_weight: p.weight,
+                    last_modified_ms: p.last_modified_ms,
+                    param_norms,
+                    total_norm,
+                    slots: s.slots,
+                    copies: size[group[i]],
+                    index_overlap: if s.slots == 0 {
+                        0.0
+                    } else {
+                        s.overlapped as f64 / s.slots as f64
+                    },
+                    cosine,
+                    sign_agreement: (s.compared > 0).then(|| s.agree as f64 / s.compared as f64),
+                    compared: s.compared,
+                    majority_agreement: (s.voted > 0).then(|| s.majority_agree as f64 / s.voted as f64),
+                    voted: s.voted,
+                    similar: sim,
+                }
+            })
+            .collect()
+    }
+}
+
+impl StatPartial {
+    fn new(n: usize) -> Self {
+        Self {
+            peers: vec![PeerSums::default(); n],
+            groups: vec![GroupSums::default(); n],
+            full_sq: 0.0,
+        }
+    }
+
+    /// Adds `part`'s sums (in the caller's fixed order: floats).
+    fn add(&mut self, part: &StatPartial) {
+        self.full_sq += part.full_sq;
+        for (t, s) in self.peers.iter_mut().zip(&part.peers) {
             t.dot += s.dot;
             t.cc += s.cc;
             t.slots += s.slots;
@@ -210,159 +471,11 @@ pub fn compute(model: &ModelSpec, peers: &[EvidencePeer<'_>]) -> Vec<PeerStats> 
             t.majority_agree += s.majority_agree;
             t.voted += s.voted;
         }
-        for (t, s) in total.groups.iter_mut().zip(&part.groups) {
+        for (t, s) in self.groups.iter_mut().zip(&part.groups) {
             t.full_sq_at += s.full_sq_at;
             t.out_sq += s.out_sq;
         }
-    };
-
-    // Pass 1: the pairs, and the statistics as if no peer had a copy (every group a single peer), which is final
-    // in the usual window.
-    let alone: Vec<usize> = (0..n).collect();
-    let weights: Vec<f64> = peers.iter().map(|p| p.weight as f64).collect();
-    let mut slots = vec![0u64; n];
-    let mut pairs = Pairs::new();
-    let mut total = new_stats();
-    for batch in work.chunks(BATCH_CHUNKS) {
-        let parts: Vec<(PairPartial, StatPartial)> = batch
-            .par_iter()
-            .map(|&(pi, b0, b1)| {
-                let mut pp = PairPartial {
-                    slots: vec![0; n],
-                    ..PairPartial::default()
-                };
-                let mut sp = new_stats();
-                let mut seen = Vec::new();
-                walk_slots(&model.params[pi].layout, pi, b0, b1, peers, &norms, |here| {
-                    pair_slot(here, &mut pp);
-                    stat_slot(here, &alone, &weights, &mut seen, &mut sp);
-                });
-                (pp, sp)
-            })
-            .collect();
-        for (pp, sp) in parts {
-            for (t, x) in slots.iter_mut().zip(&pp.slots) {
-                *t += x;
-            }
-            for (k, (m, e)) in pp.pairs {
-                let t = pairs.entry(k).or_default();
-                t.0 += m;
-                t.1 += e;
-            }
-            add_stats(&mut total, &sp);
-        }
     }
-    let same_sha = |p: usize, q: usize| matches!((peers[p].sha256, peers[q].sha256), (Some(a), Some(b)) if a == b);
-    // Every pair that is similar or identical: (p, q, overlap, identical).
-    let mut links: Vec<(usize, usize, f64, bool)> = Vec::new();
-    for p in 0..n {
-        for q in p + 1..n {
-            let (matched, equal) = pairs.get(&(p as u32, q as u32)).copied().unwrap_or_default();
-            let (sp, sq) = (slots[p], slots[q]);
-            let overlap = matched as f64 / sp.max(sq).max(1) as f64;
-            let identical = same_sha(p, q) || (sp == sq && equal == sp && sp > 0);
-            if overlap >= SIMILAR_OVERLAP || identical {
-                links.push((p, q, overlap, identical));
-            }
-        }
-    }
-    // Copy groups (union-find; the smallest index is each group's id).
-    let mut group: Vec<usize> = (0..n).collect();
-    fn find(g: &mut [usize], x: usize) -> usize {
-        let mut r = x;
-        while g[r] != r {
-            r = g[r];
-        }
-        g[x] = r;
-        r
-    }
-    for &(p, q, overlap, identical) in &links {
-        if identical || overlap >= DUPLICATE_OVERLAP {
-            let (a, b) = (find(&mut group, p), find(&mut group, q));
-            group[a.max(b)] = a.min(b);
-        }
-    }
-    let group: Vec<usize> = (0..n).map(|i| find(&mut group, i)).collect();
-    let mut size = vec![0u32; n];
-    for &g in &group {
-        size[g] += 1;
-    }
-    // Each peer's weight among the others: its selection weight shared with its copies.
-    let vote: Vec<f64> = (0..n).map(|i| peers[i].weight as f64 / size[group[i]] as f64).collect();
-
-    // Pass 2, only when some peers are copies: the statistics again, each group one voice.
-    if size.iter().any(|s| *s > 1) {
-        total = new_stats();
-        for batch in work.chunks(BATCH_CHUNKS) {
-            let parts: Vec<StatPartial> = batch
-                .par_iter()
-                .map(|&(pi, b0, b1)| {
-                    let mut part = new_stats();
-                    let mut seen = Vec::new();
-                    walk_slots(&model.params[pi].layout, pi, b0, b1, peers, &norms, |here| {
-                        stat_slot(here, &group, &vote, &mut seen, &mut part)
-                    });
-                    part
-                })
-                .collect();
-            for part in &parts {
-                add_stats(&mut total, part);
-            }
-        }
-    }
-
-    let mut similar: Vec<Vec<Similar>> = vec![Vec::new(); n];
-    for &(p, q, overlap, identical) in &links {
-        for (a, b) in [(p, q), (q, p)] {
-            similar[a].push(Similar {
-                uid: peers[b].uid,
-                overlap,
-                identical,
-                last_modified_ms: peers[b].last_modified_ms,
-            });
-        }
-    }
-    peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let s = &total.peers[i];
-            let g = &total.groups[group[i]];
-            let param_norms = norms64[i].clone();
-            let total_norm = param_norms.iter().map(|x| x * x).sum::<f64>().sqrt();
-            // |m_p|^2: the full mean's, except over the group's slots, where the group-out mean's.
-            let out_norm_sq = (total.full_sq - g.full_sq_at).max(0.0) + g.out_sq;
-            let cosine = (s.cc > 0.0 && out_norm_sq > 0.0).then(|| s.dot / (s.cc.sqrt() * out_norm_sq.sqrt()));
-            let mut sim = std::mem::take(&mut similar[i]);
-            sim.sort_by(|a, b| {
-                b.identical
-                    .cmp(&a.identical)
-                    .then(b.overlap.total_cmp(&a.overlap))
-                    .then(a.uid.cmp(&b.uid))
-            });
-            sim.truncate(MAX_SIMILAR);
-            PeerStats {
-                uid: p.uid,
-                selection_weight: p.weight,
-                last_modified_ms: p.last_modified_ms,
-                param_norms,
-                total_norm,
-                slots: s.slots,
-                copies: size[group[i]],
-                index_overlap: if s.slots == 0 {
-                    0.0
-                } else {
-                    s.overlapped as f64 / s.slots as f64
-                },
-                cosine,
-                sign_agreement: (s.compared > 0).then(|| s.agree as f64 / s.compared as f64),
-                compared: s.compared,
-                majority_agreement: (s.voted > 0).then(|| s.majority_agree as f64 / s.voted as f64),
-                voted: s.voted,
-                similar: sim,
-            }
-        })
-        .collect()
 }
 
 /// The L2 norm in f64: squares summed over 8 lanes in a fixed order, as `l2_norm` does, without its rounding to
@@ -377,16 +490,19 @@ fn norm_f64(vals: &[f32]) -> f64 {
 
 /// Calls `visit` for every slot of blocks `b0..b1` of parameter `pi` that some peer sent, with the peers' cells
 /// there in peer order (slots in the order the blocks first touch them).
+#[allow(clippy::too_many_arguments)]
 fn walk_slots(
     layout: &ParamLayout,
     pi: usize,
     b0: usize,
     b1: usize,
-    peers: &[EvidencePeer<'_>],
+    params: &Range<usize>,
+    data: &[&[Option<SparseParam>]],
     norms: &[Vec<f32>],
     mut visit: impl FnMut(&[Here]),
 ) {
-    let n = peers.len();
+    let n = data.len();
+    let local = pi - params.start;
     let k = layout.k();
     // Per-slot list heads (reset as each slot is visited) and the cells.
     let mut head = vec![NONE; layout.totalk()];
@@ -394,10 +510,10 @@ fn walk_slots(
     let mut cells: Vec<Cell> = Vec::with_capacity(n * k);
     let mut here: Vec<Here> = Vec::with_capacity(n);
     // The aggregation's normaliser: the f32 norm + 1e-8, so that the values are the ones it scatters.
-    let denoms: Vec<Option<f32>> = peers
+    let denoms: Vec<Option<f32>> = data
         .iter()
         .enumerate()
-        .map(|(i, p)| p.gradient.params[pi].as_ref().map(|_| norms[i][pi] + 1e-8f32))
+        .map(|(i, d)| d[local].as_ref().map(|_| norms[i][pi] + 1e-8f32))
         .collect();
     for b in b0..b1 {
         touched.clear();
@@ -405,7 +521,7 @@ fn walk_slots(
         // Peers in reverse, each cell put at the front of its slot's list: lists end up in peer order. A peer's
         // repeated index lands on its own cell, at the front.
         for i in (0..n).rev() {
-            let (Some(sp), Some(denom)) = (peers[i].gradient.params[pi].as_ref(), denoms[i]) else {
+            let (Some(sp), Some(denom)) = (data[i][local].as_ref(), denoms[i]) else {
                 continue;
             };
             let range = b * k..(b + 1) * k;

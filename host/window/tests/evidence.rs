@@ -62,6 +62,34 @@ fn run(model: &ModelSpec, peers: &[Peer]) -> Vec<PeerStats> {
     evidence::compute(model, &ev)
 }
 
+/// [`evidence::Evidence`] fed `group` parameters at a time, both passes.
+fn by_groups(model: &ModelSpec, peers: &[Peer], group: usize) -> Vec<PeerStats> {
+    let info = peers
+        .iter()
+        .map(|p| evidence::PeerInfo {
+            uid: p.uid,
+            weight: p.weight,
+            last_modified_ms: p.at,
+            sha256: p.sha.clone(),
+        })
+        .collect();
+    let mut e = evidence::Evidence::new(model, info);
+    let n = model.params.len();
+    let groups: Vec<std::ops::Range<usize>> = (0..n).step_by(group).map(|s| s..(s + group).min(n)).collect();
+    let data = |r: &std::ops::Range<usize>| -> Vec<&[Option<SparseParam>]> {
+        peers.iter().map(|p| &p.g.params[r.clone()]).collect()
+    };
+    for r in &groups {
+        e.first_pass(r.clone(), &data(r));
+    }
+    if e.copies() {
+        for r in &groups {
+            e.second_pass(r.clone(), &data(r));
+        }
+    }
+    e.finish()
+}
+
 /// The definitions, computed the slow and obvious way.
 fn naive(model: &ModelSpec, peers: &[Peer]) -> Vec<PeerStats> {
     let n = peers.len();
@@ -283,6 +311,10 @@ fn matches_the_definitions_with_ties_repeats_copies_and_weight_zero() {
     });
     let fast = run(&m, &peers);
     assert_matches(&fast, &naive(&m, &peers));
+    // Group by group (a reader that holds one group of parameters at a time): the same bits, with the second pass.
+    for group in [1, 2, 5] {
+        assert_eq!(by_groups(&m, &peers, group), fast, "groups of {group}");
+    }
     // The cases were hit: repeated indices (3 slots, k entries per block), ties, copies.
     assert!(
         fast.iter().any(|p| p.compared < p.slots),
@@ -314,6 +346,10 @@ fn one_peer_alone_has_no_others() {
     }];
     let fast = run(&m, &peers);
     assert_matches(&fast, &naive(&m, &peers));
+    // Group by group (a reader that holds one group of parameters at a time): the same bits, with the second pass.
+    for group in [1, 2, 5] {
+        assert_eq!(by_groups(&m, &peers, group), fast, "groups of {group}");
+    }
     let p = &fast[0];
     assert_eq!((p.cosine, p.sign_agreement, p.majority_agreement), (None, None, None));
     assert_eq!((p.compared, p.voted, p.index_overlap, p.copies), (0, 0, 0.0, 1));
