@@ -105,6 +105,7 @@ fn values(dir: &std::path::Path) -> BTreeMap<&'static str, (String, String, toml
             "archive_inputs",
             ("true".into(), "true".into(), toml::Value::Boolean(true)),
         ),
+        ("memory_budget_mib", i(2048)),
         ("policy.shadow.peer_selection", s(&format!("{d}/shadow-sel.wasm"))),
         ("policy.shadow.time_bounds", s(&format!("{d}/shadow-tb.wasm"))),
         (

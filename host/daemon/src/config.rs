@@ -50,6 +50,13 @@ pub struct DaemonConfig {
     /// delete their files. Off by default: it doubles the window's writes.
     #[arg(long, env = "AGGREGATOR_ARCHIVE_INPUTS", required = false, action = ArgAction::Set)]
     pub archive_inputs: bool,
+    /// Memory for one window's data, in MiB (0: off, every peer's file is held whole). Set, the window reads each
+    /// peer's file by ranges and processes the model in groups of parameters whose data fit, uploading the output
+    /// as it is made (same output bytes; see ARCHITECTURE.md, "One window"). It covers the window's data and buffers, with 256 MiB
+    /// kept for the process itself and the upload's parts (a budget below that makes each parameter a group of its
+    /// own). Not with `archive_inputs` or the shadow aggregate (they need whole files).
+    #[arg(long, env = "AGGREGATOR_MEMORY_BUDGET_MIB", required = false)]
+    pub memory_budget_mib: u64,
     /// Where peers' buckets live: empty for R2 (the commitment's account), an `http(s)://` S3 URL, or a local
     /// directory (`file:///path` or a plain path) for self-hosted networks and the simulator.
     #[arg(long, env = "AGGREGATOR_PEER_ENDPOINT", required = false)]
@@ -556,6 +563,7 @@ impl Default for DaemonConfig {
             chain_timeout_s: 30.0,
             storage_timeout_s: 120.0,
             archive_inputs: false,
+            memory_budget_mib: 0,
         }
     }
 }
@@ -682,6 +690,13 @@ impl DaemonConfig {
                 }
             }
         }
+        if self.memory_budget_mib > 0 && (self.archive_inputs || self.policy.shadow_aggregate) {
+            return bad(
+                "memory_budget_mib: archive_inputs and policy.shadow_aggregate need every peer's file whole; turn \
+                 them off or the budget off (0)"
+                    .into(),
+            );
+        }
         if self.policy.shadow_aggregate && self.policy.shadow.peer_selection.is_empty() {
             return bad("policy.shadow_aggregate needs a peer-selection shadow (policy.shadow.peer_selection)".into());
         }
@@ -743,6 +758,11 @@ impl DaemonConfig {
             access_key_id: self.output.access_key_id.clone(),
             secret: self.output.secret.clone(),
         })
+    }
+
+    /// The memory budget in bytes, when one is set (`memory_budget_mib`).
+    pub fn memory_budget(&self) -> Option<u64> {
+        (self.memory_budget_mib > 0).then_some(self.memory_budget_mib << 20)
     }
 
     /// The per-peer gather limit.

@@ -164,6 +164,8 @@ pub struct SimOptions {
     pub policy_settings: Vec<(String, String)>,
     /// The daemon's `archive_inputs`.
     pub archive_inputs: bool,
+    /// The daemon's `memory_budget_mib` (0: off).
+    pub memory_budget_mib: u64,
     /// A peer-selection shadow candidate for the daemon (`policy.shadow.peer_selection`).
     pub shadow_peer_selection: Option<PathBuf>,
     /// The daemon's `policy.shadow_aggregate`.
@@ -214,6 +216,7 @@ impl Default for SimOptions {
             peer_selection: None,
             policy_settings: vec![],
             archive_inputs: false,
+            memory_budget_mib: 0,
             shadow_peer_selection: None,
             shadow_aggregate: false,
             policy_limits: BTreeMap::new(),
@@ -656,6 +659,7 @@ impl Network {
                 shadow_aggregate: options.shadow_aggregate,
             },
             archive_inputs: options.archive_inputs,
+            memory_budget_mib: options.memory_budget_mib,
             metrics: options.metrics.map(|a| a.to_string()).unwrap_or_default(),
             device: options.backend.name().parse().unwrap_or_default(),
             ..DaemonConfig::default()

@@ -15,6 +15,6 @@ pub use bucket::{Bucket, COMMITMENT_LEN, Endpoint};
 pub use client::{ClientSettings, Clients};
 pub use error::StoreError;
 pub use gather::{Bounds, FileRecord, GatherOptions, Gathered, PeerRequest, gather, size_cap};
-pub use put::{PutOptions, delete_old_windows, posted_lists, put, start_window};
+pub use put::{PutOptions, StreamingPut, delete_old_windows, posted_lists, put, start_window};
 pub use ranged::{Indexed, IndexedFile, PinnedFile, gather_indexes};
 pub use skip::{SkipKind, SkipReason};

@@ -71,6 +71,78 @@ pub async fn put(store: &dyn ObjectStore, key: &str, bytes: Bytes, o: &PutOption
     Ok(())
 }
 
+/// An object uploaded as its bytes are made: a multipart upload whose parts of `part_size` (all equal but the last,
+/// as R2 requires) go up as they fill, at most `concurrency` in flight, so the memory held is about
+/// `part_size × (concurrency + 1)` whatever the object's size. Readers see nothing until [`StreamingPut::complete`];
+/// [`StreamingPut::abort`] (or dropping it, or any failure) leaves the object absent: complete or absent, as
+/// [`put`].
+pub struct StreamingPut {
+    writer: object_store::WriteMultipart,
+    key: String,
+    concurrency: usize,
+    written: u64,
+}
+
+impl StreamingPut {
+    /// Starts the upload of `key`.
+    pub async fn begin(store: &dyn ObjectStore, key: &str, o: &PutOptions) -> Result<Self, StoreError> {
+        let upload = store
+            .put_multipart(&Path::from(key))
+            .await
+            .map_err(|e| StoreError::Upload {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            writer: object_store::WriteMultipart::new_with_chunk_size(upload, o.part_size.max(5 << 20)),
+            key: key.to_string(),
+            concurrency: o.concurrency.max(1),
+            written: 0,
+        })
+    }
+
+    fn fail(&self, e: object_store::Error) -> StoreError {
+        StoreError::Upload {
+            key: self.key.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Adds `data` to the object, once fewer than `concurrency` parts are in flight.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        if let Err(e) = self.writer.wait_for_capacity(self.concurrency).await {
+            return Err(self.fail(e));
+        }
+        self.writer.write(data);
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Uploads what is left and completes the upload: the object appears, whole.
+    pub async fn complete(self) -> Result<(), StoreError> {
+        let key = self.key;
+        self.writer.finish().await.map(|_| ()).map_err(|e| StoreError::Upload {
+            key,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Abandons the upload: its parts are deleted and the object stays absent (an error here leaves it absent too;
+    /// the parts then expire with the bucket's lifecycle rules).
+    pub async fn abort(self) -> Result<(), StoreError> {
+        let key = self.key;
+        self.writer.abort().await.map_err(|e| StoreError::Upload {
+            key,
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// The window of `key` if it is exactly `{prefix}{window}{suffix}` (the version is matched literally, unlike
 /// Templar's unescaped regex).
 /// The root keys that `parse` accepts, with the number it reads from each, by that number. `prefix` only names the

@@ -24,6 +24,9 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 use crate::gather::{Found, find, size_cap, storage_error};
 use crate::{Bounds, Clients, FileRecord, GatherOptions, PeerRequest, SkipReason, keys};
 
+/// Ranged reads of one file in flight at once.
+pub const RANGES_IN_FLIGHT: usize = 8;
+
 /// One version of a peer's file: every read is a ranged `GET` with `If-Match` on the `ETag` its `HEAD` saw.
 #[derive(Clone)]
 pub struct PinnedFile {
@@ -101,13 +104,19 @@ impl PinnedFile {
         Ok(Bytes::from(body))
     }
 
-    /// Each of `ranges`, as `(offset, bytes)`, one after the other.
+    /// Each of `ranges`, as `(offset, bytes)`, in order, [`RANGES_IN_FLIGHT`] at a time (a group's records need not
+    /// be adjacent: torch writes them in the lexicographic order of their keys, `0, 1, 10, 100, …`).
     pub async fn read_all(&self, ranges: &[Range<u64>]) -> Result<Vec<(u64, Bytes)>, SkipReason> {
-        let mut out = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            out.push((r.start, self.read(r.clone()).await?));
-        }
-        Ok(out)
+        futures::stream::iter(
+            ranges
+                .iter()
+                .map(|r| async move { Ok((r.start, self.read(r.clone()).await?)) }),
+        )
+        .buffered(RANGES_IN_FLIGHT)
+        .collect::<Vec<Result<_, SkipReason>>>()
+        .await
+        .into_iter()
+        .collect()
     }
 }
 

@@ -6,9 +6,9 @@ pub mod evidence;
 
 use std::collections::HashMap;
 
-use aggregator_codec::{Aggregate, Gradient};
+use aggregator_codec::{Aggregate, Gradient, SparseParam};
 use aggregator_kernels::{Backend, Contribution, KernelError, PeerSparse};
-use aggregator_model::ModelSpec;
+use aggregator_model::{ModelSpec, ParamSpec};
 use rayon::prelude::*;
 use thiserror::Error;
 
@@ -187,33 +187,17 @@ pub fn aggregate_window_into<R: Clone>(
     let mut scratch: Vec<Vec<f32>> = vec![Vec::new(); valid.len()];
     let mut params = Vec::new();
     for (pi, spec) in model.params.iter().enumerate() {
-        let kernel = |error| WindowError::Kernel {
-            param: spec.name.clone(),
-            error,
-        };
-        // Normalise each contributing peer (in parallel), keeping peer order. A peer of weight 0 still has its
-        // parameter checked (the same errors whatever the weights); the kernels then leave it out.
-        let contributions: Vec<Contribution> = scratch
-            .par_iter_mut()
-            .zip(valid.par_iter())
-            .filter_map(|(buf, (_, g, w))| g.params[pi].as_ref().map(|p| (buf, p, *w)))
-            .map(|(buf, p, weight)| {
-                PeerSparse::new(&spec.layout, &p.idxs, &p.vals).map(|s| Contribution {
-                    sparse: s.normalised(buf),
-                    weight,
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(kernel)?;
-        // No peer sent it, or only peers of weight 0 (as if they had been left out): not in the file.
-        if contributions.iter().all(|c| c.weight == 0.0) {
-            continue;
+        let sent: Vec<(Option<&SparseParam>, f32)> =
+            valid.iter().map(|(_, g, w)| (g.params[pi].as_ref(), *w)).collect();
+        if let Some(packed) = aggregate_param(
+            spec,
+            backend,
+            &sent,
+            &mut scratch,
+            buffers.take(pi, spec.layout.packed_len()),
+        )? {
+            params.push((spec.name.clone(), packed));
         }
-        let mut packed = buffers.take(pi, spec.layout.packed_len());
-        backend
-            .aggregate(&spec.layout, &contributions, &mut packed)
-            .map_err(kernel)?;
-        params.push((spec.name.clone(), packed));
     }
     let file = Aggregate {
         params,
@@ -229,6 +213,45 @@ pub fn aggregate_window_into<R: Clone>(
         valid_uids: valid.iter().map(|(u, ..)| *u).collect(),
         skipped,
     })
+}
+
+/// One parameter of a window: the valid peers' entries for it (`None`: that peer did not send it) at their weights,
+/// in peer order, normalised (in parallel, into `scratch`, one buffer per peer) and merged into `out` (zeroed,
+/// `packed_len()` bytes). `None` when no peer of non-zero weight sent it (it is left out of the file). What
+/// [`aggregate_window_into`] does per parameter, and what a reader holding one group of parameters at a time calls.
+pub fn aggregate_param(
+    spec: &ParamSpec,
+    backend: &dyn Backend,
+    sent: &[(Option<&SparseParam>, f32)],
+    scratch: &mut [Vec<f32>],
+    mut out: Vec<u8>,
+) -> Result<Option<Vec<u8>>, WindowError> {
+    let kernel = |error| WindowError::Kernel {
+        param: spec.name.clone(),
+        error,
+    };
+    // Normalise each contributing peer (in parallel), keeping peer order. A peer of weight 0 still has its
+    // parameter checked (the same errors whatever the weights); the kernels then leave it out.
+    let contributions: Vec<Contribution> = scratch
+        .par_iter_mut()
+        .zip(sent.par_iter())
+        .filter_map(|(buf, (p, w))| p.map(|p| (buf, p, *w)))
+        .map(|(buf, p, weight)| {
+            PeerSparse::new(&spec.layout, &p.idxs, &p.vals).map(|s| Contribution {
+                sparse: s.normalised(buf),
+                weight,
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(kernel)?;
+    // No peer sent it, or only peers of weight 0 (as if they had been left out): not in the file.
+    if contributions.iter().all(|c| c.weight == 0.0) {
+        return Ok(None);
+    }
+    backend
+        .aggregate(&spec.layout, &contributions, &mut out)
+        .map_err(kernel)?;
+    Ok(Some(out))
 }
 
 /// Sign bits compared and agreeing between two aggregates, over the parameters present in both (by name). Packed

@@ -68,6 +68,9 @@ pub struct SimArgs {
     /// The daemon also archives every aggregated input in its bucket (`inputs/`).
     #[arg(long)]
     archive_inputs: bool,
+    /// The daemon's memory budget for one window's data, MiB (0: off; see `memory_budget_mib` in the README).
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    memory_budget_mib: u64,
     /// A peer-selection shadow candidate (`.wasm`) run beside the daemon's policy every window: its decisions are
     /// compared, logged and recorded in the receipts, never used.
     #[arg(long, value_name = "FILE")]
@@ -142,6 +145,7 @@ pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
         peer_selection: args.peer_selection,
         policy_settings: args.policy_settings,
         archive_inputs: args.archive_inputs,
+        memory_budget_mib: args.memory_budget_mib,
         shadow_peer_selection: args.shadow_peer_selection,
         shadow_aggregate: args.shadow_aggregate,
         policy_limits: limits(&args.policy_limits)?,

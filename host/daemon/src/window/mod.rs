@@ -5,6 +5,7 @@
 //! retries, state) is the driver's ([`crate::driver`]).
 
 pub(crate) mod aggregate;
+pub(crate) mod budgeted;
 pub(crate) mod decide;
 pub(crate) mod gather;
 pub(crate) mod observe;
@@ -25,6 +26,7 @@ use self::receipt::Evidence;
 use crate::daemon::Daemon;
 use crate::report::{WindowReport, WindowResult};
 pub use aggregate::AggregateError;
+pub use budgeted::BudgetError;
 pub use decide::DecideError;
 pub use observe::ObserveError;
 pub use publish::PublishError;
@@ -49,6 +51,9 @@ pub enum WindowError {
     /// The output bucket.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// A window within the memory budget, after its peers were judged.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
 }
 
 impl WindowError {
@@ -64,6 +69,10 @@ impl WindowError {
             | WindowError::Weigh(WeighError::Panicked(_))
             | WindowError::Aggregate(_) => ErrorKind::Internal,
             WindowError::Publish(_) => ErrorKind::Storage,
+            WindowError::Budget(BudgetError::Reread { .. } | BudgetError::Upload(_) | BudgetError::Timeout { .. }) => {
+                ErrorKind::Storage
+            }
+            WindowError::Budget(_) => ErrorKind::Internal,
         }
     }
 }
@@ -83,6 +92,25 @@ pub(crate) struct Selected {
     pub weighting_state: Option<Vec<u8>>,
 }
 
+impl Selected {
+    /// What to keep after a window decided by `decision` and weighed by `weighting` (none: not weighed).
+    pub(crate) fn after(
+        decision: &decide::Decision,
+        weighting: Option<&aggregator_policy::Outcome<aggregator_policy::ContributionWeighting>>,
+    ) -> Self {
+        Selected {
+            peers: decision.selection.value.peers.clone(),
+            state: decision.selection.value.state.clone(),
+            shadow_state: decision
+                .shadow
+                .peer_selection
+                .as_ref()
+                .and_then(|c| Some(c.decision.as_ref()?.state.clone())),
+            weighting_state: weighting.map(|o| o.value.state.clone()),
+        }
+    }
+}
+
 impl<C: Chain + 'static> Daemon<C> {
     /// One window, start to end: the phases in order, each timed into the report.
     pub(crate) async fn process(&self, w: u64) -> Result<(WindowReport, NextSelection), WindowError> {
@@ -99,6 +127,9 @@ impl<C: Chain + 'static> Daemon<C> {
         report.bounds = (decision.bounds.not_before_ms, decision.bounds.not_after_ms);
         report.selected = decision.peers().to_vec();
         report.chain = started.elapsed();
+        if let Some(budget) = self.config.memory_budget() {
+            return self.process_within_budget(w, report, observed, decision, budget).await;
+        }
 
         let started = Instant::now();
         // The output's memory is mapped on a blocking thread while the gather waits on the peers' downloads.
@@ -126,16 +157,7 @@ impl<C: Chain + 'static> Daemon<C> {
         report.aggregated = aggregated.valid.clone();
         report.skipped = aggregated.skipped.clone();
 
-        let next = Some(Selected {
-            peers: decision.selection.value.peers.clone(),
-            state: decision.selection.value.state.clone(),
-            shadow_state: decision
-                .shadow
-                .peer_selection
-                .as_ref()
-                .and_then(|c| Some(c.decision.as_ref()?.state.clone())),
-            weighting_state: weighting.as_ref().map(|o| o.value.state.clone()),
-        });
+        let next = Some(Selected::after(&decision, weighting.as_ref()));
         let Some(bytes) = aggregated.bytes.take() else {
             report.result = WindowResult::NoValidPeers;
             return Ok((report, next));
@@ -176,7 +198,7 @@ impl<C: Chain + 'static> Daemon<C> {
         let mut receipt = self.receipt(
             w,
             &evidence,
-            &aggregated,
+            &aggregated.timestamp,
             (&key, bytes.len() as u64, sha256.clone()),
             &report,
         );

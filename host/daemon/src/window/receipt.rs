@@ -20,7 +20,6 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
-use super::aggregate::Aggregated;
 use super::decide::Decision;
 use super::observe::Observed;
 use super::publish::PublishError;
@@ -51,7 +50,7 @@ impl<C: Chain + 'static> Daemon<C> {
         &self,
         w: u64,
         e: &Evidence<'_>,
-        aggregated: &Aggregated,
+        timestamp: &str,
         output: (&str, u64, String),
         report: &WindowReport,
     ) -> Receipt {
@@ -106,7 +105,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 key: key.to_string(),
                 size,
                 sha256,
-                timestamp: aggregated.timestamp.clone(),
+                timestamp: timestamp.to_string(),
             },
             timings_ms: Timings {
                 chain: ms(report.chain),

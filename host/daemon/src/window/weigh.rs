@@ -78,6 +78,12 @@ impl<C: Chain + 'static> Daemon<C> {
         .await
         .map_err(|e| WeighError::Panicked(e.to_string()))?;
         let outcome = outcome?;
+        self.log_weighting(w, &outcome);
+        Ok((gathered, Some(outcome)))
+    }
+
+    /// Logs and counts a contribution-weighting call: fallbacks, a reset state, the peers it excluded.
+    pub(crate) fn log_weighting(&self, w: u64, outcome: &Outcome<ContributionWeighting>) {
         if let Some(e) = &outcome.fallback {
             tracing::warn!(window = w, policy = PolicyKind::ContributionWeighting.interface(), error = %e,
                 "policy failed; a fallback answered");
@@ -99,6 +105,5 @@ impl<C: Chain + 'static> Daemon<C> {
         self.metrics.weighting_excluded(excluded.len() as u64);
         tracing::info!(window = w, component = %outcome.component.name, excluded = %crate::list(&excluded),
             note = %outcome.value.note, "contribution weights decided");
-        Ok((gathered, Some(outcome)))
     }
 }

@@ -1,0 +1,550 @@
+//! The window within a memory budget (`memory_budget_mib`): the same phases and the same output bytes as the
+//! whole-file window, with at most one group of parameters of every peer's file in memory at a time.
+//!
+//! 1. **Gather the indexes** (`aggregator_store::gather_indexes`): each peer's `HEAD`, bounds and size cap as
+//!    always, then its central directory and `data.pkl` by ranged reads pinned to its `ETag`. The parameters are cut
+//!    into contiguous groups whose data, across the peers, fit the budget ([`plan_groups`]).
+//! 2. **Check and weigh, group by group**: every group of every live peer is read, decoded and checked (the checks
+//!    of a whole-file read), and the evidence's first pass runs over it. A peer that fails in any group is skipped
+//!    in every group, as on a whole-file read; since the groups before its failure counted it, the pass is then
+//!    run again over the peers left (at most once per failed peer). When the evidence finds copies, its second
+//!    pass reads every group again. The `contribution-weighting` policy then decides the weights.
+//! 3. **Aggregate and upload, group by group**: the file's layout (the parameters some peer of non-zero weight
+//!    sent) and metadata are known, so `data.pkl` is written first and each group's packed bits follow as they are
+//!    made ([`aggregator_codec::AggregateWriter`] over a forward sink), up a multipart upload
+//!    ([`aggregator_store::StreamingPut`]) that nobody sees until it completes. The receipt is saved pending, then
+//!    the upload is completed, then the receipt stored, as in the whole-file window.
+//!
+//! Reads after a peer was checked are pinned to the same `ETag`: a file replaced mid-window fails the attempt (the
+//! upload is aborted: nothing is stored), and the driver retries the window, whose new gather judges the new file.
+//! A window is complete or absent, never partial, never a mix of two versions of a file.
+//!
+//! Not available within a budget (the configuration refuses them): `archive_inputs` and the shadow aggregate,
+//! which need every file whole. The receipt records each file's `ETag` but no SHA-256 (no file is read whole).
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use aggregator_chain::Chain;
+use aggregator_codec::write::ForwardSink;
+use aggregator_codec::{AggregateHeader, AggregateWriter, SparseParam};
+use aggregator_model::ModelSpec;
+use aggregator_policy::{ContributionWeighting, Outcome};
+use aggregator_store::{
+    FileRecord, GatherOptions, IndexedFile, PeerRequest, PutOptions, SkipReason, StoreError, StreamingPut,
+    gather_indexes, keys,
+};
+use aggregator_window::evidence::{Evidence as PeerEvidence, PeerInfo};
+use aggregator_window::{aggregate_param, python_utc_now};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::decide::Decision;
+use super::observe::Observed;
+use super::receipt::Evidence;
+use super::weigh::WeighError;
+use super::{NextSelection, Selected};
+use crate::daemon::Daemon;
+use crate::report::{WindowReport, WindowResult};
+
+/// Why a window within the budget failed after its peers were judged (every variant is retried by the driver).
+#[derive(Debug, Error)]
+pub enum BudgetError {
+    /// A peer's file, already checked, could not be read again (replaced, gone, or its storage failed).
+    #[error("storage: uid {uid}: {reason} (read again after it was checked; the window is retried)")]
+    Reread {
+        /// The peer.
+        uid: u16,
+        /// What the read gave.
+        reason: SkipReason,
+    },
+    /// The output upload failed (it is aborted: nothing is stored).
+    #[error("storage: {0}")]
+    Upload(#[from] StoreError),
+    /// The upload did not finish within `storage_timeout_s`.
+    #[error("storage: {key}: upload not done within {after:?}")]
+    Timeout {
+        /// The aggregate's key.
+        key: String,
+        /// The bound.
+        after: std::time::Duration,
+    },
+    /// The numeric step refused its inputs.
+    #[error("internal: aggregate: {0}")]
+    Window(#[from] aggregator_window::WindowError),
+    /// The file could not be written.
+    #[error("internal: encode: {0}")]
+    Encode(#[from] aggregator_codec::CodecError),
+    /// A blocking task panicked, or the upload task ended early.
+    #[error("internal: {0}")]
+    Task(String),
+}
+
+/// Bytes of one parameter of one peer in memory while a group is processed, per byte of its records: the records
+/// as read, the decoded indices and values, and the normalised values the kernels scatter.
+const HELD_PER_RECORD_BYTE: u64 = 3;
+
+/// What the budget keeps aside for everything but the groups' data: the process itself (runtime, policies, the
+/// indexes), the upload's parts in flight and the forward sink's entry. The rest is shared by the groups.
+fn fixed_overhead(model: &ModelSpec, put: &PutOptions) -> u64 {
+    let largest = model
+        .params
+        .iter()
+        .map(|p| p.layout.packed_len() as u64)
+        .max()
+        .unwrap_or(0);
+    (256 << 20) + (put.part_size as u64) * (put.concurrency as u64 + 2) + 3 * largest
+}
+
+/// Cuts the model's parameters into contiguous groups whose data, across `indexes` (the live peers' files), stay
+/// within `budget` bytes less [`fixed_overhead`]: each parameter costs [`HELD_PER_RECORD_BYTE`] per byte of its
+/// records in every file, plus its packed output. A parameter larger than that alone is a group of its own (the
+/// budget is then exceeded by it, and the log says so).
+pub(crate) fn plan_groups(
+    model: &ModelSpec,
+    indexes: &[&IndexedFile],
+    budget: u64,
+    put: &PutOptions,
+) -> Vec<Range<usize>> {
+    let fixed = fixed_overhead(model, put);
+    if budget <= fixed {
+        tracing::warn!(
+            budget,
+            fixed,
+            "the memory budget leaves nothing beyond the fixed overhead: one parameter per group"
+        );
+    }
+    let room = budget.saturating_sub(fixed).max(1);
+    let cost = |pi: usize| {
+        let data: u64 = indexes.iter().map(|f| f.index.data_bytes(pi..pi + 1)).sum();
+        HELD_PER_RECORD_BYTE * data + model.params[pi].layout.packed_len() as u64
+    };
+    let mut groups = Vec::new();
+    let (mut start, mut held) = (0, 0u64);
+    for pi in 0..model.params.len() {
+        let c = cost(pi);
+        if pi > start && held + c > room {
+            groups.push(start..pi);
+            start = pi;
+            held = 0;
+        }
+        if c > room && budget > fixed {
+            tracing::warn!(param = %model.params[pi].name, bytes = c, room, "one parameter's data exceed the memory budget");
+        }
+        held += c;
+    }
+    if start < model.params.len() {
+        groups.push(start..model.params.len());
+    }
+    groups
+}
+
+/// The output's bytes as they leave: their SHA-256 and count.
+#[derive(Default)]
+struct Written {
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl<C: Chain + 'static> Daemon<C> {
+    /// Reads group `params` of each peer in `live` (indexes into `files`), concurrently (`gather.concurrency`), each
+    /// within the gather timeout; one result per peer of `live`, in order.
+    async fn read_group(
+        &self,
+        files: &[Option<IndexedFile>],
+        live: &[usize],
+        params: Range<usize>,
+    ) -> Vec<Result<Vec<Option<SparseParam>>, SkipReason>> {
+        let timeout = self.config.gather_timeout();
+        let model = self.model.clone();
+        futures::stream::iter(live.iter().map(|&i| {
+            let (model, params) = (model.clone(), params.clone());
+            let file = files[i].clone();
+            async move {
+                match file {
+                    Some(f) => f.read_params(params, model, timeout).await.map(|(p, _)| p),
+                    None => Err(SkipReason::Missing),
+                }
+            }
+        }))
+        .buffered(self.config.gather.concurrency.max(1))
+        .collect()
+        .await
+    }
+
+    /// Window `w` after its decision, within `budget` bytes (see the module docs).
+    pub(crate) async fn process_within_budget(
+        &self,
+        w: u64,
+        mut report: WindowReport,
+        observed: Observed,
+        decision: Decision,
+        budget: u64,
+    ) -> Result<(WindowReport, NextSelection), super::WindowError> {
+        let cfg = &self.config;
+        let model = self.model.clone();
+        let peers = decision.peers().to_vec();
+        let selection_weights = decision.weights();
+
+        // 1. The indexes.
+        let started = Instant::now();
+        let requests: Vec<PeerRequest> = peers
+            .iter()
+            .map(|uid| PeerRequest {
+                uid: *uid,
+                bucket: observed.buckets.get(uid).cloned(),
+            })
+            .collect();
+        let options = GatherOptions {
+            timeout: cfg.gather_timeout(),
+            concurrency: cfg.gather.concurrency,
+            ..GatherOptions::default()
+        };
+        let indexed = gather_indexes(
+            &self.clients,
+            w,
+            &cfg.version,
+            &requests,
+            decision.bounds,
+            model.clone(),
+            &options,
+        )
+        .await;
+        let mut records: Vec<Option<FileRecord>> = Vec::with_capacity(peers.len());
+        let mut skip: Vec<Option<SkipReason>> = Vec::with_capacity(peers.len());
+        let mut files: Vec<Option<IndexedFile>> = Vec::with_capacity(peers.len());
+        for ix in indexed {
+            records.push(ix.file);
+            match ix.outcome {
+                Ok(f) => {
+                    skip.push(None);
+                    files.push(Some(f));
+                }
+                Err(r) => {
+                    skip.push(Some(r));
+                    files.push(None);
+                }
+            }
+        }
+        let live_files: Vec<&IndexedFile> = files.iter().flatten().collect();
+        let groups = plan_groups(&model, &live_files, budget, &PutOptions::default());
+        tracing::info!(
+            window = w,
+            groups = groups.len(),
+            budget_mib = budget >> 20,
+            "parameters in groups within the memory budget"
+        );
+
+        // 2. Every group checked, with the evidence's first pass; again over the peers left when one fails.
+        let nones: Vec<Option<SparseParam>> = vec![None; groups.iter().map(|g| g.len()).max().unwrap_or(0)];
+        let (live, mut evidence) = loop {
+            let live: Vec<usize> = (0..peers.len()).filter(|&i| files[i].is_some()).collect();
+            let info = live
+                .iter()
+                .map(|&i| PeerInfo {
+                    uid: peers[i],
+                    weight: selection_weights[i],
+                    last_modified_ms: records[i].as_ref().map_or(0, |f| f.last_modified_ms),
+                    sha256: None,
+                })
+                .collect();
+            let mut ev = PeerEvidence::new(&model, info);
+            let mut failed = false;
+            for g in &groups {
+                let read = self.read_group(&files, &live, g.clone()).await;
+                for (&i, r) in live.iter().zip(&read) {
+                    // The first failure is the reason (a peer dropped earlier in this pass reads as missing).
+                    if let (Err(reason), Some(_)) = (r, &files[i]) {
+                        tracing::info!(window = w, uid = peers[i], %reason, params = ?g, "peer skipped: a group of its file fails");
+                        skip[i] = Some(reason.clone());
+                        files[i] = None;
+                        failed = true;
+                    }
+                }
+                let data: Vec<&[Option<SparseParam>]> = read
+                    .iter()
+                    .map(|r| r.as_ref().map_or(&nones[..g.len()], |p| &p[..]))
+                    .collect();
+                cpu(|| ev.first_pass(g.clone(), &data));
+            }
+            if !failed {
+                break (live, ev);
+            }
+        };
+        report.gather = started.elapsed();
+        let started = Instant::now();
+        if live.is_empty() {
+            report.skipped = skip_list(&peers, &skip);
+            report.result = WindowResult::NoValidPeers;
+            return Ok((report, Some(Selected::after(&decision, None))));
+        }
+        if evidence.copies() {
+            for g in &groups {
+                let read = self.read_group(&files, &live, g.clone()).await;
+                let data = reread(&peers, &live, &read)?;
+                cpu(|| evidence.second_pass(g.clone(), &data));
+            }
+        }
+        let stats = evidence.finish();
+        let weighting = self.weigh_stats(w, &decision, stats).await?;
+        let weights: Vec<f32> = weighting.value.weights.clone();
+        let next = Some(Selected::after(&decision, Some(&weighting)));
+
+        // 3. The file, group by group, up a multipart upload.
+        let timestamp = python_utc_now();
+        let header = AggregateHeader {
+            timestamp: timestamp.clone(),
+            window: w as i64,
+            version: cfg.version.clone(),
+            skipped_uids: peers
+                .iter()
+                .zip(&skip)
+                .filter(|(_, s)| s.is_some())
+                .map(|(u, _)| *u as i64)
+                .collect(),
+            success_rate: live.len() as f64 / peers.len() as f64,
+            global_step: 0,
+        };
+        let layout: Vec<(String, usize)> = model
+            .params
+            .iter()
+            .enumerate()
+            .filter(|(pi, _)| {
+                live.iter()
+                    .zip(&weights)
+                    .any(|(&i, &wt)| wt != 0.0 && files[i].as_ref().is_some_and(|f| f.index.has(*pi)))
+            })
+            .map(|(_, p)| (p.name.clone(), p.layout.packed_len()))
+            .collect();
+        let key = keys::aggregate(w, &cfg.version);
+        let put = PutOptions::default();
+        let mut upload = StreamingPut::begin(self.output.as_ref(), &key, &put)
+            .await
+            .map_err(BudgetError::from)?;
+        let written = Arc::new(Mutex::new(Written::default()));
+        let made = self
+            .write_groups(
+                &peers,
+                &groups,
+                &files,
+                &live,
+                &weights,
+                header,
+                layout,
+                &mut upload,
+                written.clone(),
+            )
+            .await;
+        if let Err(e) = made {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(window = w, error = %abort, "aborting the output upload failed (the object stays absent)");
+            }
+            return Err(e.into());
+        }
+        let (sha256, size) = {
+            let mut written = written.lock().unwrap_or_else(|p| p.into_inner());
+            let done = std::mem::take(&mut *written);
+            (hex::encode(done.sha.finalize()), done.bytes)
+        };
+        report.process = started.elapsed();
+        report.aggregated = live.iter().map(|&i| peers[i]).collect();
+        report.skipped = skip_list(&peers, &skip);
+
+        // The receipt saved pending, then the upload completed, then the receipt stored.
+        let started = Instant::now();
+        let outcomes: Vec<Option<SkipReason>> = skip.clone();
+        let archived = vec![None; peers.len()];
+        let evidence = Evidence {
+            observed: &observed,
+            decision: &decision,
+            weighting: Some(&weighting),
+            files: &records,
+            outcomes: &outcomes,
+            archived: &archived,
+        };
+        let mut receipt = self.receipt(w, &evidence, &timestamp, (&key, size, sha256.clone()), &report);
+        self.save_pending_receipt(&receipt);
+        let storage = cfg.storage_timeout();
+        match tokio::time::timeout(storage, upload.complete()).await {
+            Ok(r) => r.map_err(BudgetError::from)?,
+            Err(_) => return Err(BudgetError::Timeout { key, after: storage }.into()),
+        }
+        report.output_bytes = size;
+        report.put = started.elapsed();
+        report.result = WindowResult::Stored;
+        report.output_sha256 = Some(sha256);
+        receipt.timings_ms.put = Some(report.put.as_millis() as u64);
+        if self.store_receipt(&receipt, "written").await {
+            report.receipt = Some(keys::receipt(w, &cfg.version));
+        }
+        self.retention(w).await;
+        Ok((report, next))
+    }
+
+    /// Reads each group of the live peers and writes its parameters' bits into the file, whose bytes go up `upload`
+    /// as they become final.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_groups(
+        &self,
+        peers: &[u16],
+        groups: &[Range<usize>],
+        files: &[Option<IndexedFile>],
+        live: &[usize],
+        weights: &[f32],
+        header: AggregateHeader,
+        layout: Vec<(String, usize)>,
+        upload: &mut StreamingPut,
+        written: Arc<Mutex<Written>>,
+    ) -> Result<(), BudgetError> {
+        // The bytes leave the blocking thread through a small channel; the upload waits for part capacity.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let sink = ForwardSink::new(move |bytes: &[u8]| {
+            {
+                let mut w = written.lock().unwrap_or_else(|p| p.into_inner());
+                w.sha.update(bytes);
+                w.bytes += bytes.len() as u64;
+            }
+            tx.blocking_send(bytes.to_vec())
+                .map_err(|_| std::io::Error::other("the upload ended early"))
+        });
+        let (model, backend) = (self.model.clone(), self.backend.clone());
+        let pump = async {
+            while let Some(bytes) = rx.recv().await {
+                upload.write(&bytes).await?;
+            }
+            Ok::<(), BudgetError>(())
+        };
+        let produce = async {
+            let task = |e: tokio::task::JoinError| BudgetError::Task(e.to_string());
+            // Begun while the pump runs: `data.pkl` and `byteorder` already go through the channel.
+            let mut writer = tokio::task::spawn_blocking(move || AggregateWriter::begin(sink, layout, &header))
+                .await
+                .map_err(task)??;
+            let mut scratch: Vec<Vec<f32>> = vec![Vec::new(); live.len()];
+            for g in groups {
+                let read = self.read_group(files, live, g.clone()).await;
+                reread(peers, live, &read)?;
+                let (model, backend, weights, g) = (model.clone(), backend.clone(), weights.to_vec(), g.clone());
+                // The group's data move to the blocking thread (no copy) and are freed there.
+                (writer, scratch) = tokio::task::spawn_blocking(move || -> Result<_, BudgetError> {
+                    let mut s = scratch;
+                    let data: Vec<&[Option<SparseParam>]> = read.iter().flatten().map(|p| &p[..]).collect();
+                    for (j, pi) in g.enumerate() {
+                        let spec = &model.params[pi];
+                        let sent: Vec<(Option<&SparseParam>, f32)> =
+                            data.iter().zip(&weights).map(|(d, wt)| (d[j].as_ref(), *wt)).collect();
+                        let out = vec![0u8; spec.layout.packed_len()];
+                        if let Some(bits) = aggregate_param(spec, backend.as_ref(), &sent, &mut s, out)? {
+                            writer.param(&bits)?;
+                        }
+                    }
+                    Ok((writer, s))
+                })
+                .await
+                .map_err(task)??;
+            }
+            // Completing the file drops the sink, which closes the channel: the pump then ends.
+            tokio::task::spawn_blocking(move || writer.finish().map(drop))
+                .await
+                .map_err(task)??;
+            Ok::<(), BudgetError>(())
+        };
+        let (made, pumped) = tokio::join!(produce, pump);
+        made?;
+        pumped
+    }
+
+    /// The contribution-weighting call on the evidence `stats` (valid peers in selection order), on a blocking
+    /// thread, logged and counted as [`Daemon::weigh`] does.
+    pub(crate) async fn weigh_stats(
+        &self,
+        w: u64,
+        d: &Decision,
+        stats: Vec<aggregator_window::evidence::PeerStats>,
+    ) -> Result<Outcome<ContributionWeighting>, WeighError> {
+        let (policies, n) = (self.policies.clone(), self.model.params.len());
+        let chain = d.selection.input.chain;
+        let state = hex::decode(&self.state.weighting_state).unwrap_or_default();
+        let outcome = tokio::task::spawn_blocking(move || {
+            policies.weigh(aggregator_receipt::weighting_input(chain, stats, n, state))
+        })
+        .await
+        .map_err(|e| WeighError::Panicked(e.to_string()))??;
+        self.log_weighting(w, &outcome);
+        Ok(outcome)
+    }
+}
+
+/// Runs CPU-bound work from an async task: on a multi-threaded runtime with `block_in_place` (other tasks move to
+/// other threads meanwhile); inline on a single-threaded one.
+fn cpu<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Each peer of `live` with its group's parameters, or the window's error naming the first peer whose read failed.
+fn reread<'a>(
+    peers: &[u16],
+    live: &[usize],
+    read: &'a [Result<Vec<Option<SparseParam>>, SkipReason>],
+) -> Result<Vec<&'a [Option<SparseParam>]>, BudgetError> {
+    live.iter()
+        .zip(read)
+        .map(|(&i, r)| match r {
+            Ok(p) => Ok(&p[..]),
+            Err(reason) => Err(BudgetError::Reread {
+                uid: peers[i],
+                reason: reason.clone(),
+            }),
+        })
+        .collect()
+}
+
+fn skip_list(peers: &[u16], skip: &[Option<SkipReason>]) -> Vec<(u16, SkipReason)> {
+    peers
+        .iter()
+        .zip(skip)
+        .filter_map(|(u, s)| Some((*u, s.clone()?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Groups are contiguous, cover every parameter once, and shrink as the budget does, down to one parameter each.
+    #[test]
+    fn groups_cover_the_model_and_fit_the_budget() {
+        let model = ModelSpec::preset("tiny").unwrap();
+        let put = PutOptions::default();
+        let n = model.params.len();
+        let fixed = fixed_overhead(&model, &put);
+        let check = |groups: &[Range<usize>]| {
+            let mut next = 0;
+            for g in groups {
+                assert_eq!(g.start, next, "{groups:?}");
+                assert!(!g.is_empty());
+                next = g.end;
+            }
+            assert_eq!(next, n);
+        };
+        // No files: each parameter costs its output alone.
+        let whole = plan_groups(&model, &[], fixed + (1 << 30), &put);
+        assert_eq!(whole, vec![0..n]);
+        let tight = plan_groups(&model, &[], 1, &put);
+        assert_eq!(tight.len(), n, "one parameter per group");
+        check(&tight);
+        let largest = model.params.iter().map(|p| p.layout.packed_len() as u64).max().unwrap();
+        let some = plan_groups(&model, &[], fixed + 2 * largest, &put);
+        check(&some);
+        assert!(some.len() > 1 && some.len() < n, "{some:?}");
+        for g in &some {
+            let held: u64 = g.clone().map(|pi| model.params[pi].layout.packed_len() as u64).sum();
+            assert!(held <= 2 * largest || g.len() == 1, "{g:?}: {held}");
+        }
+    }
+}
