@@ -36,3 +36,23 @@ pub fn load_average() -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// Resets the peak RSS that [`peak_rss_since_reset`] reads to the current RSS (Linux: `/proc/self/clear_refs`), after
+/// handing freed heap pages back to the system, so that a benchmark's set-up (synthesis, uploads) does not count in
+/// the peak of what it times. False where the platform cannot.
+pub fn reset_peak_rss() -> bool {
+    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The peak RSS since the last [`reset_peak_rss`] (or since start), bytes: `VmHWM` of `/proc/self/status`.
+pub fn peak_rss_since_reset() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

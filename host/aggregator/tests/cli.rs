@@ -133,6 +133,58 @@ fn bench_window_times_every_phase_against_seaweedfs() {
     }
 }
 
+/// `bench window --memory-budget-mib`: the daemon's budgeted window (`RangedWindow`) on random top-k peers, one row
+/// per run whose whole is its phases, a peak RSS per run and the verdict against the budget.
+#[test]
+fn bench_window_within_a_budget_reports_the_peak_against_it() {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("seaweedfs-venv");
+    let out = aggregator()
+        .args([
+            "--device",
+            "cpu",
+            "bench",
+            "window",
+            "--model",
+            "small",
+            "--peers",
+            "3",
+            "--runs",
+            "2",
+            "--synthesis",
+            "random",
+            "--memory-budget-mib",
+            "300",
+        ])
+        .arg("--seaweed-venv")
+        .arg(&venv)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.split_whitespace().next().is_some_and(|w| w == "1" || w == "2"))
+        .collect();
+    assert_eq!(rows.len(), 2, "one row per run:\n{stdout}");
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        // run, groups, judge, write, complete, whole, peak RSS ("N MiB").
+        assert_eq!(cols.len(), 8, "{row}");
+        let t: Vec<f64> = cols[2..6].iter().map(|c| c.parse().unwrap()).collect();
+        assert!((t[3] - (t[0] + t[1] + t[2])).abs() < 0.003, "{row}");
+        // The budget leaves nothing beyond the fixed overhead for `small`: one parameter per group.
+        assert_eq!(cols[1], "39", "{row}");
+        let peak: u64 = cols[6].parse().unwrap();
+        assert!(peak > 0 && peak <= 300, "{row}");
+    }
+    assert!(stdout.contains("3 peers x"), "{stdout}");
+    assert!(stdout.contains("budget 300 MiB in 39 groups"), "{stdout}");
+    assert!(stdout.contains("(within the budget;"), "{stdout}");
+}
+
 /// `bench catchup --dir` keeps the aggregates it replayed where `scripts/bench-compare --catchup` reads them.
 #[test]
 fn bench_catchup_keeps_its_aggregates_with_dir() {

@@ -11,6 +11,7 @@
 pub mod archive;
 mod error;
 mod json;
+pub mod layout;
 mod limits;
 mod payload;
 pub mod pickle;

@@ -129,9 +129,13 @@ fn templar_1b_shapes(gpu: &AnyGpu) {
     assert!(seen.len() >= 5, "templar-1b has {} distinct shapes", seen.len());
 }
 
-/// The shared golden vectors from the reference implementation, through the GPU backend.
+/// The shared golden vectors from the reference implementation, through the GPU backend: from `VECTORS` where set
+/// (`scripts/gpu-check` sets it, also where the executable runs away from its checkout), else `../shared/vectors`.
 fn shared_vectors(gpu: &AnyGpu) {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors");
+    let dir = std::env::var_os("VECTORS").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
+        std::path::PathBuf::from,
+    );
     let outcomes = aggregator_vectors::check_dir(&dir, gpu).expect("shared vectors load");
     assert!(outcomes.len() >= 40, "only {} cases", outcomes.len());
     let failed = aggregator_vectors::failures(&outcomes);

@@ -19,6 +19,9 @@
 //! upload is aborted: nothing is stored), and the driver retries the window, whose new gather judges the new file.
 //! A window is complete or absent, never partial, never a mix of two versions of a file.
 //!
+//! The data side (steps 1 to 3 without the chain, the policies or the receipt) is [`RangedWindow`], apart from
+//! [`Daemon`] so that `aggregator bench window --memory-budget-mib` times the daemon's own code.
+//!
 //! Not available within a budget (the configuration refuses them): `archive_inputs` and the shadow aggregate,
 //! which need every file whole. The receipt records each file's `ETag` but no SHA-256 (no file is read whole).
 
@@ -29,15 +32,17 @@ use std::time::Instant;
 use aggregator_chain::Chain;
 use aggregator_codec::write::ForwardSink;
 use aggregator_codec::{AggregateHeader, AggregateWriter, SparseParam};
+use aggregator_kernels::Backend;
 use aggregator_model::ModelSpec;
 use aggregator_policy::{ContributionWeighting, Outcome};
 use aggregator_store::{
-    FileRecord, GatherOptions, IndexedFile, PeerRequest, PutOptions, SkipReason, StoreError, StreamingPut,
-    gather_indexes, keys,
+    Bounds, Clients, FileRecord, GatherOptions, IndexedFile, PeerRequest, PutOptions, SkipReason, StoreError,
+    StreamingPut, gather_indexes, keys,
 };
-use aggregator_window::evidence::{Evidence as PeerEvidence, PeerInfo};
+use aggregator_window::evidence::{Evidence as PeerEvidence, PeerInfo, PeerStats};
 use aggregator_window::{aggregate_param, python_utc_now};
 use futures::StreamExt;
+use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -148,8 +153,75 @@ struct Written {
     bytes: u64,
 }
 
-impl<C: Chain + 'static> Daemon<C> {
-    /// Reads group `params` of each peer in `live` (indexes into `files`), concurrently (`gather.concurrency`), each
+/// The data side of a window within a memory budget, apart from the chain, the policies and the daemon's state:
+/// what [`Daemon`] runs once its decision is made, and what `aggregator bench window --memory-budget-mib` times.
+/// It reads no configuration of its own: every setting is a field.
+pub struct RangedWindow<'a> {
+    /// Clients of the peers' buckets.
+    pub clients: &'a Clients,
+    /// The model the files are judged against.
+    pub model: Arc<ModelSpec>,
+    /// The numeric backend.
+    pub backend: Arc<dyn Backend>,
+    /// The window.
+    pub window: u64,
+    /// The run's version (gradient and aggregate keys).
+    pub version: &'a str,
+    /// How the peers' files are found and read (its `timeout` bounds each ranged read of a group too).
+    pub gather: GatherOptions,
+    /// The memory budget, bytes.
+    pub budget: u64,
+}
+
+/// The peers of a window judged group by group: who is valid, their files' indexes (still pinned to the `ETag`
+/// first seen) and their evidence. Entries are in the order of the requests given to [`RangedWindow::judge`].
+pub struct Judged {
+    /// The selected uids.
+    pub peers: Vec<u16>,
+    /// The object seen per peer, if one was found (no SHA-256: no file is read whole).
+    pub records: Vec<Option<FileRecord>>,
+    /// Why each peer is skipped; `None` for a valid one.
+    pub skip: Vec<Option<SkipReason>>,
+    /// Indexes into `peers` of the valid peers, in order.
+    pub live: Vec<usize>,
+    /// The parameter groups, each within the budget.
+    pub groups: Vec<Range<usize>>,
+    /// The valid peers' evidence (in the order of `live`); empty when none is valid.
+    pub stats: Vec<PeerStats>,
+    files: Vec<Option<IndexedFile>>,
+}
+
+impl Judged {
+    /// `(uid, reason)` of every skipped peer, in selection order.
+    pub fn skipped(&self) -> Vec<(u16, SkipReason)> {
+        skip_list(&self.peers, &self.skip)
+    }
+
+    /// The aggregate's metadata for these peers at `timestamp`.
+    pub fn header(&self, window: u64, version: &str, timestamp: String) -> AggregateHeader {
+        AggregateHeader {
+            timestamp,
+            window: window as i64,
+            version: version.to_string(),
+            skipped_uids: self.skipped().iter().map(|(u, _)| *u as i64).collect(),
+            success_rate: self.live.len() as f64 / self.peers.len() as f64,
+            global_step: 0,
+        }
+    }
+}
+
+/// A window's output written but not yet visible: its upload, to complete (or abort), and what it holds.
+pub struct Streamed {
+    /// The multipart upload, every byte sent; nobody sees the object until it is completed.
+    pub upload: StreamingPut,
+    /// The file's SHA-256, hex.
+    pub sha256: String,
+    /// The file's size.
+    pub bytes: u64,
+}
+
+impl RangedWindow<'_> {
+    /// Reads group `params` of each peer in `live` (indexes into `files`), `gather.concurrency` peers at a time, each
     /// within the gather timeout; one result per peer of `live`, in order.
     async fn read_group(
         &self,
@@ -157,10 +229,9 @@ impl<C: Chain + 'static> Daemon<C> {
         live: &[usize],
         params: Range<usize>,
     ) -> Vec<Result<Vec<Option<SparseParam>>, SkipReason>> {
-        let timeout = self.config.gather_timeout();
-        let model = self.model.clone();
+        let timeout = self.gather.timeout;
         futures::stream::iter(live.iter().map(|&i| {
-            let (model, params) = (model.clone(), params.clone());
+            let (model, params) = (self.model.clone(), params.clone());
             let file = files[i].clone();
             async move {
                 match file {
@@ -169,47 +240,29 @@ impl<C: Chain + 'static> Daemon<C> {
                 }
             }
         }))
-        .buffered(self.config.gather.concurrency.max(1))
+        .buffered(self.gather.concurrency.max(1))
         .collect()
         .await
     }
 
-    /// Window `w` after its decision, within `budget` bytes (see the module docs).
-    pub(crate) async fn process_within_budget(
+    /// Steps 1 and 2 of the module docs: the indexes of `requests` (selection weights `selection_weights`, uploads
+    /// inside `bounds`), the groups, every group read and checked with the evidence's passes.
+    pub async fn judge(
         &self,
-        w: u64,
-        mut report: WindowReport,
-        observed: Observed,
-        decision: Decision,
-        budget: u64,
-    ) -> Result<(WindowReport, NextSelection), super::WindowError> {
-        let cfg = &self.config;
-        let model = self.model.clone();
-        let peers = decision.peers().to_vec();
-        let selection_weights = decision.weights();
-
-        // 1. The indexes.
-        let started = Instant::now();
-        let requests: Vec<PeerRequest> = peers
-            .iter()
-            .map(|uid| PeerRequest {
-                uid: *uid,
-                bucket: observed.buckets.get(uid).cloned(),
-            })
-            .collect();
-        let options = GatherOptions {
-            timeout: cfg.gather_timeout(),
-            concurrency: cfg.gather.concurrency,
-            ..GatherOptions::default()
-        };
+        requests: &[PeerRequest],
+        selection_weights: &[f32],
+        bounds: Bounds,
+    ) -> Result<Judged, BudgetError> {
+        let (w, model) = (self.window, self.model.clone());
+        let peers: Vec<u16> = requests.iter().map(|r| r.uid).collect();
         let indexed = gather_indexes(
-            &self.clients,
+            self.clients,
             w,
-            &cfg.version,
-            &requests,
-            decision.bounds,
+            self.version,
+            requests,
+            bounds,
             model.clone(),
-            &options,
+            &self.gather,
         )
         .await;
         let mut records: Vec<Option<FileRecord>> = Vec::with_capacity(peers.len());
@@ -229,15 +282,15 @@ impl<C: Chain + 'static> Daemon<C> {
             }
         }
         let live_files: Vec<&IndexedFile> = files.iter().flatten().collect();
-        let groups = plan_groups(&model, &live_files, budget, &PutOptions::default());
+        let groups = plan_groups(&model, &live_files, self.budget, &PutOptions::default());
         tracing::info!(
             window = w,
             groups = groups.len(),
-            budget_mib = budget >> 20,
+            budget_mib = self.budget >> 20,
             "parameters in groups within the memory budget"
         );
 
-        // 2. Every group checked, with the evidence's first pass; again over the peers left when one fails.
+        // Every group checked, with the evidence's first pass; again over the peers left when one fails.
         let nones: Vec<Option<SparseParam>> = vec![None; groups.iter().map(|g| g.len()).max().unwrap_or(0)];
         let (live, mut evidence) = loop {
             let live: Vec<usize> = (0..peers.len()).filter(|&i| files[i].is_some()).collect();
@@ -245,7 +298,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 .iter()
                 .map(|&i| PeerInfo {
                     uid: peers[i],
-                    weight: selection_weights[i],
+                    weight: selection_weights.get(i).copied().unwrap_or(0.0),
                     last_modified_ms: records[i].as_ref().map_or(0, |f| f.last_modified_ms),
                     sha256: None,
                 })
@@ -273,131 +326,87 @@ impl<C: Chain + 'static> Daemon<C> {
                 break (live, ev);
             }
         };
-        report.gather = started.elapsed();
-        let started = Instant::now();
-        if live.is_empty() {
-            report.skipped = skip_list(&peers, &skip);
-            report.result = WindowResult::NoValidPeers;
-            return Ok((report, Some(Selected::after(&decision, None))));
-        }
-        if evidence.copies() {
-            for g in &groups {
-                let read = self.read_group(&files, &live, g.clone()).await;
-                let data = reread(&peers, &live, &read)?;
-                cpu(|| evidence.second_pass(g.clone(), &data));
+        let stats = if live.is_empty() {
+            Vec::new()
+        } else {
+            if evidence.copies() {
+                for g in &groups {
+                    let read = self.read_group(&files, &live, g.clone()).await;
+                    let data = reread(&peers, &live, &read)?;
+                    cpu(|| evidence.second_pass(g.clone(), &data));
+                }
             }
-        }
-        let stats = evidence.finish();
-        let weighting = self.weigh_stats(w, &decision, stats).await?;
-        let weights: Vec<f32> = weighting.value.weights.clone();
-        let next = Some(Selected::after(&decision, Some(&weighting)));
-
-        // 3. The file, group by group, up a multipart upload.
-        let timestamp = python_utc_now();
-        let header = AggregateHeader {
-            timestamp: timestamp.clone(),
-            window: w as i64,
-            version: cfg.version.clone(),
-            skipped_uids: peers
-                .iter()
-                .zip(&skip)
-                .filter(|(_, s)| s.is_some())
-                .map(|(u, _)| *u as i64)
-                .collect(),
-            success_rate: live.len() as f64 / peers.len() as f64,
-            global_step: 0,
+            evidence.finish()
         };
-        let layout: Vec<(String, usize)> = model
+        Ok(Judged {
+            peers,
+            records,
+            skip,
+            live,
+            groups,
+            stats,
+            files,
+        })
+    }
+
+    /// Step 3 of the module docs: the aggregate of `judged`'s valid peers with `weights` (one per valid peer, in
+    /// the order of `live`) and metadata `header`, written group by group up a multipart upload of `key` in
+    /// `output`. On any failure the upload is aborted (the object stays absent) and the error returned; on success
+    /// the upload is returned not yet completed, so that the caller can record what it is about to publish first.
+    pub async fn write(
+        &self,
+        judged: &Judged,
+        weights: &[f32],
+        header: AggregateHeader,
+        output: &dyn ObjectStore,
+        key: &str,
+    ) -> Result<Streamed, BudgetError> {
+        let files = &judged.files;
+        let layout: Vec<(String, usize)> = self
+            .model
             .params
             .iter()
             .enumerate()
             .filter(|(pi, _)| {
-                live.iter()
-                    .zip(&weights)
+                judged
+                    .live
+                    .iter()
+                    .zip(weights)
                     .any(|(&i, &wt)| wt != 0.0 && files[i].as_ref().is_some_and(|f| f.index.has(*pi)))
             })
             .map(|(_, p)| (p.name.clone(), p.layout.packed_len()))
             .collect();
-        let key = keys::aggregate(w, &cfg.version);
-        let put = PutOptions::default();
-        let mut upload = StreamingPut::begin(self.output.as_ref(), &key, &put)
-            .await
-            .map_err(BudgetError::from)?;
+        let mut upload = StreamingPut::begin(output, key, &PutOptions::default()).await?;
         let written = Arc::new(Mutex::new(Written::default()));
         let made = self
-            .write_groups(
-                &peers,
-                &groups,
-                &files,
-                &live,
-                &weights,
-                header,
-                layout,
-                &mut upload,
-                written.clone(),
-            )
+            .write_groups(judged, weights, header, layout, &mut upload, written.clone())
             .await;
         if let Err(e) = made {
             if let Err(abort) = upload.abort().await {
-                tracing::warn!(window = w, error = %abort, "aborting the output upload failed (the object stays absent)");
+                tracing::warn!(window = self.window, error = %abort, "aborting the output upload failed (the object stays absent)");
             }
-            return Err(e.into());
+            return Err(e);
         }
-        let (sha256, size) = {
-            let mut written = written.lock().unwrap_or_else(|p| p.into_inner());
-            let done = std::mem::take(&mut *written);
-            (hex::encode(done.sha.finalize()), done.bytes)
-        };
-        report.process = started.elapsed();
-        report.aggregated = live.iter().map(|&i| peers[i]).collect();
-        report.skipped = skip_list(&peers, &skip);
-
-        // The receipt saved pending, then the upload completed, then the receipt stored.
-        let started = Instant::now();
-        let outcomes: Vec<Option<SkipReason>> = skip.clone();
-        let archived = vec![None; peers.len()];
-        let evidence = Evidence {
-            observed: &observed,
-            decision: &decision,
-            weighting: Some(&weighting),
-            files: &records,
-            outcomes: &outcomes,
-            archived: &archived,
-        };
-        let mut receipt = self.receipt(w, &evidence, &timestamp, (&key, size, sha256.clone()), &report);
-        self.save_pending_receipt(&receipt);
-        let storage = cfg.storage_timeout();
-        match tokio::time::timeout(storage, upload.complete()).await {
-            Ok(r) => r.map_err(BudgetError::from)?,
-            Err(_) => return Err(BudgetError::Timeout { key, after: storage }.into()),
-        }
-        report.output_bytes = size;
-        report.put = started.elapsed();
-        report.result = WindowResult::Stored;
-        report.output_sha256 = Some(sha256);
-        receipt.timings_ms.put = Some(report.put.as_millis() as u64);
-        if self.store_receipt(&receipt, "written").await {
-            report.receipt = Some(keys::receipt(w, &cfg.version));
-        }
-        self.retention(w).await;
-        Ok((report, next))
+        let done = std::mem::take(&mut *written.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(Streamed {
+            upload,
+            sha256: hex::encode(done.sha.finalize()),
+            bytes: done.bytes,
+        })
     }
 
     /// Reads each group of the live peers and writes its parameters' bits into the file, whose bytes go up `upload`
     /// as they become final.
-    #[allow(clippy::too_many_arguments)]
     async fn write_groups(
         &self,
-        peers: &[u16],
-        groups: &[Range<usize>],
-        files: &[Option<IndexedFile>],
-        live: &[usize],
+        judged: &Judged,
         weights: &[f32],
         header: AggregateHeader,
         layout: Vec<(String, usize)>,
         upload: &mut StreamingPut,
         written: Arc<Mutex<Written>>,
     ) -> Result<(), BudgetError> {
+        let (peers, files, live) = (&judged.peers, &judged.files, &judged.live);
         // The bytes leave the blocking thread through a small channel; the upload waits for part capacity.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
         let sink = ForwardSink::new(move |bytes: &[u8]| {
@@ -423,7 +432,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 .await
                 .map_err(task)??;
             let mut scratch: Vec<Vec<f32>> = vec![Vec::new(); live.len()];
-            for g in groups {
+            for g in &judged.groups {
                 let read = self.read_group(files, live, g.clone()).await;
                 reread(peers, live, &read)?;
                 let (model, backend, weights, g) = (model.clone(), backend.clone(), weights.to_vec(), g.clone());
@@ -455,6 +464,94 @@ impl<C: Chain + 'static> Daemon<C> {
         made?;
         pumped
     }
+}
+
+impl<C: Chain + 'static> Daemon<C> {
+    /// Window `w` after its decision, within `budget` bytes (see the module docs).
+    pub(crate) async fn process_within_budget(
+        &self,
+        w: u64,
+        mut report: WindowReport,
+        observed: Observed,
+        decision: Decision,
+        budget: u64,
+    ) -> Result<(WindowReport, NextSelection), super::WindowError> {
+        let cfg = &self.config;
+        let requests: Vec<PeerRequest> = decision
+            .peers()
+            .iter()
+            .map(|uid| PeerRequest {
+                uid: *uid,
+                bucket: observed.buckets.get(uid).cloned(),
+            })
+            .collect();
+        let ranged = RangedWindow {
+            clients: &self.clients,
+            model: self.model.clone(),
+            backend: self.backend.clone(),
+            window: w,
+            version: &cfg.version,
+            gather: GatherOptions {
+                timeout: cfg.gather_timeout(),
+                concurrency: cfg.gather.concurrency,
+                ..GatherOptions::default()
+            },
+            budget,
+        };
+
+        // 1 and 2. The indexes, every group checked, the evidence.
+        let started = Instant::now();
+        let judged = ranged.judge(&requests, &decision.weights(), decision.bounds).await?;
+        report.gather = started.elapsed();
+        let started = Instant::now();
+        report.skipped = judged.skipped();
+        if judged.live.is_empty() {
+            report.result = WindowResult::NoValidPeers;
+            return Ok((report, Some(Selected::after(&decision, None))));
+        }
+        let weighting = self.weigh_stats(w, &decision, judged.stats.clone()).await?;
+        let next = Some(Selected::after(&decision, Some(&weighting)));
+
+        // 3. The file, group by group, up a multipart upload.
+        let timestamp = python_utc_now();
+        let header = judged.header(w, &cfg.version, timestamp.clone());
+        let key = keys::aggregate(w, &cfg.version);
+        let streamed = ranged
+            .write(&judged, &weighting.value.weights, header, self.output.as_ref(), &key)
+            .await?;
+        report.process = started.elapsed();
+        report.aggregated = judged.live.iter().map(|&i| judged.peers[i]).collect();
+
+        // The receipt saved pending, then the upload completed, then the receipt stored.
+        let started = Instant::now();
+        let archived = vec![None; judged.peers.len()];
+        let evidence = Evidence {
+            observed: &observed,
+            decision: &decision,
+            weighting: Some(&weighting),
+            files: &judged.records,
+            outcomes: &judged.skip,
+            archived: &archived,
+        };
+        let (sha256, size) = (streamed.sha256, streamed.bytes);
+        let mut receipt = self.receipt(w, &evidence, &timestamp, (&key, size, sha256.clone()), &report);
+        self.save_pending_receipt(&receipt);
+        let storage = cfg.storage_timeout();
+        match tokio::time::timeout(storage, streamed.upload.complete()).await {
+            Ok(r) => r.map_err(BudgetError::from)?,
+            Err(_) => return Err(BudgetError::Timeout { key, after: storage }.into()),
+        }
+        report.output_bytes = size;
+        report.put = started.elapsed();
+        report.result = WindowResult::Stored;
+        report.output_sha256 = Some(sha256);
+        receipt.timings_ms.put = Some(report.put.as_millis() as u64);
+        if self.store_receipt(&receipt, "written").await {
+            report.receipt = Some(keys::receipt(w, &cfg.version));
+        }
+        self.retention(w).await;
+        Ok((report, next))
+    }
 
     /// The contribution-weighting call on the evidence `stats` (valid peers in selection order), on a blocking
     /// thread, logged and counted as [`Daemon::weigh`] does.
@@ -462,7 +559,7 @@ impl<C: Chain + 'static> Daemon<C> {
         &self,
         w: u64,
         d: &Decision,
-        stats: Vec<aggregator_window::evidence::PeerStats>,
+        stats: Vec<PeerStats>,
     ) -> Result<Outcome<ContributionWeighting>, WeighError> {
         let (policies, n) = (self.policies.clone(), self.model.params.len());
         let chain = d.selection.input.chain;

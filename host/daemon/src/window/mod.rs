@@ -26,7 +26,7 @@ use self::receipt::Evidence;
 use crate::daemon::Daemon;
 use crate::report::{WindowReport, WindowResult};
 pub use aggregate::AggregateError;
-pub use budgeted::BudgetError;
+pub use budgeted::{BudgetError, Judged, RangedWindow, Streamed};
 pub use decide::DecideError;
 pub use observe::ObserveError;
 pub use publish::PublishError;

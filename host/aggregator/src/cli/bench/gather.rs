@@ -13,7 +13,7 @@ use aggregator_testkit::seaweed::{BucketAccess, SeaweedFs, install};
 use anyhow::{Context, bail};
 use object_store::ObjectStoreExt;
 
-use super::process::{mib, synthesize_peer};
+use super::process::{Synthesis, mib, random_peer, synthesize_peer};
 use crate::resources::{load_average, usage};
 
 pub(super) const WINDOW: u64 = 1;
@@ -43,6 +43,10 @@ pub struct GatherArgs {
     /// Seed of the synthetic gradients.
     #[arg(long, default_value_t = 2073)]
     seed: u64,
+    /// How the peers' gradients are made: dct (through the miner-side compressor) or random (top-k slots drawn
+    /// directly: same sizes and cost to gather, seconds per peer at any model size).
+    #[arg(long, value_enum, default_value_t = Synthesis::Dct)]
+    synthesis: Synthesis,
 }
 
 /// Synthesises peer `p`'s gradient for every bucket `p` (through the miner-side compressor) and uploads it as
@@ -53,6 +57,7 @@ pub(super) async fn upload_peers(
     clients: &Clients,
     buckets: &[Bucket],
     seed: u64,
+    synthesis: Synthesis,
 ) -> anyhow::Result<(u64, Vec<PeerRequest>)> {
     let cpu = Cpu::new();
     let mut file_bytes = 0u64;
@@ -60,7 +65,10 @@ pub(super) async fn upload_peers(
     for (p, bucket) in buckets.iter().enumerate() {
         bar.inc(1);
         let t = Instant::now();
-        let data = tokio::task::block_in_place(|| synthesize_peer(model, p, seed, &cpu))?;
+        let data = tokio::task::block_in_place(|| match synthesis {
+            Synthesis::Dct => synthesize_peer(model, p, seed, &cpu),
+            Synthesis::Random => Ok(random_peer(model, p, seed)),
+        })?;
         let params = data
             .into_iter()
             .map(|(idxs, vals)| Some(SparseParam { idxs, vals }))
@@ -148,7 +156,7 @@ async fn run(args: GatherArgs, model: Arc<ModelSpec>) -> anyhow::Result<()> {
         }
     };
     let clients = Clients::new(ClientSettings::default());
-    let (file_bytes, peers) = upload_peers(&model, &clients, &buckets, args.seed).await?;
+    let (file_bytes, peers) = upload_peers(&model, &clients, &buckets, args.seed, args.synthesis).await?;
     let (options, bounds) = gather_settings(args.concurrency);
     let load_before = load_average();
     println!(

@@ -416,3 +416,51 @@ fn print_table(model: &ModelSpec, runs: &[Vec<ParamTiming>]) {
     println!("{}", "-".repeat(header.len()));
     row("total".into(), &(0..model.params.len()).collect::<Vec<_>>());
 }
+
+/// How `bench gather` and `bench window` make their peers' gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Synthesis {
+    /// Random dense gradients through the miner-side compressor ([`synthesize_peer`]): the slots a real top-k
+    /// picks. A minute or more per peer of an 8 B model on two cores.
+    Dct,
+    /// Random top-k slots and values drawn directly ([`random_peer`]): the same shapes, sizes and cost to gather,
+    /// check and aggregate, in about a second per peer at any model size.
+    Random,
+}
+
+/// Peer `p`'s compressed gradient drawn directly: per block, `k` distinct slots in ascending order (as a miner's
+/// top-k) and values in [-1, 1), seeded per (peer, parameter, run of blocks) so that every run sees the same peers.
+/// No dense gradient and no transform: for models whose compression would dominate a benchmark's set-up.
+pub(crate) fn random_peer(model: &ModelSpec, p: usize, seed: u64) -> PeerData {
+    const BLOCKS_PER_TASK: usize = 4096;
+    model
+        .params
+        .iter()
+        .enumerate()
+        .map(|(pi, param)| {
+            let l = &param.layout;
+            let (k, totalk) = (l.k(), l.totalk());
+            let (mut idxs, mut vals) = (vec![0i16; l.sparse_len()], vec![0f32; l.sparse_len()]);
+            idxs.par_chunks_mut(k * BLOCKS_PER_TASK)
+                .zip(vals.par_chunks_mut(k * BLOCKS_PER_TASK))
+                .enumerate()
+                .for_each(|(t, (ti, tv))| {
+                    // A different stream from synthesize_peer's for the same coordinates.
+                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(stream_seed(!seed, p, pi, t));
+                    for (bi, bv) in ti.chunks_mut(k).zip(tv.chunks_mut(k)) {
+                        let mut n = 0;
+                        while n < k {
+                            let slot = rng.random_range(0..totalk) as i16;
+                            if !bi[..n].contains(&slot) {
+                                bi[n] = slot;
+                                n += 1;
+                            }
+                        }
+                        bi.sort_unstable();
+                        bv.iter_mut().for_each(|v| *v = rng.random::<f32>() * 2.0 - 1.0);
+                    }
+                });
+            (idxs, vals)
+        })
+        .collect()
+}

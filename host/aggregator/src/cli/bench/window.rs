@@ -8,19 +8,25 @@
 //! the same with only the last peer's file fetched and decoded on the path (the others would have been decoded as
 //! they arrived), timed by gathering that peer alone; the daemon does not gather that way yet, so this is the bound
 //! such a change could reach, not what it does.
+//!
+//! With `--memory-budget-mib`, the window as the daemon runs it within that budget ([`RangedWindow`]: judge by
+//! ranged reads group by group, then write group by group up a multipart upload), with each run's peak RSS (the
+//! set-up excluded). With `--synthesis random`, large models (an 8 B one) are set up in seconds per peer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aggregator_daemon::window::RangedWindow;
 use aggregator_model::ModelSpec;
-use aggregator_store::{Bucket, ClientSettings, Clients, PutOptions, SkipReason, gather, keys, put};
+use aggregator_store::{Bucket, ClientSettings, Clients, PeerRequest, PutOptions, SkipReason, gather, keys, put};
 use aggregator_testkit::seaweed::{BucketAccess, SeaweedFs, install};
 use aggregator_window::{OutputBuffers, PeerInput, aggregate_window_into, python_utc_now};
 use anyhow::{Context, bail};
+use object_store::ObjectStore;
 
 use super::gather::{VERSION, WINDOW, gather_settings, upload_peers};
-use super::process::mib;
-use crate::resources::{load_average, usage};
+use super::process::{Synthesis, mib};
+use crate::resources::{load_average, peak_rss_since_reset, reset_peak_rss, usage};
 use aggregator_kernels::Device;
 
 /// Arguments of `bench window`.
@@ -44,6 +50,15 @@ pub struct WindowArgs {
     /// Seed of the synthetic gradients.
     #[arg(long, default_value_t = 2073)]
     seed: u64,
+    /// How the peers' gradients are made: dct (through the miner-side compressor) or random (top-k slots drawn
+    /// directly: same sizes and cost to gather, seconds per peer at any model size).
+    #[arg(long, value_enum, default_value_t = Synthesis::Dct)]
+    synthesis: Synthesis,
+    /// Runs the window within this memory budget, as the daemon with `memory_budget_mib` does (indexes and ranged
+    /// reads, parameters in groups, the output streamed up a multipart upload), and reports each run's peak RSS.
+    /// 0: the whole-file window.
+    #[arg(long, default_value_t = 0)]
+    memory_budget_mib: u64,
 }
 
 /// Runs the benchmark.
@@ -106,8 +121,22 @@ async fn run(
     let buckets: Vec<Bucket> = names.iter().map(|n| server.admin_bucket(n)).collect();
     let clients = Clients::new(ClientSettings::default());
     let output = clients.get(&server.admin_bucket("aggregates"))?;
-    let (file_bytes, peers) = upload_peers(&model, &clients, &buckets, args.seed).await?;
+    let (file_bytes, peers) = upload_peers(&model, &clients, &buckets, args.seed, args.synthesis).await?;
     let (options, bounds) = gather_settings(args.concurrency);
+    if args.memory_budget_mib > 0 {
+        let ranged = RangedWindow {
+            clients: &clients,
+            model: model.clone(),
+            backend: backend.clone(),
+            window: WINDOW,
+            version: VERSION,
+            gather: options,
+            budget: args.memory_budget_mib << 20,
+        };
+        run_budgeted(&args, ranged, output.as_ref(), &peers, file_bytes).await?;
+        drop(server);
+        return Ok(());
+    }
     let load_before = load_average();
     println!(
         "{:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
@@ -227,5 +256,102 @@ async fn run(
         fmt_load(load_average())
     );
     drop(server);
+    Ok(())
+}
+
+/// One budgeted run's phase times.
+struct BudgetPhases {
+    judge: Duration,
+    write: Duration,
+    complete: Duration,
+    peak_rss: Option<u64>,
+}
+
+/// `bench window --memory-budget-mib`: the daemon's window within a memory budget ([`RangedWindow`]), every peer
+/// weighted 1 (the daemon asks its weighting policy; that call is timed by `bench policy`).
+async fn run_budgeted(
+    args: &WindowArgs,
+    ranged: RangedWindow<'_>,
+    output: &dyn ObjectStore,
+    peers: &[PeerRequest],
+    file_bytes: u64,
+) -> anyhow::Result<()> {
+    let (_, bounds) = gather_settings(args.concurrency);
+    let weights = vec![1.0f32; peers.len()];
+    let key = keys::aggregate(WINDOW, VERSION);
+    println!(
+        "{:>4} {:>7} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "run", "groups", "judge", "write", "complete", "whole", "peak RSS"
+    );
+    let mut runs = Vec::new();
+    let mut out_bytes = 0;
+    let mut groups = 0;
+    for r in 0..args.runs {
+        // The synthesis and uploads before (and the run before) do not count in this run's peak.
+        let reset = reset_peak_rss();
+        let t = Instant::now();
+        let judged = ranged.judge(peers, &weights, bounds).await?;
+        if judged.live.len() != peers.len() {
+            bail!("peers were skipped: {:?}", judged.skipped());
+        }
+        let judge = t.elapsed();
+        groups = judged.groups.len();
+        let header = judged.header(WINDOW, VERSION, python_utc_now());
+        let t = Instant::now();
+        let streamed = ranged.write(&judged, &weights, header, output, &key).await?;
+        let write = t.elapsed();
+        let t = Instant::now();
+        out_bytes = streamed.bytes;
+        streamed.upload.complete().await?;
+        let phases = BudgetPhases {
+            judge,
+            write,
+            complete: t.elapsed(),
+            peak_rss: peak_rss_since_reset().filter(|_| reset),
+        };
+        let s = |d: Duration| format!("{:.3}", d.as_secs_f64());
+        println!(
+            "{:>4} {:>7} {:>9} {:>9} {:>9} {:>9} {:>12}",
+            r + 1,
+            groups,
+            s(phases.judge),
+            s(phases.write),
+            s(phases.complete),
+            s(phases.judge + phases.write + phases.complete),
+            phases.peak_rss.map_or("n/a".into(), mib)
+        );
+        runs.push(phases);
+    }
+    let median = |f: &dyn Fn(&BudgetPhases) -> Duration| {
+        let mut v: Vec<Duration> = runs.iter().map(f).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (judge, write) = (median(&|p| p.judge), median(&|p| p.write));
+    let whole = median(&|p| p.judge + p.write + p.complete);
+    let read = peers.len() as f64 * file_bytes as f64;
+    let peak = runs.iter().filter_map(|p| p.peak_rss).max();
+    println!();
+    println!(
+        "{} peers x {} from a local SeaweedFS over HTTP, output {}, budget {} in {groups} groups: medians: judge \
+         (indexes, every group read and checked, evidence) {:.3} s = {:.1} MB/s of peer files; write (every group \
+         read again, aggregated, streamed up the upload) {:.3} s; whole window {:.3} s",
+        args.peers,
+        mib(file_bytes),
+        mib(out_bytes),
+        mib(ranged.budget),
+        judge.as_secs_f64(),
+        read / 1e6 / judge.as_secs_f64(),
+        write.as_secs_f64(),
+        whole.as_secs_f64(),
+    );
+    match peak {
+        Some(p) => println!(
+            "peak RSS of the window {} ({} the budget; set-up excluded: VmHWM reset before each run)",
+            mib(p),
+            if p <= ranged.budget { "within" } else { "OVER" }
+        ),
+        None => println!("peak RSS of the window: n/a (this platform cannot reset VmHWM)"),
+    }
     Ok(())
 }

@@ -1,0 +1,224 @@
+//! The aggregate's layout known before its bits, its parts shared among shards, and the file assembled from the
+//! shards' parts: byte-identical to the file written whole, offsets checked against the zip crate's reading.
+
+use std::io::Cursor;
+use std::ops::Range;
+
+use aggregator_codec::layout::{AggregateLayout, MIN_PART, PartPlan, patch_directory_crcs};
+use aggregator_codec::write::ForwardSink;
+use aggregator_codec::{AggregateHeader, AggregateWriter};
+use aggregator_model::ModelSpec;
+
+fn header(skipped: usize) -> AggregateHeader {
+    AggregateHeader {
+        timestamp: "2026-12-04 07:10:00.123456+00:00".into(),
+        window: 4242,
+        version: "0.2.73".into(),
+        skipped_uids: (0..skipped as i64).collect(),
+        success_rate: 0.75,
+        global_step: 0,
+    }
+}
+
+fn params(model: &ModelSpec) -> Vec<(String, usize)> {
+    model
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), p.layout.packed_len()))
+        .collect()
+}
+
+/// Deterministic pseudo-random bits per parameter (xorshift).
+fn bits(params: &[(String, usize)], seed: u64) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    params
+        .iter()
+        .map(|(_, len)| {
+            (0..*len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn write_whole(params: &[(String, usize)], header: &AggregateHeader, bits: &[Vec<u8>]) -> Vec<u8> {
+    let mut w = AggregateWriter::begin(Cursor::new(Vec::new()), params.to_vec(), header).unwrap();
+    for b in bits {
+        w.param(b).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// The planned offsets are where the zip crate finds every entry of the real file, for small and large metadata.
+#[test]
+fn planned_offsets_are_the_written_files() {
+    let model = ModelSpec::preset("tiny").unwrap();
+    let params = params(&model);
+    for skipped in [0, 3, 200] {
+        let header = header(skipped);
+        let layout = AggregateLayout::plan(&params, &header).unwrap();
+        let file = write_whole(&params, &header, &bits(&params, 7 + skipped as u64));
+        assert_eq!(layout.len(), file.len() as u64);
+        let mut zip = zip::ZipArchive::new(Cursor::new(&file[..])).unwrap();
+        assert_eq!(zip.len(), params.len() + 3);
+        let names: Vec<String> = (0..zip.len())
+            .map(|i| zip.by_index(i).unwrap().name().unwrap().to_string())
+            .collect();
+        assert!(
+            names[0].ends_with("data.pkl") && names[1].ends_with("byteorder"),
+            "{names:?}"
+        );
+        assert!(names[params.len() + 2].ends_with("version"));
+        let entry = |zip: &mut zip::ZipArchive<Cursor<&[u8]>>, i: usize| {
+            let f = zip.by_index(i).unwrap();
+            (f.header_start(), f.data_start().unwrap(), f.size())
+        };
+        assert_eq!(layout.head.start, 0);
+        let (byteorder_at, byteorder_data, byteorder_len) = entry(&mut zip, 1);
+        assert!(byteorder_at < layout.head.end && byteorder_data + byteorder_len == layout.head.end);
+        for (i, span) in layout.params.iter().enumerate() {
+            let (at, data, len) = entry(&mut zip, i + 2);
+            assert_eq!(span.start, at, "{}", params[i].0);
+            assert_eq!(span.end, data + len, "{}", params[i].0);
+            assert_eq!(len, params[i].1 as u64);
+        }
+        let (at, data, len) = entry(&mut zip, params.len() + 2);
+        assert_eq!((layout.version.start, layout.version.end), (at, data + len));
+        assert_eq!(&file[layout.directory.start as usize..][..4], b"PK\x01\x02");
+    }
+    // More skipped uids make a longer data.pkl, and every later offset moves by as much.
+    let a = AggregateLayout::plan(&params, &header(0)).unwrap();
+    let b = AggregateLayout::plan(&params, &header(200)).unwrap();
+    assert!(b.head.end > a.head.end);
+}
+
+/// Each shard writes only its parts, with real bits for the parameters it computes and zeros for the others; the
+/// coordinating shard patches the others' CRCs into its directory. The parts put together are the whole file.
+#[test]
+fn shards_parts_assemble_the_whole_file() {
+    let model = ModelSpec::preset("templar-1b").unwrap();
+    let params = params(&model);
+    let header = header(2);
+    let bits = bits(&params, 2073);
+    let whole = write_whole(&params, &header, &bits);
+    let layout = AggregateLayout::plan(&params, &header).unwrap();
+    assert_eq!(layout.len(), whole.len() as u64);
+    let crcs: Vec<u32> = {
+        let mut zip = zip::ZipArchive::new(Cursor::new(&whole[..])).unwrap();
+        (0..params.len())
+            .map(|i| zip.by_index(i + 2).unwrap().crc32())
+            .collect()
+    };
+
+    for (shards, part_size) in [(4, 16 << 20), (3, 5 << 20), (1, 64 << 20), (7, 1)] {
+        let plan = PartPlan::new(&layout, part_size, shards);
+        check_plan(&layout, &plan, shards);
+        let mut file = vec![0u8; whole.len()];
+        let mut directory = Vec::new();
+        for s in 0..shards {
+            let mine = plan.params_of(&layout, s);
+            let bytes = plan.bytes_of(s);
+            let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut at = 0u64;
+            // The writer over a forward sink that keeps only this shard's bytes (and, for shard 0, the directory).
+            let keep = |r: &Range<u64>, from: u64, data: &[u8]| -> Option<(u64, Vec<u8>)> {
+                let (lo, hi) = (r.start.max(from), r.end.min(from + data.len() as u64));
+                (lo < hi).then(|| (lo, data[(lo - from) as usize..(hi - from) as usize].to_vec()))
+            };
+            let sink = ForwardSink::new(|data: &[u8]| {
+                out.extend(keep(&bytes, at, data));
+                if s == 0 {
+                    out.extend(keep(&layout.directory, at, data));
+                }
+                at += data.len() as u64;
+                Ok(())
+            });
+            let mut w = AggregateWriter::begin(sink, params.clone(), &header).unwrap();
+            for (pi, b) in bits.iter().enumerate() {
+                if mine.contains(&pi) {
+                    w.param(b).unwrap();
+                } else {
+                    w.param(&vec![0u8; b.len()]).unwrap();
+                }
+            }
+            w.finish().unwrap();
+            for (lo, data) in out {
+                if layout.directory.contains(&lo) {
+                    directory.extend_from_slice(&data);
+                } else {
+                    file[lo as usize..][..data.len()].copy_from_slice(&data);
+                }
+            }
+        }
+        // With other shards, shard 0's directory has zero-bit CRCs for the parameters it did not compute.
+        let complete = directory[..] == whole[layout.directory.start as usize..];
+        assert_eq!(complete, shards == 1, "{shards} shards");
+        patch_directory_crcs(&mut directory, &crcs).unwrap();
+        file[layout.directory.start as usize..].copy_from_slice(&directory);
+        assert!(
+            file == whole,
+            "{shards} shards, parts of {part_size}: the assembled file differs"
+        );
+    }
+}
+
+fn check_plan(layout: &AggregateLayout, plan: &PartPlan, shards: usize) {
+    let n = plan.parts.len();
+    assert_eq!(plan.parts[0].start, 0);
+    assert_eq!(plan.parts[n - 1], layout.directory, "the directory is the last part");
+    for w in plan.parts.windows(2) {
+        assert_eq!(w[0].end, w[1].start);
+    }
+    for p in &plan.parts[..n - 1] {
+        assert!(p.end - p.start >= MIN_PART, "{p:?}");
+    }
+    assert_eq!(plan.shards.len(), shards);
+    let mut next = 0;
+    for s in &plan.shards {
+        assert_eq!(s.start, next);
+        next = s.end;
+    }
+    assert_eq!(next, n - 1, "every part but the directory belongs to a shard");
+    // Every parameter is computed by some shard; a parameter is computed by a shard exactly when its entry
+    // overlaps that shard's bytes.
+    for (pi, span) in layout.params.iter().enumerate() {
+        let owners: Vec<usize> = (0..shards)
+            .filter(|&s| plan.params_of(layout, s).contains(&pi))
+            .collect();
+        assert!(!owners.is_empty(), "parameter {pi} computed by no shard");
+        for s in 0..shards {
+            let b = plan.bytes_of(s);
+            let overlaps = span.start < b.end && b.start < span.end;
+            assert_eq!(
+                plan.params_of(layout, s).contains(&pi),
+                overlaps,
+                "parameter {pi}, shard {s}"
+            );
+        }
+    }
+}
+
+/// A bad directory is refused with what is wrong, never patched blindly.
+#[test]
+fn patching_refuses_what_is_not_a_directory() {
+    let model = ModelSpec::preset("tiny").unwrap();
+    let params = params(&model);
+    let header = header(0);
+    let layout = AggregateLayout::plan(&params, &header).unwrap();
+    let file = write_whole(&params, &header, &bits(&params, 1));
+    let directory = &file[layout.directory.start as usize..];
+    let crcs = vec![0u32; params.len()];
+    let mut ok = directory.to_vec();
+    patch_directory_crcs(&mut ok, &crcs).unwrap();
+    let mut shifted = directory[1..].to_vec();
+    let e = patch_directory_crcs(&mut shifted, &crcs).unwrap_err().to_string();
+    assert!(e.contains("record 0") && e.contains("signature"), "{e}");
+    let mut short = directory[..100].to_vec();
+    let e = patch_directory_crcs(&mut short, &crcs).unwrap_err().to_string();
+    assert!(e.contains("past the end"), "{e}");
+}
