@@ -7,10 +7,11 @@
 //! directory) follows from the metadata and the lengths. So [`AggregateLayout::plan`] runs the real writer
 //! ([`AggregateWriter`]) over zero bits into a sink that keeps no bytes, and reads where each entry ended; a writer
 //! run with the real bits gives the same offsets (the test checks it against a real file). [`PartPlan`] then cuts
-//! the file into upload parts and gives each shard a contiguous run of them and the parameters whose entries
-//! overlap them (a parameter straddling two shards is computed by both, deterministically). The central directory
-//! is the only place where every parameter's CRC appears: [`patch_directory_crcs`] writes the CRCs that other
-//! shards reported into a directory that one shard wrote with zero bits for their parameters.
+//! the file into equal upload parts and a tail, and gives each shard a contiguous run of parts and the parameters
+//! whose entries overlap them (a parameter straddling two shards is computed by both, deterministically). The
+//! central directory, in the tail, is the only place where every parameter's CRC appears: [`patch_directory_crcs`]
+//! writes the CRCs that other shards reported into a directory that one shard wrote with zero bits for their
+//! parameters.
 //!
 //! Hand-written (the zip crate offers no dry run and no way to give it a CRC): the sink is a counter, and the
 //! patch touches one fixed field of each central-directory record, located by the records' own lengths.
@@ -123,42 +124,43 @@ impl Read for Counter {
 }
 
 /// An aggregate file cut into the parts of one multipart upload, and the parts shared among shards.
+///
+/// Every part but the last has the same size (R2 refuses unequal parts; S3 wants at least [`MIN_PART`]); the last
+/// part runs from the last whole part's end to the end of the file, so it holds the central directory (every
+/// parameter's CRC-32): the coordinating shard writes it once every shard has reported its CRCs, computing the few
+/// parameters whose entries overlap it itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartPlan {
-    /// Part `i` (S3's part number `i + 1`): every part but the last at least [`MIN_PART`]; the last is exactly the
-    /// central directory, written once every shard has reported its parameters' CRCs.
+    /// Part `i` (S3's part number `i + 1`), in file order; the last is the tail.
     pub parts: Vec<Range<u64>>,
-    /// The parts each shard uploads (indexes into `parts`), contiguous and in shard order; the directory's part
-    /// is in none of them (the coordinating shard writes it last).
+    /// The parts each shard uploads (indexes into `parts`), contiguous and in shard order; the tail (the last
+    /// part) is in none of them.
     pub shards: Vec<Range<usize>>,
 }
 
 impl PartPlan {
     /// Cuts `layout`'s file into parts of `part_size` bytes (raised to [`MIN_PART`], and so that there are at most
-    /// [`MAX_PARTS`]), the bytes before the directory in parts shared as evenly as whole parts allow among
-    /// `shards` (at least one), the directory in a last part of its own.
+    /// [`MAX_PARTS`]) and a tail, the parts before the tail shared as evenly as whole parts allow among `shards`
+    /// (at least one).
     pub fn new(layout: &AggregateLayout, part_size: u64, shards: usize) -> Self {
         let shards = shards.max(1);
         let body = layout.directory.start;
         let size = part_size.max(MIN_PART).max(body.div_ceil(MAX_PARTS - 1));
-        let mut parts: Vec<Range<u64>> = Vec::new();
-        let mut at = 0;
-        while at < body {
-            let end = (at + size).min(body);
-            match parts.last_mut() {
-                // A short tail joins the part before it (parts but the last must be at least MIN_PART).
-                Some(last) if end - at < MIN_PART => last.end = end,
-                _ => parts.push(at..end),
-            }
-            at = end;
-        }
-        let n = parts.len();
-        let shards = (0..shards).map(|s| s * n / shards..(s + 1) * n / shards).collect();
-        parts.push(layout.directory.clone());
+        let whole = (body / size) as usize;
+        let mut parts: Vec<Range<u64>> = (0..whole as u64).map(|i| i * size..(i + 1) * size).collect();
+        parts.push(whole as u64 * size..layout.len());
+        let shards = (0..shards)
+            .map(|s| s * whole / shards..(s + 1) * whole / shards)
+            .collect();
         Self { parts, shards }
     }
 
-    /// The bytes shard `s` uploads (empty when it has no part).
+    /// The tail: the last part, with the central directory.
+    pub fn tail(&self) -> Range<u64> {
+        self.parts.last().cloned().unwrap_or(0..0)
+    }
+
+    /// The bytes shard `s` uploads (empty when it has no part), the tail aside.
     pub fn bytes_of(&self, s: usize) -> Range<u64> {
         match self.shards.get(s) {
             Some(p) if !p.is_empty() => self.parts[p.start].start..self.parts[p.end - 1].end,
@@ -167,16 +169,25 @@ impl PartPlan {
     }
 
     /// The parameters (indexes into `layout.params`) whose entries overlap shard `s`'s bytes: the ones it must
-    /// compute to write them (a parameter's local header carries the CRC of all its data). Contiguous.
+    /// compute to write them (a parameter's local header carries the CRC-32 of all its data). Contiguous.
     pub fn params_of(&self, layout: &AggregateLayout, s: usize) -> Range<usize> {
-        let bytes = self.bytes_of(s);
-        if bytes.is_empty() {
-            return 0..0;
-        }
-        let first = layout.params.partition_point(|p| p.end <= bytes.start);
-        let end = layout.params.partition_point(|p| p.start < bytes.end);
-        first..end.max(first)
+        overlapping(layout, self.bytes_of(s))
     }
+
+    /// The parameters whose entries overlap the tail: the coordinating shard computes them to write it.
+    pub fn tail_params(&self, layout: &AggregateLayout) -> Range<usize> {
+        overlapping(layout, self.tail())
+    }
+}
+
+/// The parameters whose entries overlap `bytes`.
+fn overlapping(layout: &AggregateLayout, bytes: Range<u64>) -> Range<usize> {
+    if bytes.is_empty() {
+        return 0..0;
+    }
+    let first = layout.params.partition_point(|p| p.end <= bytes.start);
+    let end = layout.params.partition_point(|p| p.start < bytes.end);
+    first..end.max(first)
 }
 
 /// Writes `crcs` (one per parameter, in layout order) into the CRC-32 field of the parameters' records of the

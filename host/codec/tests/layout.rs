@@ -119,13 +119,18 @@ fn shards_parts_assemble_the_whole_file() {
         let plan = PartPlan::new(&layout, part_size, shards);
         check_plan(&layout, &plan, shards);
         let mut file = vec![0u8; whole.len()];
-        let mut directory = Vec::new();
+        let tail = plan.tail();
+        let mut tail_bytes = Vec::new();
         for s in 0..shards {
-            let mine = plan.params_of(&layout, s);
+            let mut mine: Vec<usize> = plan.params_of(&layout, s).collect();
+            if s == 0 {
+                // The coordinator writes the tail too, computing the parameters that overlap it.
+                mine.extend(plan.tail_params(&layout));
+            }
             let bytes = plan.bytes_of(s);
             let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
             let mut at = 0u64;
-            // The writer over a forward sink that keeps only this shard's bytes (and, for shard 0, the directory).
+            // The writer over a forward sink that keeps only this shard's bytes (and, for shard 0, the tail).
             let keep = |r: &Range<u64>, from: u64, data: &[u8]| -> Option<(u64, Vec<u8>)> {
                 let (lo, hi) = (r.start.max(from), r.end.min(from + data.len() as u64));
                 (lo < hi).then(|| (lo, data[(lo - from) as usize..(hi - from) as usize].to_vec()))
@@ -133,7 +138,7 @@ fn shards_parts_assemble_the_whole_file() {
             let sink = ForwardSink::new(|data: &[u8]| {
                 out.extend(keep(&bytes, at, data));
                 if s == 0 {
-                    out.extend(keep(&layout.directory, at, data));
+                    out.extend(keep(&tail, at, data));
                 }
                 at += data.len() as u64;
                 Ok(())
@@ -148,18 +153,19 @@ fn shards_parts_assemble_the_whole_file() {
             }
             w.finish().unwrap();
             for (lo, data) in out {
-                if layout.directory.contains(&lo) {
-                    directory.extend_from_slice(&data);
+                if tail.contains(&lo) {
+                    tail_bytes.extend_from_slice(&data);
                 } else {
                     file[lo as usize..][..data.len()].copy_from_slice(&data);
                 }
             }
         }
         // With other shards, shard 0's directory has zero-bit CRCs for the parameters it did not compute.
-        let complete = directory[..] == whole[layout.directory.start as usize..];
+        let dir_at = (layout.directory.start - tail.start) as usize;
+        let complete = tail_bytes[dir_at..] == whole[layout.directory.start as usize..];
         assert_eq!(complete, shards == 1, "{shards} shards");
-        patch_directory_crcs(&mut directory, &crcs).unwrap();
-        file[layout.directory.start as usize..].copy_from_slice(&directory);
+        patch_directory_crcs(&mut tail_bytes[dir_at..], &crcs).unwrap();
+        file[tail.start as usize..].copy_from_slice(&tail_bytes);
         assert!(
             file == whole,
             "{shards} shards, parts of {part_size}: the assembled file differs"
@@ -170,12 +176,20 @@ fn shards_parts_assemble_the_whole_file() {
 fn check_plan(layout: &AggregateLayout, plan: &PartPlan, shards: usize) {
     let n = plan.parts.len();
     assert_eq!(plan.parts[0].start, 0);
-    assert_eq!(plan.parts[n - 1], layout.directory, "the directory is the last part");
+    assert_eq!(plan.tail(), plan.parts[n - 1]);
+    assert_eq!(plan.tail().end, layout.len());
+    assert!(
+        plan.tail().start <= layout.directory.start,
+        "the tail holds the directory"
+    );
     for w in plan.parts.windows(2) {
         assert_eq!(w[0].end, w[1].start);
     }
+    // Equal parts (R2), at least MIN_PART (S3), but the last.
+    let size = plan.parts[0].end - plan.parts[0].start;
     for p in &plan.parts[..n - 1] {
-        assert!(p.end - p.start >= MIN_PART, "{p:?}");
+        assert_eq!(p.end - p.start, size, "{p:?}");
+        assert!(size >= MIN_PART);
     }
     assert_eq!(plan.shards.len(), shards);
     let mut next = 0;
@@ -183,23 +197,19 @@ fn check_plan(layout: &AggregateLayout, plan: &PartPlan, shards: usize) {
         assert_eq!(s.start, next);
         next = s.end;
     }
-    assert_eq!(next, n - 1, "every part but the directory belongs to a shard");
+    assert_eq!(next, n - 1, "every part but the tail belongs to a shard");
     // Every parameter is computed by some shard; a parameter is computed by a shard exactly when its entry
-    // overlaps that shard's bytes.
+    // overlaps that shard's bytes, or the tail for the coordinator.
     for (pi, span) in layout.params.iter().enumerate() {
-        let owners: Vec<usize> = (0..shards)
-            .filter(|&s| plan.params_of(layout, s).contains(&pi))
-            .collect();
-        assert!(!owners.is_empty(), "parameter {pi} computed by no shard");
+        let overlaps = |b: Range<u64>| span.start < b.end && b.start < span.end;
+        let mut computed = plan.tail_params(layout).contains(&pi);
+        assert_eq!(computed, overlaps(plan.tail()), "parameter {pi}, tail");
         for s in 0..shards {
-            let b = plan.bytes_of(s);
-            let overlaps = span.start < b.end && b.start < span.end;
-            assert_eq!(
-                plan.params_of(layout, s).contains(&pi),
-                overlaps,
-                "parameter {pi}, shard {s}"
-            );
+            let mine = plan.params_of(layout, s).contains(&pi);
+            assert_eq!(mine, overlaps(plan.bytes_of(s)), "parameter {pi}, shard {s}");
+            computed |= mine;
         }
+        assert!(computed, "parameter {pi} computed by no shard");
     }
 }
 

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
 use crate::{Bucket, Endpoint, StoreError};
@@ -64,23 +65,43 @@ impl Clients {
         Ok(client)
     }
 
+    /// The bucket's client for a multipart upload that several processes share (part numbers chosen by the
+    /// callers; see [`crate::SharedUpload`]). S3-compatible buckets only: a local directory has no such API, and is
+    /// refused with a configuration error that says so. Not cached (one per window at most).
+    pub fn multipart(&self, bucket: &Bucket) -> Result<Arc<dyn MultipartStore>, StoreError> {
+        match &bucket.endpoint {
+            Endpoint::Local(root) => Err(StoreError::Config(format!(
+                "{}/{}: a local directory cannot take parts from several writers; shards need an S3-compatible bucket",
+                root.display(),
+                bucket.name
+            ))),
+            _ => Ok(Arc::new(self.s3(bucket)?)),
+        }
+    }
+
     fn build(&self, b: &Bucket) -> Result<Arc<dyn ObjectStore>, StoreError> {
         let err = |e: object_store::Error| StoreError::Config(format!("{b:?}: {e}"));
+        if let Endpoint::Local(root) = &b.endpoint {
+            let dir = root.join(&b.name);
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::Config(format!("{}: {e}", dir.display())))?;
+            return Ok(Arc::new(
+                LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(err)?
+                    .with_automatic_cleanup(true),
+            ));
+        }
+        Ok(Arc::new(self.s3(b)?))
+    }
+
+    fn s3(&self, b: &Bucket) -> Result<AmazonS3, StoreError> {
+        let err = |e: object_store::Error| StoreError::Config(format!("{b:?}: {e}"));
         let url = match &b.endpoint {
-            Endpoint::Local(root) => {
-                let dir = root.join(&b.name);
-                std::fs::create_dir_all(&dir).map_err(|e| StoreError::Config(format!("{}: {e}", dir.display())))?;
-                return Ok(Arc::new(
-                    LocalFileSystem::new_with_prefix(&dir)
-                        .map_err(err)?
-                        .with_automatic_cleanup(true),
-                ));
-            }
+            Endpoint::Local(_) => return Err(StoreError::Config(format!("{b:?}: not an S3 endpoint"))),
             Endpoint::R2 { account } => format!("https://{account}.r2.cloudflarestorage.com"),
             Endpoint::Url(u) => u.clone(),
         };
         let s = &self.settings;
-        let store = AmazonS3Builder::new()
+        AmazonS3Builder::new()
             .with_endpoint(&url)
             .with_region("auto")
             .with_bucket_name(&b.name)
@@ -104,7 +125,6 @@ impl Clients {
                 retry_timeout: s.retry_timeout,
             })
             .build()
-            .map_err(err)?;
-        Ok(Arc::new(store))
+            .map_err(err)
     }
 }

@@ -4,11 +4,13 @@
 
 mod bucket;
 mod client;
+pub mod coord;
 mod error;
 mod gather;
 pub mod keys;
 mod put;
 mod ranged;
+mod shared;
 mod skip;
 
 pub use bucket::{Bucket, COMMITMENT_LEN, Endpoint};
@@ -17,4 +19,5 @@ pub use error::StoreError;
 pub use gather::{Bounds, FileRecord, GatherOptions, Gathered, PeerRequest, gather, size_cap};
 pub use put::{PutOptions, StreamingPut, delete_old_windows, posted_lists, put, start_window};
 pub use ranged::{Indexed, IndexedFile, PinnedFile, gather_indexes};
+pub use shared::SharedUpload;
 pub use skip::{SkipKind, SkipReason};

@@ -12,7 +12,7 @@ use aggregator_codec::{Gradient, GradientMetadata, PeerList, SparseParam, StartW
 use aggregator_kernels::Cpu;
 use aggregator_model::ModelSpec;
 use aggregator_store::{
-    Bounds, Bucket, ClientSettings, Clients, Endpoint, GatherOptions, PeerRequest, PutOptions, SkipReason,
+    Bounds, Bucket, ClientSettings, Clients, Endpoint, GatherOptions, PeerRequest, PutOptions, SharedUpload, SkipReason,
 };
 use aggregator_window::{PeerInput, aggregate_window};
 use bytes::Bytes;
@@ -565,4 +565,128 @@ async fn ranged_reads_on_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_reads_on_a_local_directory() {
     ranged_reads(&local()).await;
+}
+
+/// A multipart upload shared by several writers, as a window's shards share one: created by one, each part put by
+/// its own writer (joined by the upload's id) in reverse order, completed by the first; nothing is visible before
+/// completion, the object is then the parts in order; an aborted upload leaves nothing; a local directory, which
+/// has no such API, is refused saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_upload_on_s3() {
+    let s3 = seaweed().await;
+    let clients = clients();
+    let bucket = s3.writer("results");
+    let store = clients.multipart(&bucket).unwrap();
+    let read = clients.get(&bucket).unwrap();
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(21);
+    let bytes: Vec<u8> = (0..(15 << 20) + 12_345).map(|_| rng.random()).collect();
+    let size = 5usize << 20;
+    let parts: Vec<std::ops::Range<usize>> = (0..3)
+        .map(|i| i * size..((i + 1) * size).min(bytes.len()))
+        .chain(std::iter::once(3 * size..bytes.len()))
+        .collect();
+    let key = "shared/aggregator-7-v0.2.73.pt";
+    let up = SharedUpload::create(store.clone(), key).await.unwrap();
+    let writers = parts.iter().enumerate().rev().map(|(i, r)| {
+        let w = SharedUpload::join(store.clone(), key, up.id().to_string());
+        let data = Bytes::copy_from_slice(&bytes[r.clone()]);
+        async move { (i, w.put_part(i, data).await.unwrap()) }
+    });
+    let mut ids = futures::future::join_all(writers).await;
+    ids.sort_by_key(|(i, _)| *i);
+    assert!(
+        read.head(&Path::from(key)).await.is_err(),
+        "nothing is visible before completion"
+    );
+    up.complete(ids.into_iter().map(|(_, id)| id).collect()).await.unwrap();
+    let got = read.get(&Path::from(key)).await.unwrap().bytes().await.unwrap();
+    assert!(got[..] == bytes[..], "the object is the parts in order");
+
+    let aborted = "shared/aggregator-8-v0.2.73.pt";
+    let up = SharedUpload::create(store.clone(), aborted).await.unwrap();
+    up.put_part(0, Bytes::copy_from_slice(&bytes[..size])).await.unwrap();
+    up.abort().await.unwrap();
+    assert!(
+        read.head(&Path::from(aborted)).await.is_err(),
+        "an aborted upload leaves nothing"
+    );
+
+    let local = local();
+    let e = clients.multipart(&local.writer("results")).err().unwrap().to_string();
+    assert!(e.contains("S3-compatible"), "{e}");
+}
+
+/// Coordination objects: a conditional create succeeds once (the second writer is told, the object keeps the first
+/// bytes); a wait returns an object written while it waits, and fails with the key and the bound when none comes
+/// or when it is larger than allowed.
+async fn coordination(backend: &impl Backend) {
+    use aggregator_store::coord::{Created, create_once, wait_for};
+    let clients = clients();
+    let store = clients.get(&backend.writer("results")).unwrap();
+    let key = "shards/9/plan.json";
+    assert_eq!(
+        create_once(store.as_ref(), key, Bytes::from_static(b"first"))
+            .await
+            .unwrap(),
+        Created::Written
+    );
+    assert_eq!(
+        create_once(store.as_ref(), key, Bytes::from_static(b"second"))
+            .await
+            .unwrap(),
+        Created::Exists
+    );
+    let (poll, bound) = (Duration::from_millis(50), Duration::from_secs(5));
+    assert_eq!(
+        &wait_for(store.as_ref(), key, 100, poll, bound).await.unwrap()[..],
+        b"first"
+    );
+
+    let later = "shards/9/report-1.json";
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            create_once(store.as_ref(), later, Bytes::from_static(b"report"))
+                .await
+                .unwrap()
+        })
+    };
+    assert_eq!(
+        &wait_for(store.as_ref(), later, 100, poll, bound).await.unwrap()[..],
+        b"report"
+    );
+    writer.await.unwrap();
+
+    let started = std::time::Instant::now();
+    let e = wait_for(
+        store.as_ref(),
+        "shards/9/never.json",
+        100,
+        poll,
+        Duration::from_millis(400),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("shards/9/never.json") && e.contains("not there after waiting"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "the wait is bounded");
+    let e = wait_for(store.as_ref(), key, 3, poll, bound)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than the 3 allowed"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordination_on_s3() {
+    coordination(&seaweed().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordination_on_a_local_directory() {
+    coordination(&local()).await;
 }
