@@ -88,28 +88,35 @@ fn bench_process_prints_a_table() {
     }
 }
 
-/// `bench window` against a real SeaweedFS (the tests' venv): every phase timed, both critical-path figures printed.
-#[test]
-fn bench_window_times_every_phase_against_seaweedfs() {
+/// Runs `bench window` with `args` (two runs) against a real SeaweedFS from the tests' venv; its stdout and the two
+/// rows of its table.
+fn bench_window_rows(args: &[&str]) -> (String, Vec<String>) {
     let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
         .join("seaweedfs-venv");
     let out = aggregator()
-        .args([
-            "--device", "cpu", "bench", "window", "--model", "tiny", "--peers", "3", "--runs", "2",
-        ])
+        .args(["--device", "cpu", "bench", "window", "--runs", "2"])
+        .args(args)
         .arg("--seaweed-venv")
         .arg(&venv)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<&str> = stdout
+    let rows: Vec<String> = stdout
         .lines()
         .filter(|l| l.split_whitespace().next().is_some_and(|w| w == "1" || w == "2"))
+        .map(String::from)
         .collect();
     assert_eq!(rows.len(), 2, "one row per run:\n{stdout}");
+    (stdout, rows)
+}
+
+/// `bench window` against a real SeaweedFS (the tests' venv): every phase timed, both critical-path figures printed.
+#[test]
+fn bench_window_times_every_phase_against_seaweedfs() {
+    let (stdout, rows) = bench_window_rows(&["--model", "tiny", "--peers", "3"]);
     for row in rows {
         let cols: Vec<f64> = row.split_whitespace().skip(1).map(|c| c.parse().unwrap()).collect();
         assert_eq!(cols.len(), 7, "{row}");
@@ -137,38 +144,16 @@ fn bench_window_times_every_phase_against_seaweedfs() {
 /// per run whose whole is its phases, a peak RSS per run and the verdict against the budget.
 #[test]
 fn bench_window_within_a_budget_reports_the_peak_against_it() {
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("seaweedfs-venv");
-    let out = aggregator()
-        .args([
-            "--device",
-            "cpu",
-            "bench",
-            "window",
-            "--model",
-            "small",
-            "--peers",
-            "3",
-            "--runs",
-            "2",
-            "--synthesis",
-            "random",
-            "--memory-budget-mib",
-            "300",
-        ])
-        .arg("--seaweed-venv")
-        .arg(&venv)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.split_whitespace().next().is_some_and(|w| w == "1" || w == "2"))
-        .collect();
-    assert_eq!(rows.len(), 2, "one row per run:\n{stdout}");
+    let (stdout, rows) = bench_window_rows(&[
+        "--model",
+        "small",
+        "--peers",
+        "3",
+        "--synthesis",
+        "random",
+        "--memory-budget-mib",
+        "300",
+    ]);
     for row in rows {
         let cols: Vec<&str> = row.split_whitespace().collect();
         // run, groups, judge, write, complete, whole, peak RSS ("N MiB").
