@@ -53,6 +53,28 @@ def static(binary):
         errors += fail(f"kubernetes-validate: {out}")
     else:
         print(f"ok   kubernetes-validate --strict: {', '.join(m.name for m in manifests)}")
+    # A sharded StatefulSet: one pod per shard (`replicas` equal to AGGREGATOR_SHARDS), shard_index left to the pod's
+    # ordinal (no AGGREGATOR_SHARD_INDEX), and its serviceName a headless Service among the manifests.
+    import yaml
+
+    docs = [d for m in manifests for d in yaml.safe_load_all(m.read_text()) if d]
+    headless = {d["metadata"]["name"] for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"}
+    for d in docs:
+        if d["kind"] != "StatefulSet":
+            continue
+        name = d["metadata"]["name"]
+        env = {e["name"]: e.get("value") for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+        if "AGGREGATOR_SHARDS" not in env:
+            continue
+        shards, replicas = int(env["AGGREGATOR_SHARDS"]), d["spec"]["replicas"]
+        if shards != replicas:
+            errors += fail(f"{name}: {replicas} replicas for AGGREGATOR_SHARDS={shards}")
+        elif "AGGREGATOR_SHARD_INDEX" in env:
+            errors += fail(f"{name}: AGGREGATOR_SHARD_INDEX set for every pod (leave it to the pod's ordinal)")
+        elif d["spec"]["serviceName"] not in headless:
+            errors += fail(f"{name}: serviceName {d['spec']['serviceName']} is not a headless Service here")
+        else:
+            print(f"ok   {name}: {replicas} shards, one per pod, headless service {d['spec']['serviceName']}")
     # The systemd unit, with its ExecStart present in a scratch root (systemd-analyze checks that it is executable)
     # and the machine's system units beside it (for the targets it orders against).
     unit = DEPLOY / "systemd" / "aggregator.service"

@@ -118,7 +118,7 @@ enum Command {
     /// Replays aggregates onto a checkpoint (Templar's SGD and schedule) and verifies sync with the leader.
     Catchup(Box<catchup::CatchupArgs>),
     /// Simulates a network (devnet, object store, miners, leader) around the unmodified daemon and prints a table.
-    Sim(sim::SimArgs),
+    Sim(Box<sim::SimArgs>),
     /// Golden test vectors.
     Vectors {
         #[command(subcommand)]
@@ -197,7 +197,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args, device).map(|()| ExitCode::SUCCESS),
         Command::Catchup(args) => catchup::run(*args),
-        Command::Sim(args) => sim::sim(args, device.unwrap_or_default()).map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => sim::sim(*args, device.unwrap_or_default()).map(|()| ExitCode::SUCCESS),
         Command::Vectors {
             command: VectorsCommand::Check { dir },
         } => vectors::check(dir, device.unwrap_or_default()),

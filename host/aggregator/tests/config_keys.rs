@@ -106,6 +106,8 @@ fn values(dir: &std::path::Path) -> BTreeMap<&'static str, (String, String, toml
             ("true".into(), "true".into(), toml::Value::Boolean(true)),
         ),
         ("memory_budget_mib", i(2048)),
+        ("shards", i(4)),
+        ("shard_wait_s", f(30.0)),
         ("policy.shadow.peer_selection", s(&format!("{d}/shadow-sel.wasm"))),
         ("policy.shadow.time_bounds", s(&format!("{d}/shadow-tb.wasm"))),
         (
@@ -188,6 +190,45 @@ fn every_configuration_key_is_settable_by_file_flag_and_environment() {
             aggregator().args(["run", "--check-config"]).env(env_var(key), arg),
         );
     }
+}
+
+/// `shard_index` is absent by default (a shard then takes the ordinal ending its host name): set by file, flag or
+/// environment beside `shards`, it is shown; one at or above `shards` is refused, naming both.
+#[test]
+fn shard_index_is_settable_and_checked_against_shards() {
+    let dir = tempfile::Builder::new()
+        .prefix("config-shard-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, "shards = 4\nshard_index = 2\n").unwrap();
+    let shown = |cmd: &mut Command| check_config(cmd).get("shard_index").cloned();
+    assert_eq!(shown(aggregator().args(["run", "--check-config"])), None);
+    assert_eq!(
+        shown(aggregator().args(["run", "--check-config", "--config"]).arg(&file)),
+        Some(toml::Value::Integer(2))
+    );
+    assert_eq!(
+        shown(aggregator().args(["run", "--check-config", "--shards", "4", "--shard-index", "3"])),
+        Some(toml::Value::Integer(3))
+    );
+    assert_eq!(
+        shown(
+            aggregator()
+                .args(["run", "--check-config", "--shards", "4"])
+                .env("AGGREGATOR_SHARD_INDEX", "1")
+        ),
+        Some(toml::Value::Integer(1))
+    );
+    let out = aggregator()
+        .args(["run", "--check-config", "--shards", "4", "--shard-index", "4"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("shard_index 4") && err.contains("shards (4)"),
+        "{err}"
+    );
 }
 
 /// `policy.limits` is a table per policy kind (absent by default): the file's table, `--policy-limit KIND.FIELD=V`

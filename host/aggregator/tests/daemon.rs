@@ -22,6 +22,37 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
+/// `aggregator sim --shards 4`: the daemon (shard 0) and three `aggregator run` processes share every window
+/// through a local SeaweedFS the simulator starts; every window is stored, each shard process did its part of each,
+/// and each receipt names the four shards (the library test `host/sim/tests/shards.rs` checks the bytes).
+#[test]
+fn sim_with_four_shard_processes_stores_every_window() {
+    let dir = tmp("cli-sim-shards");
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("seaweedfs-venv");
+    let out = aggregator()
+        .args(["sim", "--windows", "2", "--peers", "4", "--shards", "4", "--data-dir"])
+        .arg(&dir)
+        .arg("--seaweed-venv")
+        .arg(&venv)
+        // The shard processes log at this level too: each says when its part of a window is done.
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains(" stored ")).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for i in 1..4 {
+        let log = std::fs::read_to_string(dir.join(format!("shard-{i}.log"))).unwrap();
+        let done = log.matches("shard's part of the window done").count();
+        assert!(done >= 2, "shard {i} did {done} windows:\n{log}");
+    }
+}
+
 #[test]
 fn sim_runs_three_windows_and_prints_a_table() {
     let dir = tmp("cli-sim");

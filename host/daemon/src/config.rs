@@ -57,6 +57,24 @@ pub struct DaemonConfig {
     /// own). Not with `archive_inputs` or the shadow aggregate (they need whole files).
     #[arg(long, env = "AGGREGATOR_MEMORY_BUDGET_MIB", required = false)]
     pub memory_budget_mib: u64,
+    /// Processes sharing each window (1: this one alone). Above 1, each judges and aggregates a range of the model's
+    /// parameters and puts its parts of one multipart upload; shard 0 reads the chain, runs the policies,
+    /// coordinates through objects under `shards/` in the output bucket, and writes the receipt (ARCHITECTURE.md,
+    /// "Shards"). Every shard runs with the same configuration but `shard_index`; the output bucket must be
+    /// S3-compatible; each shard's data stay within `memory_budget_mib` (4096 when 0). Not with `archive_inputs` or
+    /// the shadow aggregate.
+    #[arg(long, env = "AGGREGATOR_SHARDS", required = false)]
+    pub shards: u32,
+    /// This process's shard, `0..shards` (0 coordinates). Unset: the ordinal that ends the host name
+    /// (`aggregator-2` is shard 2), as a StatefulSet names its pods.
+    #[arg(long, env = "AGGREGATOR_SHARD_INDEX", required = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_index: Option<u32>,
+    /// Bound in seconds on each wait for another shard's step (a plan, a judgement, parts), beyond the gather's
+    /// timeout (a step may wait that long for a peer's upload). A shard that takes longer, or is gone, fails the
+    /// attempt: the upload is aborted and the window retried.
+    #[arg(long, env = "AGGREGATOR_SHARD_WAIT_S", required = false)]
+    pub shard_wait_s: f64,
     /// Where peers' buckets live: empty for R2 (the commitment's account), an `http(s)://` S3 URL, or a local
     /// directory (`file:///path` or a plain path) for self-hosted networks and the simulator.
     #[arg(long, env = "AGGREGATOR_PEER_ENDPOINT", required = false)]
@@ -100,6 +118,8 @@ pub struct DaemonConfig {
 
 /// Largest `blocks_per_window` accepted (Templar: 7).
 pub const MAX_BLOCKS_PER_WINDOW: u32 = 100_000;
+/// Most shards accepted.
+pub const MAX_SHARDS: u32 = 64;
 /// Largest `max_backfill` accepted.
 pub const MAX_BACKFILL: u64 = 10_000;
 
@@ -564,6 +584,9 @@ impl Default for DaemonConfig {
             storage_timeout_s: 120.0,
             archive_inputs: false,
             memory_budget_mib: 0,
+            shards: 1,
+            shard_index: None,
+            shard_wait_s: 120.0,
         }
     }
 }
@@ -690,6 +713,24 @@ impl DaemonConfig {
                 }
             }
         }
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return bad(format!("shards {} must be in 1..={MAX_SHARDS}", self.shards));
+        }
+        if let Some(i) = self.shard_index
+            && i >= self.shards
+        {
+            return bad(format!("shard_index {i} must be below shards ({})", self.shards));
+        }
+        if !(self.shard_wait_s > 0.0 && self.shard_wait_s <= 86_400.0) {
+            return bad(format!("shard_wait_s {} must be in (0, 86400]", self.shard_wait_s));
+        }
+        if self.shards > 1 && (self.archive_inputs || self.policy.shadow_aggregate) {
+            return bad(
+                "shards: archive_inputs and policy.shadow_aggregate need every peer's file whole in one process; turn \
+                 them off or use one shard"
+                    .into(),
+            );
+        }
         if self.memory_budget_mib > 0 && (self.archive_inputs || self.policy.shadow_aggregate) {
             return bad(
                 "memory_budget_mib: archive_inputs and policy.shadow_aggregate need every peer's file whole; turn \
@@ -763,6 +804,37 @@ impl DaemonConfig {
     /// The memory budget in bytes, when one is set (`memory_budget_mib`).
     pub fn memory_budget(&self) -> Option<u64> {
         (self.memory_budget_mib > 0).then_some(self.memory_budget_mib << 20)
+    }
+
+    /// The shards sharing each window, when more than one.
+    pub fn shards(&self) -> Option<usize> {
+        (self.shards > 1).then_some(self.shards as usize)
+    }
+
+    /// This process's shard: `shard_index`, else the ordinal ending `hostname` (a StatefulSet's `name-N`).
+    pub fn shard_index(&self, hostname: Option<&str>) -> Result<usize, DaemonError> {
+        if let Some(i) = self.shard_index {
+            return Ok(i as usize);
+        }
+        let ordinal = hostname
+            .and_then(|h| h.rsplit_once('-'))
+            .and_then(|(_, n)| n.parse::<u32>().ok());
+        match ordinal {
+            Some(i) if i < self.shards => Ok(i as usize),
+            Some(i) => Err(DaemonError::Config(format!(
+                "shard_index: the host name's ordinal {i} is not below shards ({})",
+                self.shards
+            ))),
+            None => Err(DaemonError::Config(format!(
+                "shard_index: unset, and the host name {:?} does not end in `-N` (a StatefulSet pod's ordinal)",
+                hostname.unwrap_or("")
+            ))),
+        }
+    }
+
+    /// The bound on each wait for another shard's step.
+    pub fn shard_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.shard_wait_s)
     }
 
     /// The per-peer gather limit.

@@ -11,6 +11,7 @@ use aggregator_model::ModelSpec;
 use aggregator_policy::{Policies, PolicyConfig, PolicyEngine, PolicyKind, PolicyLimits};
 use aggregator_store::{Bucket, ClientSettings, Clients};
 use object_store::ObjectStore;
+use object_store::multipart::MultipartStore;
 use tokio::sync::mpsc;
 
 use crate::DaemonError;
@@ -29,6 +30,7 @@ pub struct Prepared {
     policies: Arc<Policies>,
     clients: Clients,
     output: Arc<dyn ObjectStore>,
+    multipart: Option<Arc<dyn MultipartStore>>,
     model: Arc<ModelSpec>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
@@ -79,6 +81,11 @@ impl Prepared {
             tracing::warn!(%refusal, "shadow candidate refused; the active policies are unaffected");
         }
         let clients = Clients::new(ClientSettings::default());
+        // Shards share one multipart upload: an output bucket without that API is refused now, not at a window.
+        let multipart = match config.shards() {
+            Some(_) => Some(clients.multipart(&output)?),
+            None => None,
+        };
         let output = clients.get(&output)?;
         let metrics = Arc::new(Metrics::new(&build));
         let status = Arc::new(Status::new(
@@ -99,6 +106,7 @@ impl Prepared {
             policies: Arc::new(policies),
             clients,
             output,
+            multipart,
             model: Arc::new(model),
             metrics,
             status,
@@ -161,6 +169,8 @@ pub struct Daemon<C: Chain> {
     pub(crate) policies: Arc<Policies>,
     pub(crate) clients: Clients,
     pub(crate) output: Arc<dyn ObjectStore>,
+    /// The output bucket's multipart API, when windows are split across shards.
+    pub(crate) multipart: Option<Arc<dyn MultipartStore>>,
     pub(crate) model: Arc<ModelSpec>,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) metrics: Arc<Metrics>,
@@ -189,6 +199,7 @@ impl<C: Chain + 'static> Daemon<C> {
             policies: p.policies,
             clients: p.clients,
             output: p.output,
+            multipart: p.multipart,
             model: p.model,
             backend: Arc::new(Cpu::new()),
             metrics: p.metrics,

@@ -3,7 +3,9 @@
 //!
 //! **No window is lost to a transient failure.** A window whose attempt fails (chain, storage, policy, a timeout)
 //! goes to a retry queue with backoff (2 s doubling to 30 s) and is tried again, oldest first, whenever no newly
-//! closed window is waiting, for as long as it lies within `max_backfill` windows of the newest closed one (older
+//! closed window is waiting or, when some always are (a daemon that has fallen behind), after each newly closed
+//! window processed (so a due retry never waits behind more than one), for as long as it lies within `max_backfill`
+//! windows of the newest closed one (older
 //! than that, its miners' uploads may be gone: it is then recorded failed with the last error). The queue is part of
 //! the persisted state, so a restart resumes it.
 
@@ -44,7 +46,7 @@ fn retry_delay(base: Duration, attempts: u32) -> Duration {
 
 impl<C: Chain + 'static> Daemon<C> {
     /// Processes closed windows from `heads` until it ends or `shutdown` turns true: newly closed windows first,
-    /// then due retries, oldest first (see the module docs). On shutdown the current window gets `grace` to finish;
+    /// then due retries, oldest first, a due retry taken after each newly closed window (see the module docs). On shutdown the current window gets `grace` to finish;
     /// after that it is abandoned (its output is then absent: puts are all-or-nothing) and the state does not record
     /// it, so a restart redoes it.
     pub async fn run(
@@ -69,6 +71,9 @@ impl<C: Chain + 'static> Daemon<C> {
             })
             .collect();
         let mut newest_closed = self.state.last_processed;
+        // Whether the last window taken was newly closed: a due retry goes next, so none starves behind a queue
+        // that never empties.
+        let mut last_fresh = false;
         self.metrics.retry_queue(retries.len());
         loop {
             while let Ok(ev) = heads.try_recv() {
@@ -79,9 +84,12 @@ impl<C: Chain + 'static> Daemon<C> {
                 return Ok(());
             }
             let now = Instant::now();
-            let next = fresh
-                .pop_front()
-                .or_else(|| retries.iter().find(|(_, r)| r.due <= now).map(|(&w, _)| w));
+            let due = retries.iter().find(|(_, r)| r.due <= now).map(|(&w, _)| w);
+            let next = match due {
+                Some(w) if last_fresh => Some(w),
+                _ => fresh.pop_front().or(due),
+            };
+            last_fresh = next.is_some() && next != due;
             let Some(w) = next else {
                 let wake = retries.values().map(|r| r.due).min();
                 tokio::select! {

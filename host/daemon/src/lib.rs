@@ -115,7 +115,7 @@ pub async fn run(
         listening,
         build,
     } = options;
-    let mut prepared = Prepared::load(config.clone(), output, build)?;
+    let mut prepared = Prepared::load(config.clone(), output.clone(), build)?;
     tracing::info!(
         last_processed = prepared.state().last_processed.unwrap_or_default(),
         fresh = prepared.state().last_processed.is_none(),
@@ -139,6 +139,22 @@ pub async fn run(
         }
         None => None,
     };
+    let shard = match config.shards() {
+        Some(_) => Some(config.shard_index(host_name().as_deref())?),
+        None => None,
+    };
+    if let Some(index) = shard.filter(|i| *i > 0) {
+        // A shard other than 0: no chain and no window loop; its part of each window the coordinator plans.
+        status.set_shard(index);
+        status.set_ready(true);
+        let result = window::shard::serve_shard(&config, backend, &output, index, shutdown).await;
+        status.set_ready(false);
+        if let Some(t) = server {
+            t.abort();
+            let _ = t.await;
+        }
+        return result;
+    }
     let result = async move {
         let client_config = ClientConfig::new(config.chain_url.clone());
         let Some(chain) = connect(&client_config, &mut shutdown).await else {
@@ -210,9 +226,21 @@ pub async fn run(
     }
     .await;
     if let Some(t) = server {
+        // Awaited, not only aborted: the listener is closed when the task is dropped, and a caller that binds the
+        // same address next (the simulator's `--linger`) must not race the runtime's cancellation.
         t.abort();
+        let _ = t.await;
     }
     result
+}
+
+/// This machine's host name (a StatefulSet pod's is `name-N`): `HOSTNAME`, else `/etc/hostname`.
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
 }
 
 /// Connects to the chain, trying again after 1 s, doubling to 30 s, until it answers; `None` when `shutdown` turns

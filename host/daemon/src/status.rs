@@ -237,6 +237,8 @@ pub struct Status {
     capacity: usize,
     metrics: Arc<Metrics>,
     ready: AtomicBool,
+    /// A shard other than 0 (its index; 0: not one): it reads no chain, so its health is its serving loop's.
+    shard: std::sync::atomic::AtomicUsize,
     board: Mutex<Board>,
     output: Option<Arc<dyn ObjectStore>>,
 }
@@ -258,6 +260,7 @@ impl Status {
             capacity: capacity.max(1),
             metrics,
             ready: AtomicBool::new(false),
+            shard: std::sync::atomic::AtomicUsize::new(0),
             board: Mutex::new(Board {
                 heads: Heads::default(),
                 windows: VecDeque::new(),
@@ -289,6 +292,12 @@ impl Status {
     /// Marks the daemon ready (connected, loop running) or not.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Marks this process as shard `index` (> 0) of a window split across shards: it follows no chain, so
+    /// `/healthz` and `/readyz` answer whether it is serving its part ([`Status::set_ready`]), not chain heads.
+    pub fn set_shard(&self, index: usize) {
+        self.shard.store(index, Ordering::Relaxed);
     }
 
     /// Records a finished window.
@@ -328,9 +337,19 @@ impl Status {
         let stale_after_ms = stale.as_millis() as u64;
         let head = b.heads.last.map(|(block, _)| block);
         let age = b.heads.last.map(|(_, t)| now_ms.saturating_sub(t));
-        let healthy = age.is_some_and(|a| a <= stale_after_ms);
-        let ready = healthy && self.ready.load(Ordering::Relaxed);
+        let shard = self.shard.load(Ordering::Relaxed);
+        let serving = self.ready.load(Ordering::Relaxed);
+        let healthy = if shard > 0 {
+            serving
+        } else {
+            age.is_some_and(|a| a <= stale_after_ms)
+        };
+        let ready = healthy && serving;
         let detail = match (head, age) {
+            _ if shard > 0 => format!(
+                "shard {shard}: no chain of its own (shard 0 plans every window); {}",
+                if serving { "serving" } else { "not serving" }
+            ),
             (None, _) | (_, None) => "no chain head seen yet".to_string(),
             (Some(h), Some(a)) if healthy => format!(
                 "head {h} seen {:.1} s ago (block time {block_time_s:.1} s{}, stale after {:.0} s)",

@@ -18,7 +18,8 @@ pub mod weighting;
 
 pub use record::{
     BucketRecord, ChainRecord, FileRecord, HostRecord, OutputRecord, PeerOutcome, PeerRecord, PolicyCall,
-    PolicyRecords, Receipt, ReceiptError, ShadowAggregate, ShadowCall, ShadowRecords, SkipRecord, Timings,
+    PolicyRecords, Receipt, ReceiptError, ShadowAggregate, ShadowCall, ShadowRecords, ShardsRecord, SkipRecord,
+    Timings,
 };
 pub use replay::{ReplayOptions, ReplayReport, Step, Verdict, replay};
 pub use weighting::weighting_input;

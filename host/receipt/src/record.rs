@@ -4,6 +4,7 @@
 use aggregator_policy::{ComponentId, ContributionWeighting, Kind, PeerSelection, TimeBounds};
 pub use aggregator_store::FileRecord;
 use aggregator_store::{Bucket, Endpoint};
+use aggregator_window::evidence::EvidenceOrder;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -71,6 +72,23 @@ pub struct Receipt {
     /// candidate is configured.
     #[serde(default, skip_serializing_if = "ShadowRecords::is_empty")]
     pub shadow: ShadowRecords,
+    /// When the window was split across shards: how. Absent for a window one process made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardsRecord>,
+}
+
+/// How a window was split across shards (the output is the same bytes as one process's; this is for the record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardsRecord {
+    /// The shards that shared the window, shard 0 coordinating.
+    pub count: u32,
+    /// The attempt that stored the aggregate (0: the first).
+    pub attempt: u32,
+    /// Rounds of judging (more than 1 when some peer was invalid in one shard's parameters only).
+    pub rounds: u32,
+    /// Each shard's parameters judged, `[start, end)` model indexes, in shard order.
+    pub judging: Vec<[usize; 2]>,
 }
 
 /// The window's shadow trials.
@@ -195,6 +213,14 @@ pub struct PolicyRecords {
     /// selected peer had a valid gradient, and in receipts of hosts before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contribution_weighting: Option<PolicyCall<ContributionWeighting>>,
+    /// The order in which the evidence's sums were added (`by-parameter` from this host on); absent in receipts of
+    /// hosts before it, which added them `by-chunk`. A replay re-derives the evidence in this order.
+    #[serde(default = "EvidenceOrder::legacy", skip_serializing_if = "is_legacy_order")]
+    pub evidence_order: EvidenceOrder,
+}
+
+fn is_legacy_order(o: &EvidenceOrder) -> bool {
+    *o == EvidenceOrder::legacy()
 }
 
 /// One policy call: who answered, on what, and what it decided.

@@ -206,13 +206,20 @@ pub async fn replay(receipt: &Receipt, o: &ReplayOptions) -> ReplayReport {
             complete = false;
             continue;
         };
-        let Some(want) = &file.sha256 else {
-            report.push(
-                what,
-                Verdict::Differs("aggregated, but the receipt records no SHA-256".into()),
-            );
-            complete = false;
-            continue;
+        // A file read by ranges (a window within a memory budget, or split across shards) has no SHA-256: it is
+        // then identified by its ETag and size, as the host pinned its reads to them; the recomputation below
+        // still has to give the stored bits from these bytes.
+        let want = match (&file.sha256, &file.etag) {
+            (Some(sha), _) => Identity::Sha256(sha.clone()),
+            (None, Some(etag)) => Identity::ETag(etag.clone()),
+            (None, None) => {
+                report.push(
+                    what,
+                    Verdict::Differs("aggregated, but the receipt records neither SHA-256 nor ETag".into()),
+                );
+                complete = false;
+                continue;
+            }
         };
         if !(bounds.not_before_ms..=bounds.not_after_ms).contains(&file.last_modified_ms) {
             report.push(
@@ -223,7 +230,7 @@ pub async fn replay(receipt: &Receipt, o: &ReplayOptions) -> ReplayReport {
                 )),
             );
         }
-        let (bytes, from) = match fetch_input(p, o, cap).await {
+        let (bytes, from, etag) = match fetch_input(p, o, cap).await {
             Ok(x) => x,
             Err(e) => {
                 report.push(what, Verdict::Unavailable(e));
@@ -232,25 +239,39 @@ pub async fn replay(receipt: &Receipt, o: &ReplayOptions) -> ReplayReport {
             }
         };
         let sha = sha256_hex(&bytes);
-        if &sha != want {
+        let found = match &want {
+            Identity::Sha256(want) if &sha != want => Some(format!(
+                "SHA-256 {sha} ({} bytes), the receipt says {want} ({} bytes)",
+                bytes.len(),
+                file.size
+            )),
+            Identity::ETag(want) if etag.as_ref() != Some(want) || bytes.len() as u64 != file.size => Some(format!(
+                "ETag {} ({} bytes), the receipt says {want} ({} bytes)",
+                etag.as_deref().unwrap_or("none"),
+                bytes.len(),
+                file.size
+            )),
+            _ => None,
+        };
+        if let Some(found) = found {
             report.push(
                 what,
-                Verdict::Differs(format!(
-                    "{from}: SHA-256 {sha} ({} bytes), the receipt says {want} ({} bytes): not the file aggregated",
-                    bytes.len(),
-                    file.size
-                )),
+                Verdict::Differs(format!("{from}: {found}: not the file aggregated")),
             );
             complete = false;
             continue;
         }
+        let identity = match &want {
+            Identity::Sha256(_) => format!("SHA-256 {}", short(&sha)),
+            Identity::ETag(e) => format!("ETag {e} (read by ranges; SHA-256 {})", short(&sha)),
+        };
         let model = o.model.clone();
         let decoded = tokio::task::spawn_blocking(move || Gradient::read(&bytes, &model, &limits)).await;
         match decoded {
             Ok(Ok(g)) => {
                 report.push(
                     what,
-                    Verdict::Match(format!("{from}: SHA-256 {} at weight {}", short(&sha), p.weight)),
+                    Verdict::Match(format!("{from}: {identity} at weight {}", p.weight)),
                 );
                 inputs.push((
                     p.uid,
@@ -393,6 +414,7 @@ async fn rederive_evidence(
         })
         .collect();
     let model = o.model.clone();
+    let order = receipt.policies.evidence_order;
     let recorded = call.input.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let peers: Vec<EvidencePeer> = inputs
@@ -409,7 +431,7 @@ async fn rederive_evidence(
                 PeerInput::Skipped(_) => None,
             })
             .collect();
-        let stats = evidence::compute(&model, &peers);
+        let stats = evidence::compute_in(&model, &peers, order);
         let again = weighting_input(recorded.chain, stats, model.params.len(), recorded.state.clone());
         let verdict = compare_evidence(&recorded, &again);
         (verdict, inputs)
@@ -539,11 +561,25 @@ fn find_component(sha: &str, origin: &str, o: &ReplayOptions) -> Result<Option<A
 }
 
 /// A peer's aggregated file: its archived copy when there is one, else from its bucket.
-async fn fetch_input(p: &crate::PeerRecord, o: &ReplayOptions, cap: u64) -> Result<(Vec<u8>, String), String> {
+/// How the receipt identifies an input file.
+enum Identity {
+    /// Its bytes' digest (the file was read whole).
+    Sha256(String),
+    /// Its object's ETag (the file was read by ranges pinned to it).
+    ETag(String),
+}
+
+/// An input's bytes, where they came from, and the ETag of the object they came from (none for an archived copy,
+/// whose ETag is its own).
+async fn fetch_input(
+    p: &crate::PeerRecord,
+    o: &ReplayOptions,
+    cap: u64,
+) -> Result<(Vec<u8>, String, Option<String>), String> {
     if let (Some(key), Some(store)) = (&p.archived, &o.output)
-        && let Ok(b) = get(store.as_ref(), key, cap, o.timeout).await
+        && let Ok((b, _)) = get_tagged(store.as_ref(), key, cap, o.timeout).await
     {
-        return Ok((b.to_vec(), format!("archive {key}")));
+        return Ok((b.to_vec(), format!("archive {key}"), None));
     }
     let file = p.file.as_ref().ok_or("no file recorded")?;
     let bucket = p
@@ -553,19 +589,30 @@ async fn fetch_input(p: &crate::PeerRecord, o: &ReplayOptions, cap: u64) -> Resu
         .bucket()
         .map_err(|e| format!("recorded endpoint: {e}"))?;
     let store = o.clients.get(&bucket).map_err(|e| e.to_string())?;
-    let b = get(store.as_ref(), &file.key, cap, o.timeout).await?;
-    Ok((b.to_vec(), format!("{}/{}", bucket.name, file.key)))
+    let (b, etag) = get_tagged(store.as_ref(), &file.key, cap, o.timeout).await?;
+    Ok((b.to_vec(), format!("{}/{}", bucket.name, file.key), etag))
 }
 
 /// A whole object, at most `cap` bytes, within `timeout`.
 async fn get(store: &dyn ObjectStore, key: &str, cap: u64, timeout: Duration) -> Result<Bytes, String> {
+    get_tagged(store, key, cap, timeout).await.map(|(b, _)| b)
+}
+
+/// [`get`], with the object's ETag.
+async fn get_tagged(
+    store: &dyn ObjectStore,
+    key: &str,
+    cap: u64,
+    timeout: Duration,
+) -> Result<(Bytes, Option<String>), String> {
     let path = ObjectPath::from(key);
     let read = async {
         let r = store.get(&path).await.map_err(|e| e.to_string())?;
         if r.meta.size > cap {
             return Err(format!("{} bytes, over the cap of {cap}", r.meta.size));
         }
-        r.bytes().await.map_err(|e| e.to_string())
+        let etag = r.meta.e_tag.clone();
+        r.bytes().await.map(|b| (b, etag)).map_err(|e| e.to_string())
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(Ok(b)) => Ok(b),

@@ -9,8 +9,10 @@ use aggregator_policy::kinds::time_bounds::Bounds;
 use aggregator_receipt::record::MAX_RECEIPT_BYTES;
 use aggregator_receipt::{
     BucketRecord, ChainRecord, FileRecord, HostRecord, OutputRecord, PeerOutcome, PeerRecord, PolicyCall,
-    PolicyRecords, Receipt, ReceiptError, SCHEMA, ShadowAggregate, ShadowCall, ShadowRecords, SkipRecord, Timings,
+    PolicyRecords, Receipt, ReceiptError, SCHEMA, ShadowAggregate, ShadowCall, ShadowRecords, ShardsRecord, SkipRecord,
+    Timings,
 };
+use aggregator_window::evidence::EvidenceOrder;
 
 fn component() -> ComponentId {
     ComponentId {
@@ -76,6 +78,7 @@ fn receipt() -> Receipt {
                     note: "2 left out".into(),
                 },
             }),
+            evidence_order: EvidenceOrder::ByParameter,
         },
         peers: vec![
             PeerRecord {
@@ -120,6 +123,7 @@ fn receipt() -> Receipt {
             put: None,
         },
         shadow: ShadowRecords::default(),
+        shards: None,
     }
 }
 
@@ -185,6 +189,35 @@ fn shadow_records_round_trip_and_validate_and_are_absent_without_a_shadow() {
     assert!(!validator().is_valid(&bad));
     let plain: serde_json::Value = serde_json::from_slice(&receipt().to_json()).unwrap();
     assert!(plain.get("shadow").is_none(), "no shadow, no field: {plain}");
+    assert!(plain.get("shards").is_none(), "one process, no field: {plain}");
+}
+
+#[test]
+fn a_sharded_receipt_names_its_shards_and_validates() {
+    let mut r = receipt();
+    r.shards = Some(ShardsRecord {
+        count: 4,
+        attempt: 1,
+        rounds: 2,
+        judging: vec![[0, 3], [3, 5], [5, 9], [9, 12]],
+    });
+    let json = r.to_json();
+    let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let errors: Vec<String> = validator().iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(Receipt::from_json(&json, "r").unwrap().shards, r.shards);
+    for (path, bad) in [
+        ("/shards/count", serde_json::json!(0)),
+        ("/shards/judging/0", serde_json::json!([1])),
+        ("/shards/extra", serde_json::json!(1)),
+    ] {
+        let mut v = value.clone();
+        match v.pointer_mut(path) {
+            Some(slot) => *slot = bad,
+            None => v["shards"]["extra"] = bad,
+        }
+        assert!(!validator().is_valid(&v), "{path}");
+    }
 }
 
 fn validator() -> jsonschema::Validator {
@@ -202,6 +235,17 @@ fn a_receipt_round_trips_and_validates_against_its_schema() {
     let back = Receipt::from_json(&json, "r").unwrap();
     assert_eq!(back.to_json(), json);
     assert_eq!(back.selection_weights(), vec![1.0, 0.5]);
+    // The evidence's order: written, and chunk order where a receipt of an earlier host has none.
+    assert_eq!(value["policies"]["evidence_order"], "by-parameter");
+    let mut legacy = value.clone();
+    legacy["policies"].as_object_mut().unwrap().remove("evidence_order");
+    assert!(validator().is_valid(&legacy));
+    let old = Receipt::from_json(&serde_json::to_vec(&legacy).unwrap(), "r").unwrap();
+    assert_eq!(old.policies.evidence_order, EvidenceOrder::ByChunk);
+    let mut bad = value.clone();
+    bad["policies"]["evidence_order"] = serde_json::json!("by-shard");
+    assert!(!validator().is_valid(&bad));
+    assert!(Receipt::from_json(&serde_json::to_vec(&bad).unwrap(), "r").is_err());
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! **malformed** (a truncated file) or **oversized** (larger than the model's size cap).
 
 pub mod adversary;
+mod shards;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -177,6 +178,24 @@ pub struct SimOptions {
     pub adversaries: adversary::Adversaries,
     /// A contribution-weighting component for the daemon (default: the embedded templar-default).
     pub contribution_weighting: Option<PathBuf>,
+    /// Processes sharing each window (the daemon's `shards`; 1: the daemon alone). Shards 1.. run beside the
+    /// daemon (shard 0): as threads, or as processes of `shard_exe`. Shards need `s3` (one multipart upload).
+    pub shards: u32,
+    /// The `aggregator` binary that runs shards 1.. as processes (`aggregator run --config FILE`, each with its
+    /// own state directory and log `shard-{i}.log` in the data directory); `None`: threads of this process.
+    pub shard_exe: Option<PathBuf>,
+    /// The daemon's `shard_wait_s`.
+    pub shard_wait_s: f64,
+    /// `(shard, window offset)`: that shard is stopped when the coordinator starts that window (as a crash: what
+    /// it was doing is left undone; a process is killed), and started again once that attempt is aborted.
+    pub shard_outage: Option<(usize, u64)>,
+    /// Uids whose honest uploads carry a NaN in the model's last parameter only: malformed there, valid in every
+    /// other parameter (with shards, valid in every shard's range but the last's).
+    pub partly_malformed: Vec<u16>,
+    /// `(uid, window offset)`: with shards, once shard 0 has judged that window's first round, the miner uploads
+    /// another valid file in place of its own (a new `ETag`), as a miner replacing its file mid-window; the file
+    /// it replaced is kept as `replaced-{w}-{uid}.pt` in the data directory.
+    pub replace_mid_window: Option<(u16, u64)>,
 }
 
 impl std::fmt::Debug for SimOptions {
@@ -222,6 +241,12 @@ impl Default for SimOptions {
             policy_limits: BTreeMap::new(),
             adversaries: adversary::Adversaries::default(),
             contribution_weighting: None,
+            shards: 1,
+            shard_exe: None,
+            shard_wait_s: 60.0,
+            shard_outage: None,
+            partly_malformed: vec![],
+            replace_mid_window: None,
         }
     }
 }
@@ -277,6 +302,18 @@ pub fn miner_gradient(model: &ModelSpec, cpu: &Cpu, seed: u64, window: u64) -> R
     })?
     .to_bytes(model)
     .map_err(sim_err)
+}
+
+/// `bytes` (a valid gradient file) with the first value of the model's last parameter made NaN.
+fn nan_in_last_param(model: &ModelSpec, bytes: &[u8]) -> Result<Vec<u8>, SimError> {
+    let limits = aggregator_codec::Limits::for_gradient(model.sparse_bytes() as u64);
+    let mut g = aggregator_codec::Gradient::read(bytes, model, &limits).map_err(sim_err)?;
+    if let Some(Some(p)) = g.params.last_mut()
+        && let Some(v) = p.vals.first_mut()
+    {
+        *v = f32::NAN;
+    }
+    g.to_bytes(model).map_err(sim_err)
 }
 
 struct World {
@@ -356,6 +393,8 @@ pub struct Network {
     pub data_dir: PathBuf,
     /// With adversaries: who attacks.
     pub adversaries: Option<Arc<adversary::Miners>>,
+    /// Each miner's bucket with the writer's credentials.
+    pub(crate) writer_buckets: BTreeMap<u16, Bucket>,
     endpoint: Endpoint,
     miners: tokio::task::JoinHandle<()>,
     options: SimOptions,
@@ -486,7 +525,7 @@ impl Network {
         };
         let world = Arc::new(World {
             clients: clients.clone(),
-            writer_buckets,
+            writer_buckets: writer_buckets.clone(),
             model: model.clone(),
             cpu: Arc::new(Cpu::new()),
             options: options.clone(),
@@ -569,6 +608,12 @@ impl Network {
                             let bytes = match f {
                                 Some(Fault::Malformed) => bytes[..bytes.len() / 2].to_vec(),
                                 Some(Fault::Oversized) => vec![0u8; cap as usize + 1],
+                                None if world.options.partly_malformed.contains(&uid) => {
+                                    match nan_in_last_param(&world.model, &bytes) {
+                                        Ok(b) => b,
+                                        Err(e) => return tracing::error!(uid, error = %e, "sim miner"),
+                                    }
+                                }
                                 _ => bytes.to_vec(),
                             };
                             match f {
@@ -605,6 +650,7 @@ impl Network {
             output,
             peer_buckets,
             data_dir,
+            writer_buckets,
             endpoint,
             miners,
             options: options.clone(),
@@ -660,6 +706,9 @@ impl Network {
             },
             archive_inputs: options.archive_inputs,
             memory_budget_mib: options.memory_budget_mib,
+            shards: options.shards,
+            shard_index: (options.shards > 1).then_some(0),
+            shard_wait_s: options.shard_wait_s,
             metrics: options.metrics.map(|a| a.to_string()).unwrap_or_default(),
             device: options.backend.name().parse().unwrap_or_default(),
             ..DaemonConfig::default()
@@ -709,6 +758,24 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
     network.seed_daemon_state()?;
     let config = network.daemon_config();
     let output = network.output.clone();
+    let shards = Arc::new(std::sync::Mutex::new(shards::Shards::start(
+        &network, &config, &options,
+    )?));
+    let outage = options
+        .shard_outage
+        .map(|(shard, offset)| tokio::spawn(shards::outage(shards.clone(), output.clone(), first + offset, shard)));
+    let replace = options.replace_mid_window.map(|(uid, offset)| {
+        let model = ModelSpec::load(&options.model).map(Arc::new);
+        let bucket = network.writer_buckets.get(&uid).cloned();
+        let dir = network.data_dir.clone();
+        tokio::spawn(shards::replace(
+            model.ok(),
+            bucket,
+            output.clone(),
+            (uid, first + offset),
+            dir,
+        ))
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (report_tx, mut report_rx) = mpsc::unbounded_channel();
     // The daemon's future is not `Send` (the store's borrowed-key futures), so it runs in this task beside the
@@ -819,6 +886,10 @@ pub async fn run(options: SimOptions) -> Result<SimOutcome, SimError> {
         validator_dir: validator.dir.clone(),
         honest_agreement,
     };
+    for task in [outage, replace].into_iter().flatten() {
+        task.abort();
+    }
+    shards.lock().unwrap_or_else(|p| p.into_inner()).stop_all();
     if error.is_some() {
         network.abort().await;
     } else {

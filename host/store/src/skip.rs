@@ -5,7 +5,9 @@ use std::fmt;
 
 /// Why a selected peer was skipped in a window. Its [`kind`](SkipReason::kind) is the bounded label for metrics and
 /// tables; [`Display`](fmt::Display) adds the detail for logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its serde form (a shard's judgement of the peers) is tagged by `kind`, with the variant's fields beside it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum SkipReason {
     /// No object by the deadline (or by one try after the upper bound).
     Missing,

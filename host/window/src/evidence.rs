@@ -16,16 +16,26 @@
 //!
 //! Determinism: work is cut into chunks of blocks whose bounds depend only on the model and the number of peers
 //! (never on the thread count); each chunk's sums are made in a fixed order (slots in first-touch order, peers in
-//! input order) and the chunks are added in model order, so the result has the same bits on any number of threads.
+//! input order), then added in an [`EvidenceOrder`]: each parameter's chunks, then the parameters in model order
+//! (what this host does), or every chunk into one total (hosts before shards; kept to replay their receipts). The
+//! result has the same bits on any number of threads, for any grouping of the parameters.
+//!
+//! **Across processes** (shards of one window, each judging a range of parameters): each shard runs the first pass
+//! over its range and exports it ([`Evidence::first_part`], a [`FirstPass`]); a coordinator [`Evidence::absorb_first`]s
+//! every shard's part, finds the copies, and, when there are some, hands the groups ([`Copies`]) to the shards, which
+//! [`Evidence::adopt`] them, run the second pass over their ranges and export it ([`Evidence::second_part`]); the
+//! coordinator absorbs those too and finishes. The result is bit for bit the one process's (by parameter): integer
+//! counts add in any order, and each parameter's float sums are made whole by the shard that owns it.
 
 use std::collections::BTreeMap;
-
 use std::ops::Range;
 
 use aggregator_codec::{Gradient, SparseParam};
 use aggregator_kernels::{ParamLayout, l2_norm};
 use aggregator_model::ModelSpec;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 /// Similarity threshold for [`Similar`] entries (coefficient overlap).
 pub const SIMILAR_OVERLAP: f64 = 0.5;
@@ -102,7 +112,8 @@ pub struct PeerStats {
 }
 
 /// Per-peer sums of one chunk (or of everything, once merged).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PeerSums {
     /// sum c_p * m_p.
     dot: f64,
@@ -117,7 +128,8 @@ struct PeerSums {
 }
 
 /// Per copy-group sums: over the slots some member sent, the full mean's square and the group-out mean's square.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GroupSums {
     full_sq_at: f64,
     out_sq: f64,
@@ -133,8 +145,9 @@ struct PairPartial {
     pairs: Pairs,
 }
 
-/// The second pass's result for one chunk.
-#[derive(Debug, Default, Clone)]
+/// The statistics' sums of one chunk, one parameter, or everything.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StatPartial {
     peers: Vec<PeerSums>,
     groups: Vec<GroupSums>,
@@ -162,9 +175,15 @@ struct Here {
     count: u32,
 }
 
-/// Computes every peer's evidence for `model`. Peers are in selection order; each gradient must have been validated
-/// against `model` (indices in range, values finite), as `Gradient::read` does.
+/// Computes every peer's evidence for `model`, by parameter (see [`EvidenceOrder`]). Peers are in selection order;
+/// each gradient must have been validated against `model` (indices in range, values finite), as `Gradient::read`
+/// does.
 pub fn compute(model: &ModelSpec, peers: &[EvidencePeer<'_>]) -> Vec<PeerStats> {
+    compute_in(model, peers, EvidenceOrder::ByParameter)
+}
+
+/// [`compute`] with the sums added in `order` (`ByChunk` to replay the receipts of hosts before shards).
+pub fn compute_in(model: &ModelSpec, peers: &[EvidencePeer<'_>], order: EvidenceOrder) -> Vec<PeerStats> {
     let mut e = Evidence::new(model, peers.iter().map(PeerInfo::of).collect());
     let all = 0..model.params.len();
     let data: Vec<&[Option<SparseParam>]> = peers.iter().map(|p| &p.gradient.params[..]).collect();
@@ -172,15 +191,38 @@ pub fn compute(model: &ModelSpec, peers: &[EvidencePeer<'_>]) -> Vec<PeerStats> 
     if e.copies() {
         e.second_pass(all, &data);
     }
-    e.finish()
+    // Every parameter was seen by this one process: nothing is missing, and chunk order is available.
+    e.finish_with(order)
+}
+
+/// The order in which the evidence's floating-point sums are added: their last bits depend on it. Recorded in the
+/// receipt, so that a replay adds them as the host did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvidenceOrder {
+    /// Every chunk's sums added to one total in model order: hosts before shards (receipts without the field). One
+    /// process only: a total over chunks cannot be made from shards' parts.
+    ByChunk,
+    /// Each parameter's chunks summed, then the parameters in model order: what this host does, in one process or
+    /// across shards.
+    ByParameter,
+}
+
+impl EvidenceOrder {
+    /// The order of receipts that do not name one.
+    pub fn legacy() -> Self {
+        Self::ByChunk
+    }
 }
 
 /// A valid peer as the evidence describes it (everything of [`EvidencePeer`] but the gradient).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PeerInfo {
     /// Its uid.
     pub uid: u16,
-    /// Its selection weight (0, or in `[MIN_WEIGHT, MAX_WEIGHT]`).
+    /// Its selection weight (0, or in `[MIN_WEIGHT, MAX_WEIGHT]`); exact through JSON (written as the f64 it is).
+    #[serde(with = "f32_exact")]
     pub weight: f32,
     /// Its upload's `LastModified`, ms.
     pub last_modified_ms: u64,
@@ -200,11 +242,193 @@ impl PeerInfo {
     }
 }
 
+/// An f32 through JSON as the f64 it converts to exactly: serde_json writes an f32 as its shortest decimal, which
+/// read back as f64 and rounded to f32 is not guaranteed to be the same number.
+pub mod f32_exact {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `v` as an f64.
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(*v as f64)
+    }
+
+    /// Reads an f64 that is exactly an f32 (refuses any other).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        let v = f64::deserialize(d)?;
+        let f = v as f32;
+        if f as f64 == v || v.is_nan() {
+            Ok(f)
+        } else {
+            Err(serde::de::Error::custom(format!("{v} is not exactly an f32")))
+        }
+    }
+}
+
+/// Why a shard's part of the evidence does not fit the evidence it is added to, or the evidence is not whole.
+#[derive(Debug, Error, PartialEq)]
+pub enum PartialError {
+    /// It counts another number of peers.
+    #[error("a part for {found} peers, the evidence has {expected}")]
+    Peers {
+        /// The evidence's.
+        expected: usize,
+        /// The part's.
+        found: usize,
+    },
+    /// Its parameters are not all new, or not all in the model.
+    #[error("parameters {params:?}: {why}")]
+    Params {
+        /// The part's range.
+        params: Range<usize>,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// One of its lists has the wrong length, or a pair names no peers of the evidence.
+    #[error("field `{field}`: {why}")]
+    Shape {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// A pass has no sums for a parameter.
+    #[error("the {pass} pass has no sums for parameter {param}")]
+    Missing {
+        /// `first` or `second`.
+        pass: &'static str,
+        /// The parameter.
+        param: usize,
+    },
+    /// Chunk order was asked of evidence made of parts (it has only the sums by parameter).
+    #[error("chunk order is not available from parts")]
+    ChunkOrder,
+    /// A second pass was asked for, or added, without copy groups.
+    #[error("no copy groups: the second pass does not run")]
+    NoCopies,
+}
+
+/// One shard's first pass over its parameters: what [`Evidence::absorb_first`] adds. Its floats are exact through
+/// JSON (serde_json with `float_roundtrip`, as this workspace builds it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstPass {
+    /// Peers counted (the evidence's, in its order).
+    pub peers: usize,
+    /// The parameters it covers.
+    pub params: Range<usize>,
+    /// Per peer, per parameter of the range: the f64 norm.
+    norms: Vec<Vec<f64>>,
+    /// Per peer: slots sent in the range.
+    slots: Vec<u64>,
+    /// `(p, q, matched, equal)` for the pairs that matched at some slot of the range.
+    pairs: Vec<(u32, u32, u64, u64)>,
+    /// Per parameter of the range: the statistics' sums with no copies.
+    sums: Vec<StatPartial>,
+}
+
+/// One shard's second pass over its parameters: what [`Evidence::absorb_second`] adds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondPass {
+    /// Peers counted.
+    pub peers: usize,
+    /// The parameters it covers.
+    pub params: Range<usize>,
+    /// Per parameter of the range: the statistics' sums, each copy group one voice.
+    sums: Vec<StatPartial>,
+}
+
+/// The copy groups the coordinator found: each peer's group (the smallest index in it), for [`Evidence::adopt`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Copies {
+    /// Per peer: its group's id, the group's smallest peer index.
+    pub group: Vec<usize>,
+}
+
+/// One pass's sums: in chunk order and by parameter, as they were made here; by parameter only once a part was added.
+#[derive(Debug, Clone)]
+struct Sums {
+    chunked: StatPartial,
+    by_param: Vec<Option<StatPartial>>,
+    absorbed: bool,
+}
+
+impl Sums {
+    fn new(peers: usize, params: usize) -> Self {
+        Self {
+            chunked: StatPartial::new(peers),
+            by_param: vec![None; params],
+            absorbed: false,
+        }
+    }
+
+    /// Adds chunk `part` of parameter `pi` (chunks in model order).
+    fn add_chunk(&mut self, pi: usize, part: &StatPartial) {
+        self.chunked.add(part);
+        let n = part.peers.len();
+        self.by_param[pi].get_or_insert_with(|| StatPartial::new(n)).add(part);
+    }
+
+    /// The sums of every parameter, in `order`.
+    fn total(&self, order: EvidenceOrder, pass: &'static str) -> Result<StatPartial, PartialError> {
+        if let Some(param) = self.by_param.iter().position(Option::is_none) {
+            return Err(PartialError::Missing { pass, param });
+        }
+        match order {
+            EvidenceOrder::ByChunk if self.absorbed => Err(PartialError::ChunkOrder),
+            EvidenceOrder::ByChunk => Ok(self.chunked.clone()),
+            EvidenceOrder::ByParameter => {
+                let mut total = StatPartial::new(self.chunked.peers.len());
+                for p in self.by_param.iter().flatten() {
+                    total.add(p);
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    /// The sums of `params`, which must all be made (the caller checked).
+    fn export(&self, params: &Range<usize>, pass: &'static str) -> Result<Vec<StatPartial>, PartialError> {
+        self.by_param[params.clone()]
+            .iter()
+            .enumerate()
+            .map(|(j, p)| {
+                p.clone().ok_or(PartialError::Missing {
+                    pass,
+                    param: params.start + j,
+                })
+            })
+            .collect()
+    }
+
+    /// Places `sums` (per parameter of `params`, each of `peers` peers), which must all be new.
+    fn absorb(&mut self, params: &Range<usize>, sums: Vec<StatPartial>, peers: usize) -> Result<(), PartialError> {
+        if sums.len() != params.len() {
+            return Err(PartialError::Shape {
+                field: "sums",
+                why: format!("{} entries for {} parameters", sums.len(), params.len()),
+            });
+        }
+        if let Some(bad) = sums.iter().find(|s| s.peers.len() != peers || s.groups.len() != peers) {
+            return Err(PartialError::Shape {
+                field: "sums",
+                why: format!("{} peers and {} groups, not {peers}", bad.peers.len(), bad.groups.len()),
+            });
+        }
+        for (pi, s) in params.clone().zip(sums) {
+            self.by_param[pi] = Some(s);
+        }
+        self.absorbed = true;
+        Ok(())
+    }
+}
+
 /// The evidence of a window made a group of parameters at a time, for a reader that holds one group of every peer's
 /// file at a time: [`Evidence::first_pass`] over every group in model order, then, only when [`Evidence::copies`]
 /// finds copies, [`Evidence::second_pass`] over every group again, then [`Evidence::finish`]. [`compute`] is this
 /// with one group holding everything. The chunks of work and the order their sums are added in depend only on the
-/// model and the number of peers, so any grouping gives the same bits.
+/// model and the number of peers, so any grouping gives the same bits. Across processes: the module docs.
 pub struct Evidence<'m> {
     model: &'m ModelSpec,
     peers: Vec<PeerInfo>,
@@ -213,14 +437,14 @@ pub struct Evidence<'m> {
     norms64: Vec<Vec<f64>>,
     slots: Vec<u64>,
     pairs: Pairs,
-    total: StatPartial,
+    first: Sums,
     /// After [`Evidence::copies`]: each peer's copy group, the groups' sizes, the peers' shared weights, the links.
     group: Vec<usize>,
     size: Vec<u32>,
     vote: Vec<f64>,
     links: Vec<(usize, usize, f64, bool)>,
     /// The second pass's sums, when there is one.
-    second: Option<StatPartial>,
+    second: Option<Sums>,
 }
 
 impl<'m> Evidence<'m> {
@@ -234,7 +458,7 @@ impl<'m> Evidence<'m> {
             norms64: vec![vec![0.0; params]; n],
             slots: vec![0; n],
             pairs: Pairs::new(),
-            total: StatPartial::new(n),
+            first: Sums::new(n, params),
             group: (0..n).collect(),
             size: vec![1; n],
             vote: peers.iter().map(|p| p.weight as f64).collect(),
@@ -295,7 +519,7 @@ impl<'m> Evidence<'m> {
                     (pp, sp)
                 })
                 .collect();
-            for (pp, sp) in parts {
+            for (&(pi, _, _), (pp, sp)) in batch.iter().zip(parts) {
                 for (t, x) in self.slots.iter_mut().zip(&pp.slots) {
                     *t += x;
                 }
@@ -304,9 +528,78 @@ impl<'m> Evidence<'m> {
                     t.0 += m;
                     t.1 += e;
                 }
-                self.total.add(&sp);
+                self.first.add_chunk(pi, &sp);
             }
         }
+    }
+
+    /// This process's first pass over `params` (every one of them passed here), for a coordinator's
+    /// [`Evidence::absorb_first`]. The slot counts and pairs are this process's whole: pass only `params` here.
+    pub fn first_part(&self, params: Range<usize>) -> Result<FirstPass, PartialError> {
+        self.check_range(&params)?;
+        Ok(FirstPass {
+            peers: self.peers.len(),
+            sums: self.first.export(&params, "first")?,
+            norms: self.norms64.iter().map(|v| v[params.clone()].to_vec()).collect(),
+            slots: self.slots.clone(),
+            pairs: self.pairs.iter().map(|(&(p, q), &(m, e))| (p, q, m, e)).collect(),
+            params,
+        })
+    }
+
+    /// Adds a shard's first pass (its parameters must not have been passed or added here yet).
+    pub fn absorb_first(&mut self, part: FirstPass) -> Result<(), PartialError> {
+        let n = self.peers.len();
+        self.check_part(part.peers, &part.params)?;
+        if part.params.clone().any(|pi| self.first.by_param[pi].is_some()) {
+            return Err(PartialError::Params {
+                params: part.params,
+                why: "passed already",
+            });
+        }
+        let shape = |field: &'static str, why: String| Err(PartialError::Shape { field, why });
+        if part.norms.len() != n || part.norms.iter().any(|v| v.len() != part.params.len()) {
+            return shape("norms", format!("not {n} peers × {} parameters", part.params.len()));
+        }
+        if part.slots.len() != n {
+            return shape("slots", format!("{} peers, not {n}", part.slots.len()));
+        }
+        if let Some((p, q, ..)) = part.pairs.iter().find(|(p, q, ..)| p >= q || *q as usize >= n) {
+            return shape("pairs", format!("pair ({p}, {q}) of {n} peers"));
+        }
+        self.first.absorb(&part.params, part.sums, n)?;
+        for (i, v) in part.norms.into_iter().enumerate() {
+            self.norms64[i][part.params.clone()].copy_from_slice(&v);
+        }
+        for (t, x) in self.slots.iter_mut().zip(&part.slots) {
+            *t += x;
+        }
+        for (p, q, m, e) in part.pairs {
+            let t = self.pairs.entry((p, q)).or_default();
+            t.0 += m;
+            t.1 += e;
+        }
+        Ok(())
+    }
+
+    fn check_part(&self, peers: usize, params: &Range<usize>) -> Result<(), PartialError> {
+        if peers != self.peers.len() {
+            return Err(PartialError::Peers {
+                expected: self.peers.len(),
+                found: peers,
+            });
+        }
+        self.check_range(params)
+    }
+
+    fn check_range(&self, params: &Range<usize>) -> Result<(), PartialError> {
+        if params.start > params.end || params.end > self.model.params.len() {
+            return Err(PartialError::Params {
+                params: params.clone(),
+                why: "not a range of the model's parameters",
+            });
+        }
+        Ok(())
     }
 
     /// After the first pass over every parameter: finds the near-copies and the copy groups; whether some peers are
@@ -346,20 +639,59 @@ impl<'m> Evidence<'m> {
             }
         }
         let group: Vec<usize> = (0..n).map(|i| find(&mut group, i)).collect();
+        self.links = links;
+        self.set_groups(group)
+    }
+
+    /// Takes copy groups `group` (each peer's group id, the smallest index in it): shared weights, and a second
+    /// pass to come when some group has more than one peer (whether it has).
+    fn set_groups(&mut self, group: Vec<usize>) -> bool {
+        let n = self.peers.len();
         let mut size = vec![0u32; n];
         for &g in &group {
             size[g] += 1;
         }
         // Each peer's weight among the others: its selection weight shared with its copies.
-        self.vote = (0..n).map(|i| peers[i].weight as f64 / size[group[i]] as f64).collect();
+        self.vote = (0..n)
+            .map(|i| self.peers[i].weight as f64 / size[group[i]] as f64)
+            .collect();
         self.group = group;
-        self.links = links;
         let copies = size.iter().any(|s| *s > 1);
         self.size = size;
         if copies {
-            self.second = Some(StatPartial::new(n));
+            self.second = Some(Sums::new(n, self.model.params.len()));
         }
         copies
+    }
+
+    /// After [`Evidence::copies`] found some: the copy groups, for the shards' [`Evidence::adopt`].
+    pub fn copy_groups(&self) -> Option<Copies> {
+        self.second.as_ref().map(|_| Copies {
+            group: self.group.clone(),
+        })
+    }
+
+    /// Takes the coordinator's copy groups (a shard, after its first pass): its second pass can then run.
+    pub fn adopt(&mut self, copies: &Copies) -> Result<(), PartialError> {
+        let g = &copies.group;
+        let n = self.peers.len();
+        if g.len() != n {
+            return Err(PartialError::Shape {
+                field: "group",
+                why: format!("{} peers, not {n}", g.len()),
+            });
+        }
+        // Every id is its own group's smallest member.
+        if let Some(i) = (0..n).find(|&i| g[i] > i || g[g[i]] != g[i]) {
+            return Err(PartialError::Shape {
+                field: "group",
+                why: format!("peer {i} in group {}, not a group's smallest member", g[i]),
+            });
+        }
+        if !self.set_groups(g.clone()) {
+            return Err(PartialError::NoCopies);
+        }
+        Ok(())
     }
 
     /// The second pass over parameters `params` (the next group in model order; same `data` as the first): the
@@ -383,16 +715,70 @@ impl<'m> Evidence<'m> {
                     part
                 })
                 .collect();
-            for part in &parts {
-                total.add(part);
+            for (&(pi, _, _), part) in batch.iter().zip(&parts) {
+                total.add_chunk(pi, part);
             }
         }
     }
 
-    /// Every peer's evidence.
-    pub fn finish(mut self) -> Vec<PeerStats> {
+    /// This process's second pass over `params` (every one of them passed here), for the coordinator's
+    /// [`Evidence::absorb_second`].
+    pub fn second_part(&self, params: Range<usize>) -> Result<SecondPass, PartialError> {
+        self.check_range(&params)?;
+        let second = self.second.as_ref().ok_or(PartialError::NoCopies)?;
+        Ok(SecondPass {
+            peers: self.peers.len(),
+            sums: second.export(&params, "second")?,
+            params,
+        })
+    }
+
+    /// Adds a shard's second pass (after [`Evidence::copies`] found copies here).
+    pub fn absorb_second(&mut self, part: SecondPass) -> Result<(), PartialError> {
         let n = self.peers.len();
-        let total = self.second.take().unwrap_or(std::mem::take(&mut self.total));
+        self.check_part(part.peers, &part.params)?;
+        let second = self.second.as_mut().ok_or(PartialError::NoCopies)?;
+        if part.params.clone().any(|pi| second.by_param[pi].is_some()) {
+            return Err(PartialError::Params {
+                params: part.params,
+                why: "passed already",
+            });
+        }
+        second.absorb(&part.params, part.sums, n)
+    }
+
+    /// Every peer's evidence, by parameter; refused when a pass lacks some parameter's sums.
+    pub fn finish(self) -> Result<Vec<PeerStats>, PartialError> {
+        self.finish_in(EvidenceOrder::ByParameter)
+    }
+
+    /// [`Evidence::finish`] in `order`.
+    pub fn finish_in(self, order: EvidenceOrder) -> Result<Vec<PeerStats>, PartialError> {
+        let first = self.first.total(order, "first")?;
+        let total = match &self.second {
+            Some(s) => s.total(order, "second")?,
+            None => first,
+        };
+        Ok(self.stats(total))
+    }
+
+    /// [`Evidence::finish_in`] where every parameter passed here: no part is missing, and chunk order is there.
+    fn finish_with(self, order: EvidenceOrder) -> Vec<PeerStats> {
+        let pass = |s: &Sums| match s.total(order, "") {
+            Ok(t) => t,
+            // Unreachable from `compute_in`, which passes every parameter; zeros rather than a panic.
+            Err(_) => StatPartial::new(self.peers.len()),
+        };
+        let total = match &self.second {
+            Some(s) => pass(s),
+            None => pass(&self.first),
+        };
+        self.stats(total)
+    }
+
+    /// The statistics from the window's sums `total`.
+    fn stats(mut self, total: StatPartial) -> Vec<PeerStats> {
+        let n = self.peers.len();
         let mut similar: Vec<Vec<Similar>> = vec![Vec::new(); n];
         for &(p, q, overlap, identical) in &self.links {
             for (a, b) in [(p, q), (q, p)] {

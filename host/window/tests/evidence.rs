@@ -48,8 +48,8 @@ struct Peer {
     sha: Option<String>,
 }
 
-fn run(model: &ModelSpec, peers: &[Peer]) -> Vec<PeerStats> {
-    let ev: Vec<EvidencePeer> = peers
+fn evidence_peers(peers: &[Peer]) -> Vec<EvidencePeer<'_>> {
+    peers
         .iter()
         .map(|p| EvidencePeer {
             uid: p.uid,
@@ -58,22 +58,20 @@ fn run(model: &ModelSpec, peers: &[Peer]) -> Vec<PeerStats> {
             last_modified_ms: p.at,
             sha256: p.sha.as_deref(),
         })
-        .collect();
-    evidence::compute(model, &ev)
+        .collect()
+}
+
+fn infos(peers: &[Peer]) -> Vec<evidence::PeerInfo> {
+    evidence_peers(peers).iter().map(evidence::PeerInfo::of).collect()
+}
+
+fn run(model: &ModelSpec, peers: &[Peer]) -> Vec<PeerStats> {
+    evidence::compute(model, &evidence_peers(peers))
 }
 
 /// [`evidence::Evidence`] fed `group` parameters at a time, both passes.
 fn by_groups(model: &ModelSpec, peers: &[Peer], group: usize) -> Vec<PeerStats> {
-    let info = peers
-        .iter()
-        .map(|p| evidence::PeerInfo {
-            uid: p.uid,
-            weight: p.weight,
-            last_modified_ms: p.at,
-            sha256: p.sha.clone(),
-        })
-        .collect();
-    let mut e = evidence::Evidence::new(model, info);
+    let mut e = evidence::Evidence::new(model, infos(peers));
     let n = model.params.len();
     let groups: Vec<std::ops::Range<usize>> = (0..n).step_by(group).map(|s| s..(s + group).min(n)).collect();
     let data = |r: &std::ops::Range<usize>| -> Vec<&[Option<SparseParam>]> {
@@ -87,7 +85,7 @@ fn by_groups(model: &ModelSpec, peers: &[Peer], group: usize) -> Vec<PeerStats> 
             e.second_pass(r.clone(), &data(r));
         }
     }
-    e.finish()
+    e.finish().expect("every parameter passed")
 }
 
 /// The definitions, computed the slow and obvious way.
@@ -277,12 +275,11 @@ fn model() -> ModelSpec {
     ModelSpec::preset("tiny").unwrap()
 }
 
-#[test]
-fn matches_the_definitions_with_ties_repeats_copies_and_weight_zero() {
-    let m = model();
+/// Peers that hit the edges: repeated indices, ties, copies by content and by digest, a weight of 0, omissions.
+fn edge_peers(m: &ModelSpec) -> Vec<Peer> {
     let mk = |uid: u16, seed: u64, span: i16, weight: f32, at: u64| Peer {
         uid,
-        g: gradient(&m, seed, span, &[]),
+        g: gradient(m, seed, span, &[]),
         weight,
         at,
         sha: Some(format!("{seed:064x}")),
@@ -304,11 +301,18 @@ fn matches_the_definitions_with_ties_repeats_copies_and_weight_zero() {
     });
     peers.push(Peer {
         uid: 7,
-        g: gradient(&m, 99, 4, &[0, 2]),
+        g: gradient(m, 99, 4, &[0, 2]),
         weight: 1.0,
         at: 6000,
         sha: peers[2].sha.clone(),
     });
+    peers
+}
+
+#[test]
+fn matches_the_definitions_with_ties_repeats_copies_and_weight_zero() {
+    let m = model();
+    let peers = edge_peers(&m);
     let fast = run(&m, &peers);
     assert_matches(&fast, &naive(&m, &peers));
     // Group by group (a reader that holds one group of parameters at a time): the same bits, with the second pass.
@@ -396,4 +400,160 @@ fn the_same_bits_on_any_number_of_threads() {
         // PartialEq on f64 fields: bit-for-bit (no NaN can occur).
         assert_eq!(on(threads), one, "{threads} threads");
     }
+}
+
+/// The window's evidence as shards make it: each shard runs the passes over its own range of parameters only and
+/// exports them through JSON (as their reports carry them); a coordinator adds the first passes in order, finds the
+/// copies, hands the groups back for the second passes, adds those, and finishes.
+fn by_shards(model: &ModelSpec, peers: &[Peer], bounds: &[usize]) -> Result<Vec<PeerStats>, evidence::PartialError> {
+    let info = infos(peers);
+    let ranges: Vec<std::ops::Range<usize>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
+    let data = |r: &std::ops::Range<usize>| -> Vec<&[Option<SparseParam>]> {
+        peers.iter().map(|p| &p.g.params[r.clone()]).collect()
+    };
+    let mut shards: Vec<evidence::Evidence> = ranges
+        .iter()
+        .map(|r| {
+            let mut e = evidence::Evidence::new(model, info.clone());
+            e.first_pass(r.clone(), &data(r));
+            e
+        })
+        .collect();
+    let mut coordinator = evidence::Evidence::new(model, info.clone());
+    for (e, r) in shards.iter().zip(&ranges) {
+        let sent = serde_json::to_string(&e.first_part(r.clone())?).unwrap();
+        coordinator.absorb_first(serde_json::from_str(&sent).unwrap())?;
+    }
+    if coordinator.copies() {
+        let copies = coordinator.copy_groups().expect("copies found");
+        let copies: evidence::Copies = serde_json::from_str(&serde_json::to_string(&copies).unwrap()).unwrap();
+        for (e, r) in shards.iter_mut().zip(&ranges) {
+            e.adopt(&copies)?;
+            e.second_pass(r.clone(), &data(r));
+            let sent = serde_json::to_string(&e.second_part(r.clone())?).unwrap();
+            coordinator.absorb_second(serde_json::from_str(&sent).unwrap())?;
+        }
+    }
+    coordinator.finish()
+}
+
+#[test]
+fn shards_parts_absorbed_in_order_give_one_process_bits() {
+    let m = model();
+    let n = m.params.len();
+    assert!(n >= 3, "the preset has {n} parameters");
+    let plain: Vec<Peer> = (0..5)
+        .map(|i| Peer {
+            uid: i + 1,
+            g: gradient(&m, 200 + i as u64, if i % 2 == 0 { 3 } else { 100 }, &[]),
+            weight: 1.0,
+            at: 1000,
+            sha: None,
+        })
+        .collect();
+    let edges = edge_peers(&m);
+    for (name, peers) in [("no copies", &plain), ("copies", &edges)] {
+        let one = run(&m, peers);
+        let splits: Vec<Vec<usize>> = vec![vec![0, n], vec![0, 1, n], vec![0, 1, n - 1, n], (0..=n).collect()];
+        for bounds in &splits {
+            assert_eq!(by_shards(&m, peers, bounds).unwrap(), one, "{name}: shards {bounds:?}");
+        }
+    }
+    // Copies were there, so the second pass ran across the shards.
+    assert!(run(&m, &edges).iter().any(|p| p.copies > 1));
+    // Both orders meet the definitions; chunk order is the one process's (the receipts of hosts before shards).
+    assert_matches(
+        &evidence::compute_in(&m, &evidence_peers(&edges), evidence::EvidenceOrder::ByChunk),
+        &naive(&m, &edges),
+    );
+}
+
+#[test]
+fn parts_that_do_not_fit_are_refused() {
+    use evidence::PartialError;
+    let m = model();
+    let n = m.params.len();
+    let peers = edge_peers(&m);
+    let info = infos;
+    let data: Vec<&[Option<SparseParam>]> = peers.iter().map(|p| &p.g.params[0..1]).collect();
+    let mut shard = evidence::Evidence::new(&m, info(&peers));
+    shard.first_pass(0..1, &data);
+    let part = shard.first_part(0..1).unwrap();
+    // A parameter never passed has no sums to export.
+    assert_eq!(
+        shard.first_part(0..2).unwrap_err(),
+        PartialError::Missing {
+            pass: "first",
+            param: 1
+        }
+    );
+    assert!(matches!(shard.first_part(0..n + 1), Err(PartialError::Params { .. })));
+    // Added twice; for another number of peers; with a list of the wrong length; a pair naming no peer.
+    let mut c = evidence::Evidence::new(&m, info(&peers));
+    c.absorb_first(part.clone()).unwrap();
+    assert!(matches!(
+        c.absorb_first(part.clone()),
+        Err(PartialError::Params {
+            why: "passed already",
+            ..
+        })
+    ));
+    let mut fewer = evidence::Evidence::new(&m, info(&peers[..3]));
+    assert_eq!(
+        fewer.absorb_first(part.clone()).unwrap_err(),
+        PartialError::Peers {
+            expected: 3,
+            found: peers.len()
+        }
+    );
+    let mut v: serde_json::Value = serde_json::to_value(&part).unwrap();
+    v["norms"][0] = serde_json::json!([]);
+    let short: evidence::FirstPass = serde_json::from_value(v).unwrap();
+    let mut c2 = evidence::Evidence::new(&m, info(&peers));
+    assert!(matches!(
+        c2.absorb_first(short),
+        Err(PartialError::Shape { field: "norms", .. })
+    ));
+    let mut v: serde_json::Value = serde_json::to_value(&part).unwrap();
+    v["pairs"] = serde_json::json!([[0, 99, 1, 1]]);
+    let bad_pair: evidence::FirstPass = serde_json::from_value(v).unwrap();
+    assert!(matches!(
+        c2.absorb_first(bad_pair),
+        Err(PartialError::Shape { field: "pairs", .. })
+    ));
+    // Nothing was added by the refused parts; a coordinator missing a shard does not finish.
+    assert_eq!(
+        c2.finish().unwrap_err(),
+        PartialError::Missing {
+            pass: "first",
+            param: 0
+        }
+    );
+    assert!(matches!(
+        c.finish_in(evidence::EvidenceOrder::ByChunk),
+        Err(PartialError::Missing { .. })
+    ));
+    // Whole, but made of parts: by parameter only.
+    let all: Vec<&[Option<SparseParam>]> = peers.iter().map(|p| &p.g.params[..]).collect();
+    let mut whole = evidence::Evidence::new(&m, info(&peers));
+    whole.first_pass(0..n, &all);
+    let mut c3 = evidence::Evidence::new(&m, info(&peers));
+    c3.absorb_first(whole.first_part(0..n).unwrap()).unwrap();
+    assert_eq!(
+        c3.finish_in(evidence::EvidenceOrder::ByChunk).unwrap_err(),
+        PartialError::ChunkOrder
+    );
+    // Copy groups that are not groups.
+    let mut s2 = evidence::Evidence::new(&m, info(&peers));
+    let bad = evidence::Copies {
+        group: vec![1; peers.len()],
+    };
+    assert!(matches!(
+        s2.adopt(&bad),
+        Err(PartialError::Shape { field: "group", .. })
+    ));
+    let none = evidence::Copies {
+        group: (0..peers.len()).collect(),
+    };
+    assert_eq!(s2.adopt(&none).unwrap_err(), PartialError::NoCopies);
 }

