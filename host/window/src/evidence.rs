@@ -264,6 +264,35 @@ pub mod f32_exact {
     }
 }
 
+/// [`f32_exact`] for a list.
+pub mod f32s_exact {
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    /// Writes each value as an f64.
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for x in v {
+            seq.serialize_element(&(*x as f64))?;
+        }
+        seq.end()
+    }
+
+    /// Reads f64s that are each exactly an f32 (refuses any other).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        Vec::<f64>::deserialize(d)?
+            .into_iter()
+            .map(|v| {
+                let f = v as f32;
+                if f as f64 == v || v.is_nan() {
+                    Ok(f)
+                } else {
+                    Err(serde::de::Error::custom(format!("{v} is not exactly an f32")))
+                }
+            })
+            .collect()
+    }
+}
+
 /// Why a shard's part of the evidence does not fit the evidence it is added to, or the evidence is not whole.
 #[derive(Debug, Error, PartialEq)]
 pub enum PartialError {

@@ -213,10 +213,6 @@ impl Judged {
         self.files.get(i).and_then(Option::as_ref)
     }
 
-    pub(crate) fn files(&self) -> &[Option<IndexedFile>] {
-        &self.files
-    }
-
     /// The aggregate's metadata for these peers at `timestamp`.
     pub fn header(&self, window: u64, version: &str, timestamp: String) -> AggregateHeader {
         AggregateHeader {
@@ -288,6 +284,28 @@ impl RangedWindow<'_> {
         .buffered(self.gather.concurrency.max(1))
         .collect()
         .await
+    }
+
+    /// Group `params` of every live peer of `judged`, read again after the peers were judged, in the order of
+    /// `live`; a failed read is the window's error naming that peer (it was valid: its file changed or its storage
+    /// failed).
+    pub(crate) async fn read_group_of(
+        &self,
+        judged: &Judged,
+        params: Range<usize>,
+    ) -> Result<Vec<Vec<Option<SparseParam>>>, BudgetError> {
+        let read = self.read_group(&judged.files, &judged.live, params).await;
+        judged
+            .live
+            .iter()
+            .zip(read)
+            .map(|(&i, r)| {
+                r.map_err(|reason| BudgetError::Reread {
+                    uid: judged.peers[i],
+                    reason,
+                })
+            })
+            .collect()
     }
 
     /// Steps 1 and 2 of the module docs: the indexes of `requests` (selection weights `selection_weights`, uploads
@@ -417,8 +435,8 @@ impl RangedWindow<'_> {
     /// the live peers read again.
     async fn second_pass(&self, judged: &Judged, evidence: &mut PeerEvidence<'_>) -> Result<(), BudgetError> {
         for g in &judged.groups {
-            let read = self.read_group(&judged.files, &judged.live, g.clone()).await;
-            let data = reread(&judged.peers, &judged.live, &read)?;
+            let read = self.read_group_of(judged, g.clone()).await?;
+            let data: Vec<&[Option<SparseParam>]> = read.iter().map(|p| &p[..]).collect();
             cpu(|| evidence.second_pass(g.clone(), &data));
         }
         Ok(())
@@ -481,7 +499,7 @@ impl RangedWindow<'_> {
         upload: &mut StreamingPut,
         written: Arc<Mutex<Written>>,
     ) -> Result<(), BudgetError> {
-        let (peers, files, live) = (&judged.peers, &judged.files, &judged.live);
+        let live = &judged.live;
         // The bytes leave the blocking thread through a small channel; the upload waits for part capacity.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
         let sink = ForwardSink::new(move |bytes: &[u8]| {
@@ -508,13 +526,12 @@ impl RangedWindow<'_> {
                 .map_err(task)??;
             let mut scratch: Vec<Vec<f32>> = vec![Vec::new(); live.len()];
             for g in &judged.groups {
-                let read = self.read_group(files, live, g.clone()).await;
-                reread(peers, live, &read)?;
+                let read = self.read_group_of(judged, g.clone()).await?;
                 let (model, backend, weights, g) = (model.clone(), backend.clone(), weights.to_vec(), g.clone());
                 // The group's data move to the blocking thread (no copy) and are freed there.
                 (writer, scratch) = tokio::task::spawn_blocking(move || -> Result<_, BudgetError> {
                     let mut s = scratch;
-                    let data: Vec<&[Option<SparseParam>]> = read.iter().flatten().map(|p| &p[..]).collect();
+                    let data: Vec<&[Option<SparseParam>]> = read.iter().map(|p| &p[..]).collect();
                     for (j, pi) in g.enumerate() {
                         let spec = &model.params[pi];
                         let sent: Vec<(Option<&SparseParam>, f32)> =
@@ -662,24 +679,6 @@ fn cpu<T>(f: impl FnOnce() -> T) -> T {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
-}
-
-/// Each peer of `live` with its group's parameters, or the window's error naming the first peer whose read failed.
-fn reread<'a>(
-    peers: &[u16],
-    live: &[usize],
-    read: &'a [Result<Vec<Option<SparseParam>>, SkipReason>],
-) -> Result<Vec<&'a [Option<SparseParam>]>, BudgetError> {
-    live.iter()
-        .zip(read)
-        .map(|(&i, r)| match r {
-            Ok(p) => Ok(&p[..]),
-            Err(reason) => Err(BudgetError::Reread {
-                uid: peers[i],
-                reason: reason.clone(),
-            }),
-        })
-        .collect()
 }
 
 fn skip_list(peers: &[u16], skip: &[Option<SkipReason>]) -> Vec<(u16, SkipReason)> {

@@ -46,7 +46,7 @@ use aggregator_store::{
     Bounds, FileRecord, IndexedFile, PeerRequest, PutOptions, SharedUpload, SkipReason, StoreError,
 };
 use aggregator_window::aggregate_param;
-use aggregator_window::evidence::{Copies, FirstPass, PartialError, PeerInfo, SecondPass, f32_exact};
+use aggregator_window::evidence::{Copies, FirstPass, PartialError, PeerInfo, SecondPass, f32_exact, f32s_exact};
 use bytes::Bytes;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
@@ -336,32 +336,6 @@ pub struct Parts {
 pub struct Failure {
     /// The error.
     pub reason: String,
-}
-
-mod f32s_exact {
-    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
-
-    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(v.len()))?;
-        for x in v {
-            seq.serialize_element(&(*x as f64))?;
-        }
-        seq.end()
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
-        Vec::<f64>::deserialize(d)?
-            .into_iter()
-            .map(|v| {
-                let f = v as f32;
-                if f as f64 == v {
-                    Ok(f)
-                } else {
-                    Err(serde::de::Error::custom(format!("{v} is not exactly an f32")))
-                }
-            })
-            .collect()
-    }
 }
 
 /// Each shard's parameters to judge: contiguous ranges in shard order, as equal as whole parameters allow by their
@@ -933,29 +907,6 @@ pub(crate) fn finish_tail(tail: Tail, reports: &[Parts], params: usize) -> Resul
     let mut bytes = tail.bytes;
     patch_directory_crcs(&mut bytes[tail.directory_at..], &crcs)?;
     Ok((tail.index, bytes))
-}
-
-/// Helpers the shards need from the data side.
-impl RangedWindow<'_> {
-    /// Group `params` of every live peer of `judged`, or the error naming the first peer whose read failed.
-    pub(crate) async fn read_group_of(
-        &self,
-        judged: &Judged,
-        params: Range<usize>,
-    ) -> Result<Vec<Vec<Option<SparseParam>>>, BudgetError> {
-        let read = self.read_group(judged.files(), &judged.live, params).await;
-        judged
-            .live
-            .iter()
-            .zip(read)
-            .map(|(&i, r)| {
-                r.map_err(|reason| BudgetError::Reread {
-                    uid: judged.peers[i],
-                    reason,
-                })
-            })
-            .collect()
-    }
 }
 
 /// What the coordinator made of a window once its upload is complete.
