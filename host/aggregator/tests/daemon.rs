@@ -53,6 +53,89 @@ fn sim_with_four_shard_processes_stores_every_window() {
     }
 }
 
+/// Four shard processes against SeaweedFS for three windows with faults: the simulator's daemon is shard 0 and
+/// shards 1..3 are `aggregator run` processes of this build. Every stored window replays bit for bit (the aggregate
+/// recomputed in one process from whole files: the one node's bytes for the same timestamp), and each receipt names
+/// the four shards.
+#[test]
+fn four_shard_processes_store_what_one_node_would() {
+    use aggregator_receipt::{Receipt, ReplayOptions, replay};
+    use aggregator_store::{ClientSettings, Clients, keys};
+    use object_store::ObjectStoreExt;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tmp("shard-processes");
+    let buckets: Vec<aggregator_testkit::seaweed::BucketAccess> =
+        sim::s3_buckets(8).into_iter().map(Into::into).collect();
+    let sw = rt
+        .block_on(aggregator_testkit::start_seaweed(
+            &PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+            "shard-processes",
+            &buckets,
+        ))
+        .unwrap();
+    let admin = aggregator_testkit::seaweed::ADMIN;
+    let outcome = rt
+        .block_on(sim::run(SimOptions {
+            windows: 3,
+            peers: 8,
+            faults: true,
+            s3: Some(sim::S3Target {
+                endpoint: sw.endpoint().to_string(),
+                writer: (admin.0.into(), admin.1.into()),
+            }),
+            data_dir: Some(dir.join("sim")),
+            verbose: false,
+            shards: 4,
+            shard_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_aggregator"))),
+            ..SimOptions::default()
+        }))
+        .unwrap();
+    let clients = Clients::new(ClientSettings::default());
+    let output = clients.get(&sw.admin_bucket(sim::OUTPUT_BUCKET)).unwrap();
+    let options = ReplayOptions {
+        output: Some(output.clone()),
+        aggregate: None,
+        clients: Clients::new(ClientSettings::default()),
+        model: std::sync::Arc::new(ModelSpec::preset("tiny").unwrap()),
+        backend: std::sync::Arc::new(aggregator_kernels::Cpu::new()),
+        engine: aggregator_policy::PolicyEngine::new(aggregator_policy::PolicyLimits::default(), None).unwrap(),
+        components: vec![],
+        timeout: Duration::from_secs(30),
+    };
+    let mut stored = 0;
+    for r in outcome
+        .reports
+        .iter()
+        .filter(|r| r.result == aggregator_daemon::WindowResult::Stored)
+    {
+        let key = object_store::path::Path::from(keys::receipt(r.window, sim::VERSION));
+        let text = rt.block_on(async { output.get(&key).await.unwrap().bytes().await.unwrap() });
+        let receipt = Receipt::from_json(&text, "receipt").unwrap();
+        assert_eq!(receipt.shards.as_ref().map(|s| s.count), Some(4), "window {}", r.window);
+        let verdict = rt.block_on(replay(&receipt, &options));
+        assert!(verdict.passed(), "window {}: {:#?}", r.window, verdict.steps);
+        assert!(
+            verdict
+                .steps
+                .iter()
+                .any(|s| s.what.starts_with("recomputed") && !s.verdict.failed())
+        );
+        stored += 1;
+    }
+    assert!(stored >= 2, "{:?}", outcome.reports);
+    for i in 1..4 {
+        let log = std::fs::read_to_string(dir.join("sim").join(format!("shard-{i}.log"))).unwrap();
+        assert!(
+            log.contains("window done") || log.contains("part of the window"),
+            "shard {i}:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn sim_runs_three_windows_and_prints_a_table() {
     let dir = tmp("cli-sim");
