@@ -54,9 +54,10 @@ fn sim_with_four_shard_processes_stores_every_window() {
 }
 
 /// Four shard processes against SeaweedFS for three windows with faults: the simulator's daemon is shard 0 and
-/// shards 1..3 are `aggregator run` processes of this build. Every stored window replays bit for bit (the aggregate
-/// recomputed in one process from whole files: the one node's bytes for the same timestamp), and each receipt names
-/// the four shards.
+/// shards 1..3 are `aggregator run` processes of this build. Shard 2's process is killed (SIGKILL) as the second
+/// window starts and started again once the coordinator has aborted that attempt: the window is stored on a later
+/// attempt. Every stored window replays bit for bit (the aggregate recomputed in one process from whole files: the
+/// one node's bytes for the same timestamp), and each receipt names the four shards.
 #[test]
 fn four_shard_processes_store_what_one_node_would() {
     use aggregator_receipt::{Receipt, ReplayOptions, replay};
@@ -91,6 +92,11 @@ fn four_shard_processes_store_what_one_node_would() {
             verbose: false,
             shards: 4,
             shard_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_aggregator"))),
+            // Windows long enough that the killed attempt (bounded by the gather's timeout and the wait) leaves the
+            // window within the backfill horizon when it is retried.
+            blocks_per_window: 8,
+            shard_wait_s: 3.0,
+            shard_outage: Some((2, 1)),
             ..SimOptions::default()
         }))
         .unwrap();
@@ -106,7 +112,7 @@ fn four_shard_processes_store_what_one_node_would() {
         components: vec![],
         timeout: Duration::from_secs(30),
     };
-    let mut stored = 0;
+    let (mut stored, mut killed_window_stored) = (0, false);
     for r in outcome
         .reports
         .iter()
@@ -115,7 +121,12 @@ fn four_shard_processes_store_what_one_node_would() {
         let key = object_store::path::Path::from(keys::receipt(r.window, sim::VERSION));
         let text = rt.block_on(async { output.get(&key).await.unwrap().bytes().await.unwrap() });
         let receipt = Receipt::from_json(&text, "receipt").unwrap();
-        assert_eq!(receipt.shards.as_ref().map(|s| s.count), Some(4), "window {}", r.window);
+        let shards = receipt.shards.as_ref().expect("the receipt names the shards");
+        assert_eq!(shards.count, 4, "window {}", r.window);
+        if r.window == outcome.first_window + 1 {
+            assert!(shards.attempt >= 1, "the killed attempt failed: {shards:?}");
+            killed_window_stored = true;
+        }
         let verdict = rt.block_on(replay(&receipt, &options));
         assert!(verdict.passed(), "window {}: {:#?}", r.window, verdict.steps);
         assert!(
@@ -127,12 +138,17 @@ fn four_shard_processes_store_what_one_node_would() {
         stored += 1;
     }
     assert!(stored >= 2, "{:?}", outcome.reports);
+    assert!(killed_window_stored, "{:?}", outcome.reports);
+    let failures =
+        aggregator_testkit::metric_sample(&outcome.metrics_text, "aggregator_errors_total{kind=\"storage\"}");
+    assert!(failures >= 1.0, "the killed attempt counted: {}", outcome.metrics_text);
     for i in 1..4 {
         let log = std::fs::read_to_string(dir.join("sim").join(format!("shard-{i}.log"))).unwrap();
         assert!(
             log.contains("window done") || log.contains("part of the window"),
             "shard {i}:\n{log}"
         );
+        assert!(log.contains("shard figures"), "shard {i}:\n{log}");
     }
 }
 

@@ -213,6 +213,132 @@ fn check_plan(layout: &AggregateLayout, plan: &PartPlan, shards: usize) {
     }
 }
 
+/// Past 4 GiB (the 70 B aggregate is 8.8 GB): every entry has zip64 fields and the later ones lie beyond 32-bit
+/// offsets. The planned layout is still the written file's, and four shards' parts (the coordinator's tail with its
+/// directory's CRCs patched) are the file written whole. The 4.5 GB file is never held: each part is compared by
+/// its length and CRC-32, the tail byte for byte.
+#[test]
+fn past_4_gib_the_shards_parts_are_the_whole_file() {
+    const PARAMS: usize = 36;
+    const LEN: usize = 128 << 20;
+    const PART: u64 = 64 << 20;
+    let params: Vec<(String, usize)> = (0..PARAMS).map(|i| (format!("model.layers.{i}.weight"), LEN)).collect();
+    let header = header(1);
+    // Each parameter's bits: one random block, with the parameter's index written over its first bytes and at
+    // every MiB (so that two parameters' entries swapped could not go unseen).
+    let base = bits(&[(String::new(), LEN)], 70).pop().unwrap();
+    let of = |pi: usize| {
+        let mut b = base.clone();
+        for at in (0..LEN).step_by(1 << 20) {
+            b[at..at + 8].copy_from_slice(&(pi as u64).to_le_bytes());
+        }
+        b
+    };
+    let crcs: Vec<u32> = (0..PARAMS).map(|pi| crc32fast::hash(&of(pi))).collect();
+    let layout = AggregateLayout::plan(&params, &header).unwrap();
+    assert!(layout.len() > 1 << 32, "{} bytes", layout.len());
+    assert!(layout.params[PARAMS - 1].start > u32::MAX as u64);
+    let plan = PartPlan::new(&layout, PART, 4);
+    check_plan(&layout, &plan, 4);
+
+    // Streams one writer's output: a CRC-32 and length per part in `keep`, the tail's bytes whole, and what lies at
+    // each planned entry start.
+    struct Parts {
+        crc: Vec<crc32fast::Hasher>,
+        len: Vec<u64>,
+        tail: Vec<u8>,
+        at_entries: Vec<[u8; 4]>,
+        total: u64,
+    }
+    let stream = |keep: Range<usize>, tail: bool, computed: &dyn Fn(usize) -> bool| -> Parts {
+        let n = plan.parts.len();
+        let mut out = Parts {
+            crc: vec![crc32fast::Hasher::new(); n],
+            len: vec![0; n],
+            tail: Vec::new(),
+            at_entries: vec![[0; 4]; PARAMS],
+            total: 0,
+        };
+        let mut at = 0u64;
+        let sink = ForwardSink::new(|data: &[u8]| {
+            let end = at + data.len() as u64;
+            for p in keep.clone().chain(tail.then_some(n - 1)) {
+                let r = &plan.parts[p];
+                let (lo, hi) = (r.start.max(at), r.end.min(end));
+                if lo < hi {
+                    let bytes = &data[(lo - at) as usize..(hi - at) as usize];
+                    out.crc[p].update(bytes);
+                    out.len[p] += bytes.len() as u64;
+                    if p == n - 1 {
+                        out.tail.extend_from_slice(bytes);
+                    }
+                }
+            }
+            for (pi, span) in layout.params.iter().enumerate() {
+                if (at..end).contains(&span.start) && span.start + 4 <= end {
+                    let o = (span.start - at) as usize;
+                    out.at_entries[pi].copy_from_slice(&data[o..o + 4]);
+                }
+            }
+            at = end;
+            Ok(())
+        });
+        let mut w = AggregateWriter::begin(sink, params.clone(), &header).unwrap();
+        let zeros = vec![0u8; LEN];
+        for pi in 0..PARAMS {
+            if computed(pi) {
+                w.param(&of(pi)).unwrap();
+            } else {
+                w.param(&zeros).unwrap();
+            }
+        }
+        w.finish().unwrap();
+        out.total = at;
+        out
+    };
+    let n = plan.parts.len();
+    let whole = stream(0..n - 1, true, &|_| true);
+    assert_eq!(whole.total, layout.len());
+    for (pi, sig) in whole.at_entries.iter().enumerate() {
+        assert_eq!(
+            sig, b"PK\x03\x04",
+            "parameter {pi}'s local header is where the layout says"
+        );
+    }
+    let dir_at = (layout.directory.start - plan.tail().start) as usize;
+    assert_eq!(&whole.tail[dir_at..dir_at + 4], b"PK\x01\x02");
+    // The zip64 end of central directory record and its locator follow the directory.
+    let find = |sig: &[u8]| whole.tail.windows(4).rposition(|w| w == sig);
+    assert!(find(b"PK\x06\x06").is_some_and(|z| z > dir_at) && find(b"PK\x06\x07").is_some());
+
+    let mut tail = Vec::new();
+    for s in 0..4 {
+        let mut mine: Vec<usize> = plan.params_of(&layout, s).collect();
+        if s == 0 {
+            mine.extend(plan.tail_params(&layout));
+        }
+        let got = stream(plan.shards[s].clone(), s == 0, &|pi| mine.contains(&pi));
+        assert_eq!(got.total, layout.len(), "shard {s}");
+        for p in plan.shards[s].clone() {
+            assert_eq!(got.len[p], whole.len[p], "shard {s}, part {p}");
+            assert_eq!(
+                got.crc[p].clone().finalize(),
+                whole.crc[p].clone().finalize(),
+                "shard {s}, part {p} differs from the file written whole"
+            );
+        }
+        if s == 0 {
+            tail = got.tail;
+        }
+    }
+    assert_ne!(tail, whole.tail, "the coordinator's directory lacks the others' CRCs");
+    patch_directory_crcs(&mut tail[dir_at..], &crcs).unwrap();
+    assert!(
+        tail == whole.tail,
+        "the patched tail differs from the file written whole"
+    );
+}
+
 /// A bad directory is refused with what is wrong, never patched blindly.
 #[test]
 fn patching_refuses_what_is_not_a_directory() {

@@ -335,6 +335,44 @@ async fn a_receipt_left_pending_by_a_crash_is_stored_by_the_next_run() {
     assert_eq!(sample(&metrics, "aggregator_windows_without_receipt_total"), 1.0);
 }
 
+/// A sharded window saves its receipt pending before the upload completes, without the output's SHA-256 (no process
+/// holds the whole file). A crash after the completion leaves that copy: the next run reads the stored aggregate back,
+/// fills the digest in and stores the receipt, the same bytes the window would have written. Without the aggregate the
+/// copy is dropped (the window is redone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_receipt_without_a_digest_gets_the_stored_aggregates() {
+    let world = World::new();
+    world.post_lists(10).await;
+    world.gradients(10).await;
+    let chain = || chain(Some(now_ms() - 1_000));
+    let reports = run(&world, chain(), 9, vec![10], 1).await;
+    let sha = reports[0].output_sha256.clone().unwrap();
+    let written = std::fs::read(receipt_path(&world, 10)).unwrap();
+    std::fs::remove_file(receipt_path(&world, 10)).unwrap();
+    let text = String::from_utf8(written.clone()).unwrap();
+    assert_eq!(text.matches(&sha).count(), 1, "the output's digest appears once");
+    let undigested = text.replace(&sha, "");
+    std::fs::write(pending_path(&world, 10), &undigested).unwrap();
+    std::fs::write(
+        pending_path(&world, 8),
+        undigested
+            .replace(&keys::aggregate(10, VERSION), &keys::aggregate(8, VERSION))
+            .replace("\"window\": 10", "\"window\": 8"),
+    )
+    .unwrap();
+
+    let (reports, metrics) = run_with_metrics(&world, chain(), 9, vec![10], 1).await;
+    assert_eq!(reports[0].result, WindowResult::AlreadyStored);
+    assert_eq!(
+        std::fs::read(receipt_path(&world, 10)).unwrap(),
+        written,
+        "recovered with the stored object's digest"
+    );
+    assert!(!pending_path(&world, 10).exists() && !pending_path(&world, 8).exists());
+    assert!(!receipt_path(&world, 8).exists());
+    assert_eq!(sample(&metrics, "aggregator_receipts_total{result=\"recovered\"}"), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_aggregate_is_not_written_again() {
     let world = World::new();

@@ -26,8 +26,9 @@
 //! which need every file whole. The receipt records each file's `ETag` but no SHA-256 (no file is read whole).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aggregator_chain::Chain;
 use aggregator_codec::write::ForwardSink;
@@ -195,6 +196,11 @@ pub struct Judged {
     /// The valid peers' evidence (in the order of `live`); empty when none is valid.
     pub stats: Vec<PeerStats>,
     files: Vec<Option<IndexedFile>>,
+    /// See [`Judged::read_bytes`].
+    read_bytes: AtomicU64,
+    /// Time spent finding and indexing the files (a wait for an upload still landing included), before any group
+    /// was read.
+    pub indexing: Duration,
 }
 
 impl Judged {
@@ -206,6 +212,13 @@ impl Judged {
     /// Whether peer `i` (an index into `peers`) sent parameter `pi` (false for a skipped peer).
     pub fn has(&self, i: usize, pi: usize) -> bool {
         self.file(i).is_some_and(|f| f.index.has(pi))
+    }
+
+    /// Bytes of peer files fetched for parameters so far: by the judging, and by every later read of a group
+    /// ([`RangedWindow::write`], the evidence's second pass, a shard's parts). The indexes' reads are not counted,
+    /// nor are tensors inside the tail the index read already holds (a small file is read whole there: 0 here).
+    pub fn read_bytes(&self) -> u64 {
+        self.read_bytes.load(Ordering::Relaxed)
     }
 
     /// Peer `i`'s file index, pinned to the `ETag` first seen; `None` for a skipped peer.
@@ -263,20 +276,20 @@ pub struct Streamed {
 
 impl RangedWindow<'_> {
     /// Reads group `params` of each peer in `live` (indexes into `files`), `gather.concurrency` peers at a time, each
-    /// within the gather timeout; one result per peer of `live`, in order.
+    /// within the gather timeout; one result per peer of `live`, in order, with the bytes read.
     pub(crate) async fn read_group(
         &self,
         files: &[Option<IndexedFile>],
         live: &[usize],
         params: Range<usize>,
-    ) -> Vec<Result<Vec<Option<SparseParam>>, SkipReason>> {
+    ) -> Vec<Result<(Vec<Option<SparseParam>>, u64), SkipReason>> {
         let timeout = self.gather.timeout;
         futures::stream::iter(live.iter().map(|&i| {
             let (model, params) = (self.model.clone(), params.clone());
             let file = files[i].clone();
             async move {
                 match file {
-                    Some(f) => f.read_params(params, model, timeout).await.map(|(p, _)| p),
+                    Some(f) => f.read_params(params, model, timeout).await,
                     None => Err(SkipReason::Missing),
                 }
             }
@@ -299,11 +312,15 @@ impl RangedWindow<'_> {
             .live
             .iter()
             .zip(read)
-            .map(|(&i, r)| {
-                r.map_err(|reason| BudgetError::Reread {
+            .map(|(&i, r)| match r {
+                Ok((p, bytes)) => {
+                    judged.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    Ok(p)
+                }
+                Err(reason) => Err(BudgetError::Reread {
                     uid: judged.peers[i],
                     reason,
-                })
+                }),
             })
             .collect()
     }
@@ -344,6 +361,7 @@ impl RangedWindow<'_> {
     ) -> Result<RangeJudged<'_>, BudgetError> {
         let (w, model) = (self.window, &self.model);
         let peers: Vec<u16> = requests.iter().map(|r| r.uid).collect();
+        let started = Instant::now();
         let indexed = gather_indexes(
             self.clients,
             w,
@@ -354,6 +372,7 @@ impl RangedWindow<'_> {
             &self.gather,
         )
         .await;
+        let indexing = started.elapsed();
         let mut records: Vec<Option<FileRecord>> = Vec::with_capacity(peers.len());
         let mut skip: Vec<Option<SkipReason>> = Vec::with_capacity(peers.len());
         let mut files: Vec<Option<IndexedFile>> = Vec::with_capacity(peers.len());
@@ -382,6 +401,7 @@ impl RangedWindow<'_> {
 
         // Every group checked, with the evidence's first pass; again over the peers left when one fails.
         let nones: Vec<Option<SparseParam>> = vec![None; groups.iter().map(|g| g.len()).max().unwrap_or(0)];
+        let mut read_bytes = 0;
         let (live, evidence) = loop {
             let live: Vec<usize> = (0..peers.len()).filter(|&i| files[i].is_some()).collect();
             let info = live
@@ -406,9 +426,10 @@ impl RangedWindow<'_> {
                         failed = true;
                     }
                 }
+                read_bytes += read.iter().flatten().map(|(_, bytes)| bytes).sum::<u64>();
                 let data: Vec<&[Option<SparseParam>]> = read
                     .iter()
-                    .map(|r| r.as_ref().map_or(&nones[..g.len()], |p| &p[..]))
+                    .map(|r| r.as_ref().map_or(&nones[..g.len()], |(p, _)| &p[..]))
                     .collect();
                 cpu(|| ev.first_pass(g.clone(), &data));
             }
@@ -425,6 +446,8 @@ impl RangedWindow<'_> {
                 groups,
                 stats: Vec::new(),
                 files,
+                read_bytes: AtomicU64::new(read_bytes),
+                indexing,
             },
             params,
             evidence,

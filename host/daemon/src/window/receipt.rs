@@ -7,6 +7,9 @@
 //! stores it if its aggregate exists (`receipts{label="recovered"}`), or drops it if the aggregate was never stored
 //! (the window is redone and writes a new one). So a stored aggregate always gets its receipt unless the state
 //! directory itself is lost; a stored aggregate found without either is counted in `windows_without_receipt`.
+//! A sharded window's receipt is saved pending before its multipart upload completes, with an empty `sha256` (no
+//! process holds the whole file): it is filled in from the completed object, by the window or, after a crash, here
+//! (the stored object read back and digested) before the receipt is stored.
 
 use std::time::Duration;
 
@@ -198,6 +201,34 @@ impl<C: Chain + 'static> Daemon<C> {
             let aggregate = ObjectPath::from(receipt.output.key.as_str());
             match tokio::time::timeout(storage, self.output.head(&aggregate)).await {
                 Ok(Ok(meta)) if meta.size == receipt.output.size => {
+                    let mut receipt = receipt;
+                    if receipt.output.sha256.is_empty() {
+                        // A sharded window's, saved before its upload completed: the digest is the stored object's.
+                        let key = receipt.output.key.clone();
+                        match tokio::time::timeout(storage, super::shard::digest(self.output.as_ref(), &key)).await {
+                            Ok(Ok((sha256, size))) if size == receipt.output.size => receipt.output.sha256 = sha256,
+                            Ok(Ok((_, size))) => {
+                                tracing::warn!(
+                                    window = w,
+                                    stored = size,
+                                    recorded = receipt.output.size,
+                                    "pending receipt: the stored aggregate changed size while read; kept"
+                                );
+                                continue;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(window = w, error = %e, "pending receipt: the aggregate's digest failed; kept");
+                                continue;
+                            }
+                            Err(_) => {
+                                tracing::warn!(
+                                    window = w,
+                                    "pending receipt: the aggregate's digest took too long; kept"
+                                );
+                                continue;
+                            }
+                        }
+                    }
                     if self.store_receipt(&receipt, "recovered").await {
                         tracing::info!(window = w, "pending receipt stored beside its aggregate");
                     }

@@ -23,8 +23,10 @@
 //! 5. **Parts**: the layout is cut into equal parts and a tail ([`PartPlan`]); each shard computes the parameters
 //!    whose entries overlap its parts (the real writer, zeros for the others' parameters), puts its parts, and
 //!    writes `parts-{i}.json` (their ids and its parameters' CRC-32s). The coordinator computes the tail (the last
-//!    entries and the central directory), writes the other shards' CRCs into the directory, puts the tail, completes
-//!    the upload, reads the object back for its SHA-256, and stores the receipt, which names every shard.
+//!    entries and the central directory), writes the other shards' CRCs into the directory, puts the tail, saves
+//!    the receipt pending (its output SHA-256 still empty), completes the upload, reads the object back for its
+//!    SHA-256, and stores the receipt, which names every shard (after a crash in between, the next run's
+//!    `recover_receipts` digests the stored object and stores the receipt).
 //!
 //! Any failure (a shard's `failed-{i}.json`, a wait past its bound, a storage error) makes the coordinator write
 //! `aborted.json` and abort the upload: the aggregate stays absent and the window is retried by the driver with a
@@ -380,6 +382,8 @@ pub struct Tail {
     bytes: Vec<u8>,
     directory_at: usize,
     index: usize,
+    /// The whole file's length (the layout's).
+    size: u64,
 }
 
 impl ShardContext<'_> {
@@ -519,12 +523,17 @@ impl ShardContext<'_> {
         // 2. Rounds of judging until the coordinator moves on.
         let mut uids: Vec<u16> = plan.peers.iter().map(|p| p.uid).collect();
         let mut round = 0u32;
+        let (mut judging, mut indexing, mut judged_bytes) = (Duration::ZERO, Duration::ZERO, 0);
         let (mut judged, evidence_round) = loop {
             let (requests, weights) = plan.requests(&uids).map_err(invalid)?;
+            let t = Instant::now();
             let rj = self
                 .ranged
                 .judge_range(&requests, &weights, plan.bounds(), range.clone())
                 .await?;
+            judging += t.elapsed();
+            indexing += rj.judged.indexing;
+            judged_bytes += rj.judged.read_bytes();
             let j = &rj.judged;
             let judgement = Judgement {
                 peers: j.peers.clone(),
@@ -579,8 +588,36 @@ impl ShardContext<'_> {
             });
         }
         let upload = SharedUpload::join(self.multipart.clone(), &plan.key, plan.upload.clone());
-        let (parts, tail) = self.write_parts(plan, &judged.judged, &weights, &upload).await?;
+        let before = judged.judged.read_bytes();
+        let t = Instant::now();
+        let (parts, tail, made) = self.write_parts(plan, &judged.judged, &weights, &upload).await?;
+        let writing = t.elapsed();
         self.put_json(&keys.parts(me), &parts).await?;
+        // This shard's throughput, the figures docs/scale.md asks of a shard: its range judged (the indexes found,
+        // a wait for uploads still landing included; then bytes of peer files read and checked per second, every
+        // round), and its part of the file written (the whole phase: the groups read again, the numeric step, the
+        // parts put; the numeric step's rate and the puts' rate on their own).
+        let (mb, secs) = (|b: u64| b as f64 / 1e6, |d: Duration| d.as_secs_f64().max(1e-9));
+        let checking = judging.saturating_sub(indexing);
+        tracing::info!(
+            window = plan.window,
+            shard = me,
+            attempt = plan.attempt,
+            rounds = round + 1,
+            index_s = indexing.as_secs_f64(),
+            check_s = checking.as_secs_f64(),
+            judged_mb = mb(judged_bytes),
+            check_mb_per_s = mb(judged_bytes) / secs(checking),
+            write_s = writing.as_secs_f64(),
+            reread_mb = mb(judged.judged.read_bytes() - before),
+            elements = made.elements,
+            compute_s = made.computing.as_secs_f64(),
+            g_elements_per_s = made.elements as f64 / 1e9 / secs(made.computing),
+            parts_mb = mb(made.bytes),
+            put_s = made.putting.as_secs_f64(),
+            upload_mb_per_s = mb(made.bytes) / secs(made.putting),
+            "shard figures"
+        );
         Ok(tail)
     }
 
@@ -591,7 +628,7 @@ impl ShardContext<'_> {
         judged: &Judged,
         weights: &Weights,
         upload: &SharedUpload,
-    ) -> Result<(Parts, Option<Tail>), ShardError> {
+    ) -> Result<(Parts, Option<Tail>, Made), ShardError> {
         let me = self.index;
         let model = self.ranged.model.clone();
         let bad_layout = || ShardError::Invalid {
@@ -638,6 +675,7 @@ impl ShardContext<'_> {
             let mut buf: Vec<u8> = Vec::new();
             let mut ids = Vec::new();
             let mut tail = Vec::new();
+            let (mut put, mut putting) = (0u64, Duration::ZERO);
             while let Some(bytes) = rx.recv().await {
                 let from = at;
                 at += bytes.len() as u64;
@@ -651,10 +689,13 @@ impl ShardContext<'_> {
                     let r = parts.parts[next].clone();
                     take(&r, &mut buf);
                     if buf.len() as u64 == r.end - r.start {
+                        put += buf.len() as u64;
+                        let t = Instant::now();
                         ids.push((
                             next,
                             upload.put_part(next, Bytes::from(std::mem::take(&mut buf))).await?,
                         ));
+                        putting += t.elapsed();
                         next += 1;
                     } else {
                         break;
@@ -669,7 +710,7 @@ impl ShardContext<'_> {
                     "the writer ended before part {next} was whole"
                 )));
             }
-            Ok::<_, ShardError>((ids, tail))
+            Ok::<_, ShardError>((ids, tail, put, putting))
         };
         let produce = async {
             let task = |e: tokio::task::JoinError| ShardError::Task(e.to_string());
@@ -681,6 +722,7 @@ impl ShardContext<'_> {
             let live_files: Vec<&IndexedFile> = judged.live.iter().filter_map(|&i| judged.file(i)).collect();
             let mut scratch: Vec<Vec<f32>> = vec![Vec::new(); judged.live.len()];
             let mut crcs = Vec::new();
+            let (mut elements, mut computing) = (0u64, Duration::ZERO);
             let mut li = 0;
             while li < mine.len() {
                 // The others' parameters up to the next of mine: zeros (their CRCs come from their shards).
@@ -715,10 +757,11 @@ impl ShardContext<'_> {
                         g.clone(),
                         position.clone(),
                     );
-                    let made;
-                    (writer, scratch, made) = tokio::task::spawn_blocking(move || -> Result<_, ShardError> {
+                    let (made, took);
+                    (writer, scratch, made, took) = tokio::task::spawn_blocking(move || -> Result<_, ShardError> {
                         let mut s = scratch;
                         let mut made = Vec::new();
+                        let mut took = Duration::ZERO;
                         let data: Vec<&[Option<SparseParam>]> = read.iter().map(|p| &p[..]).collect();
                         for (j, pi) in g2.enumerate() {
                             let Some(&l) = position.get(&pi) else { continue };
@@ -726,35 +769,56 @@ impl ShardContext<'_> {
                             let sent: Vec<(Option<&SparseParam>, f32)> =
                                 data.iter().zip(&w).map(|(d, wt)| (d[j].as_ref(), *wt)).collect();
                             let out = vec![0u8; spec.layout.packed_len()];
+                            let t = Instant::now();
                             let bits = aggregate_param(spec, backend.as_ref(), &sent, &mut s, out)
                                 .map_err(BudgetError::from)?
                                 .ok_or_else(|| ShardError::Task(format!("{}: no weighted peer sent it", spec.name)))?;
-                            made.push((l, crc32fast::hash(&bits)));
+                            took += t.elapsed();
+                            made.push((l, crc32fast::hash(&bits), spec.layout.numel() as u64));
                             writer.param(&bits)?;
                         }
-                        Ok((writer, s, made))
+                        Ok((writer, s, made, took))
                     })
                     .await
                     .map_err(task)??;
-                    crcs.extend(made);
+                    crcs.extend(made.iter().map(|&(l, crc, _)| (l, crc)));
+                    elements += made.iter().map(|&(_, _, n)| n).sum::<u64>();
+                    computing += took;
                 }
                 li = run_end;
             }
             tokio::task::spawn_blocking(move || writer.finish().map(drop))
                 .await
                 .map_err(task)??;
-            Ok::<_, ShardError>(crcs)
+            Ok::<_, ShardError>((crcs, elements, computing))
         };
         let (made, pumped) = tokio::join!(produce, pump);
-        let crcs = made?;
-        let (ids, tail) = pumped?;
+        let (crcs, elements, computing) = made?;
+        let (ids, tail, put, putting) = pumped?;
         let tail = (me == 0).then(|| Tail {
             directory_at: (layout.directory.start - tail_range.start) as usize,
             bytes: tail,
             index: parts.parts.len() - 1,
+            size: layout.len(),
         });
-        Ok((Parts { parts: ids, crcs }, tail))
+        let made = Made {
+            elements,
+            computing,
+            bytes: put,
+            putting,
+        };
+        Ok((Parts { parts: ids, crcs }, tail, made))
     }
+}
+
+/// What one shard's [`ShardContext::write_parts`] made: the parameters' elements it computed and the time the
+/// numeric step took (summed over parameters; reads, encoding and waits not included), and the bytes of the parts
+/// it put and the time their puts took (summed; shard 0's tail not included).
+struct Made {
+    elements: u64,
+    computing: Duration,
+    bytes: u64,
+    putting: Duration,
 }
 
 /// The coordinator's view of one round: every shard's judgement.
@@ -909,15 +973,20 @@ pub(crate) fn finish_tail(tail: Tail, reports: &[Parts], params: usize) -> Resul
     Ok((tail.index, bytes))
 }
 
-/// What the coordinator made of a window once its upload is complete.
+/// What the coordinator made of a window once every part is in, the upload not yet completed (its receipt is saved
+/// pending first).
 struct Coordinated {
     weighting: aggregator_policy::Outcome<aggregator_policy::ContributionWeighting>,
     verdicts: Verdicts,
     live: Vec<u16>,
     timestamp: String,
-    sha256: String,
+    /// Every part's id, in order: what completes the upload.
+    ids: Vec<String>,
+    /// The file's length once completed.
     size: u64,
     rounds: u32,
+    /// When the tail's put began (the window's `put` phase).
+    put_started: Instant,
 }
 
 impl<C: Chain + 'static> Daemon<C> {
@@ -1016,18 +1085,19 @@ impl<C: Chain + 'static> Daemon<C> {
                 coordinated
             }
         };
+        let abandon = |e: WindowError| async {
+            let failure = Failure { reason: e.to_string() };
+            if let Err(w2) = ctx.put_json(&keys.aborted(), &failure).await {
+                tracing::warn!(window = w, error = %w2, "could not mark the attempt aborted");
+            }
+            if let Err(a) = upload.abort().await {
+                tracing::warn!(window = w, error = %a, "aborting the output upload failed (the object stays absent)");
+            }
+            e
+        };
         let done = match outcome {
             Ok(done) => done,
-            Err(e) => {
-                let failure = Failure { reason: e.to_string() };
-                if let Err(w2) = ctx.put_json(&keys.aborted(), &failure).await {
-                    tracing::warn!(window = w, error = %w2, "could not mark the attempt aborted");
-                }
-                if let Err(a) = upload.abort().await {
-                    tracing::warn!(window = w, error = %a, "aborting the output upload failed (the object stays absent)");
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(abandon(e).await),
         };
         let Some(done) = done else {
             report.gather = started.elapsed();
@@ -1037,7 +1107,6 @@ impl<C: Chain + 'static> Daemon<C> {
         report.aggregated = done.live.clone();
         report.output_bytes = done.size;
         report.result = WindowResult::Stored;
-        report.output_sha256 = Some(done.sha256.clone());
         let next = Some(Selected::after(&decision, Some(&done.weighting)));
         let archived = vec![None; decision.peers().len()];
         let evidence = Evidence {
@@ -1052,10 +1121,11 @@ impl<C: Chain + 'static> Daemon<C> {
             w,
             &evidence,
             &done.timestamp,
-            (&key, done.size, done.sha256.clone()),
+            // The SHA-256 needs the completed object: empty in the pending copy, filled in below, or by
+            // `recover_receipts` from the stored object when this process stops in between.
+            (&key, done.size, String::new()),
             &report,
         );
-        receipt.timings_ms.put = Some(report.put.as_millis() as u64);
         receipt.shards = Some(aggregator_receipt::ShardsRecord {
             count: count as u32,
             attempt,
@@ -1063,6 +1133,39 @@ impl<C: Chain + 'static> Daemon<C> {
             judging: plan.judging.iter().map(|r| [r.start, r.end]).collect(),
         });
         self.save_pending_receipt(&receipt);
+        let storage = cfg.storage_timeout();
+        let completed = async {
+            within(storage, &plan.key, upload.complete(done.ids)).await?;
+            within(storage, &plan.key, digest(self.output.as_ref(), &plan.key)).await
+        }
+        .await;
+        let (sha256, size) = match completed {
+            Ok(d) => d,
+            // The pending receipt stays: if the upload did complete, it is stored with the object's digest before
+            // the retry, which then finds the aggregate stored.
+            Err(e) => return Err(abandon(e.into()).await),
+        };
+        report.put = done.put_started.elapsed();
+        tracing::info!(
+            window = w,
+            shards = count,
+            rounds = done.rounds,
+            bytes = size,
+            "sharded upload completed"
+        );
+        if size != done.size {
+            tracing::warn!(
+                window = w,
+                planned = done.size,
+                stored = size,
+                "the stored aggregate's size is not the planned one"
+            );
+        }
+        report.output_bytes = size;
+        report.output_sha256 = Some(sha256.clone());
+        receipt.output.sha256 = sha256;
+        receipt.output.size = size;
+        receipt.timings_ms.put = Some(report.put.as_millis() as u64);
         if self.store_receipt(&receipt, "written").await {
             report.receipt = Some(aggregator_store::keys::receipt(w, &cfg.version));
         }
@@ -1198,7 +1301,8 @@ impl<C: Chain + 'static> Daemon<C> {
                 reason: "no tail".into(),
             })?;
         report.process = started.elapsed();
-        let started = Instant::now();
+        let put_started = Instant::now();
+        let size = tail.size;
         let (tail_index, tail_bytes) = finish_tail(tail, &reports, published.layout.len())?;
         let tail_id = upload
             .put_part(tail_index, Bytes::from(tail_bytes))
@@ -1225,25 +1329,15 @@ impl<C: Chain + 'static> Daemon<C> {
             .enumerate()
             .map(|(part, id)| id.ok_or_else(|| ShardError::Task(format!("no shard put part {part}"))))
             .collect::<Result<_, _>>()?;
-        let storage = self.config.storage_timeout();
-        within(storage, &plan.key, upload.complete(ids)).await?;
-        let (sha256, size) = within(storage, &plan.key, digest(self.output.as_ref(), &plan.key)).await?;
-        report.put = started.elapsed();
-        tracing::info!(
-            window = w,
-            shards = count,
-            rounds = rounds.len(),
-            bytes = size,
-            "sharded upload completed"
-        );
         Ok(Some(Coordinated {
             weighting,
             verdicts,
             live,
             timestamp,
-            sha256,
+            ids,
             size,
             rounds: rounds.len() as u32,
+            put_started,
         }))
     }
 
@@ -1453,6 +1547,7 @@ mod tests {
             bytes: vec![0; 8],
             directory_at: 0,
             index: 3,
+            size: 8,
         };
         let reports = vec![Parts {
             parts: vec![],
